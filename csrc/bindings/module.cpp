@@ -1,0 +1,19 @@
+// The private extension module fusekernels._C; each binding file registers its own functions.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+namespace fk::bind {
+void bind_levenshtein(py::module_& m);
+void bind_mined(py::module_& m);
+void bind_dtw(py::module_& m);
+void bind_topk_transfer(py::module_& m);
+}  // namespace fk::bind
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fusekernels native alignment core (private; use fusekernels.align)";
+  fk::bind::bind_levenshtein(m);
+  fk::bind::bind_mined(m);
+  fk::bind::bind_dtw(m);
+  fk::bind::bind_topk_transfer(m);
+}

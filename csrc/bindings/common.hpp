@@ -32,17 +32,21 @@ inline std::vector<U32String> to_u32_list(py::handle seq, const char* arg) {
   if (PyUnicode_Check(seq.ptr()) || !PySequence_Check(seq.ptr())) {
     throw py::type_error(std::string(arg) + " must be a sequence of str");
   }
-  py::sequence s = py::reinterpret_borrow<py::sequence>(seq);
+  // PySequence_Fast keeps every item referenced while it is read, also for sequences that
+  // create their items on access (numpy string arrays).
+  py::object fast = py::reinterpret_steal<py::object>(PySequence_Fast(seq.ptr(), "expected a sequence"));
+  if (!fast) throw py::error_already_set();
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast.ptr());
+  PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
   std::vector<U32String> out;
-  out.reserve(s.size());
-  std::size_t i = 0;
-  for (py::handle item : s) {
+  out.reserve(static_cast<std::size_t>(n));
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    py::handle item(items[i]);
     if (!PyUnicode_Check(item.ptr())) {
       throw py::type_error(std::string(arg) + "[" + std::to_string(i) + "] must be str, got " +
                            std::string(py::str(py::type::handle_of(item).attr("__name__"))));
     }
     out.push_back(to_u32(item, arg));
-    ++i;
   }
   return out;
 }

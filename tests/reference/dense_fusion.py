@@ -1,4 +1,4 @@
-"""Float64 dense reference of the fusion-loss backend contract (see fusekernels/loss/backend.md).
+"""Float64 dense reference of the fusion-loss backend contract (see fusekernels/loss/backend.py).
 
 Everything is materialised densely in float64 on purpose: it is the ground truth the Triton
 kernel and the torch path are compared with, not a fast implementation.

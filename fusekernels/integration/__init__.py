@@ -1,0 +1,19 @@
+"""Hugging Face integration: the fusion data collator and ``FusionTrainer``.
+
+``FusionDataCollator`` (and the column format it documents) needs only numpy and torch; the
+trainer names are imported lazily because they need ``transformers`` (the ``hf`` extra).
+"""
+import importlib
+
+from .collator import TEACHER_COLUMNS, FusionDataCollator
+from .schedules import LAM_SCHEDULES, lam_at_step
+
+_TRAINER_NAMES = ("FusionArguments", "FusionTrainer", "fusion_compute_loss", "fused_head_supported", "shift_labels")
+
+__all__ = ["FusionDataCollator", "TEACHER_COLUMNS", "LAM_SCHEDULES", "lam_at_step", *_TRAINER_NAMES]
+
+
+def __getattr__(name):
+    if name in _TRAINER_NAMES:
+        return getattr(importlib.import_module(f"{__name__}.trainer"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,254 @@
+"""Data collator for fusion training on sparse (top-k) teacher targets.
+
+Example format (one dict per sequence, what the fusekernels pipeline writes; lists, numpy
+arrays or tensors are all accepted):
+
+=================  ============================  ==============================================
+column             shape, dtype                  meaning
+=================  ============================  ==============================================
+``input_ids``      [L] int                       base-model token ids
+``labels``         [L] int, optional             next-token targets before the shift (default:
+                                                 ``input_ids``; -100 = no CLM term)
+``attention_mask`` [L] int/bool, optional        1 = real token (default: all ones)
+``teacher_ids``    [L, n_teachers, k] int        base-vocabulary ids of each teacher's aligned
+                                                 top-k at position t (the distribution that
+                                                 predicts token t + 1)
+``teacher_logits`` [L, n_teachers, k] float      their logits; ``-inf`` marks padding entries
+                                                 (a position with fewer than k aligned pairs)
+``teacher_ce``     [n_teachers] or               each teacher's cross-entropy metric, per
+                   [L, n_teachers] float         sequence or per token (smaller is better)
+=================  ============================  ==============================================
+
+Batch produced by :class:`FusionDataCollator` (B sequences padded to T on the right):
+``input_ids`` [B, T] int64, ``attention_mask`` [B, T] int64, ``labels`` [B, T] int64 (-100 on
+padding), ``teacher_ids`` [B, T, n_teachers, k] int32, ``teacher_logits`` [B, T, n_teachers, k]
+float32 (``-inf`` on padding), ``teacher_ce`` [B, T, n_teachers] float32 (per-sequence metrics
+broadcast to every token). With ``packing=True`` the B sequences are concatenated into one row
+([1, sum L] everywhere), ``position_ids`` restart at 0 for every sequence, the first label of
+every sequence is -100 (so the shifted CLM target never crosses a boundary) and there is no
+``attention_mask`` (Hugging Face models then detect the packed sequences from ``position_ids``).
+No output ever has a vocabulary-sized dimension: targets stay sparse until the loss.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+TEACHER_COLUMNS = ("teacher_ids", "teacher_logits", "teacher_ce")
+METRIC_LEVELS = ("sequence", "token")
+
+
+def _as_array(value: Any, column: str, index: int) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    try:
+        return np.asarray(value)
+    except ValueError as err:  # ragged nested lists
+        raise ValueError(f"example {index}: column {column!r} is ragged (all rows must have the same length)") from err
+
+
+def _int_array(value: Any, column: str, index: int, ndim: int) -> np.ndarray:
+    arr = _as_array(value, column, index)
+    if arr.size == 0 and arr.ndim < ndim:
+        arr = arr.reshape((0,) * ndim)
+    if arr.ndim != ndim:
+        raise ValueError(f"example {index}: column {column!r} must have {ndim} dimension(s), got shape {arr.shape}")
+    if arr.size and arr.dtype.kind not in "iub":
+        raise TypeError(f"example {index}: column {column!r} must hold integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=False)
+
+
+def _float_array(value: Any, column: str, index: int) -> np.ndarray:
+    arr = _as_array(value, column, index)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"example {index}: column {column!r} must hold floats, got dtype {arr.dtype}")
+    return arr.astype(np.float32, copy=False)
+
+
+class FusionDataCollator:
+    """Pads (or packs) examples with sparse teacher targets into a training batch.
+
+    Args:
+        pad_token_id: id written into padded ``input_ids`` positions (they are masked anyway).
+        num_teachers: expected number of teachers (checked on every example); None = take it
+            from the first example and require the others to agree.
+        vocab_size: when given, teacher ids must lie in [0, vocab_size).
+        metric_level: "sequence" (one metric per sequence and teacher; a per-token metric is
+            averaged over the sequence's attended tokens, as the published packing step does)
+            or "token" (requires per-token metrics ``[L, n_teachers]``).
+        require_teacher_ce: False when the loss does not need metrics (no ``teacher_ce``
+            column in the batch then).
+        packing: padding-free mode (one concatenated row, ``position_ids`` per sequence).
+        pad_to_multiple_of: round the padded length T up to a multiple of this.
+        max_length: reject examples longer than this (None = no limit).
+
+    ``__call__(features)`` takes a list of example dicts in the format of the module docstring
+    and returns a dict of tensors; it raises ValueError / TypeError / KeyError naming the
+    example and column for a missing column, a shape mismatch, NaN/+inf values or ids out
+    of range.
+    """
+
+    def __init__(self, pad_token_id: int = 0, *, num_teachers: int | None = None, vocab_size: int | None = None,
+                 metric_level: str = "sequence", require_teacher_ce: bool = True, packing: bool = False,
+                 pad_to_multiple_of: int | None = None, max_length: int | None = None):
+        if metric_level not in METRIC_LEVELS:
+            raise ValueError(f"metric_level must be one of {METRIC_LEVELS}, got {metric_level!r}")
+        if num_teachers is not None and num_teachers < 1:
+            raise ValueError(f"num_teachers must be >= 1, got {num_teachers}")
+        if vocab_size is not None and vocab_size < 1:
+            raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
+        self.pad_token_id = int(pad_token_id)
+        self.num_teachers = num_teachers
+        self.vocab_size = vocab_size
+        self.metric_level = metric_level
+        self.require_teacher_ce = require_teacher_ce
+        self.packing = packing
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.max_length = max_length
+
+    # ------------------------------------------------------------------ validation
+    def _example(self, feature: Mapping, index: int, num_teachers: int | None) -> dict[str, np.ndarray]:
+        if not isinstance(feature, Mapping):
+            raise TypeError(f"example {index} must be a mapping of columns, got {type(feature).__name__}")
+        required = ("input_ids", "teacher_ids", "teacher_logits") + (("teacher_ce",) if self.require_teacher_ce else ())
+        missing = [c for c in required if c not in feature or feature[c] is None]
+        if missing:
+            raise KeyError(f"example {index} is missing column(s) {missing}; fusion training needs {list(required)} "
+                           "(see fusekernels.integration.collator for the format)")
+        input_ids = _int_array(feature["input_ids"], "input_ids", index, 1)
+        length = len(input_ids)
+        if length == 0:
+            raise ValueError(f"example {index}: input_ids is empty")
+        if self.max_length is not None and length > self.max_length:
+            raise ValueError(f"example {index}: length {length} exceeds max_length={self.max_length}")
+
+        out = {"input_ids": input_ids}
+        for column in ("labels", "attention_mask"):
+            if feature.get(column) is not None:
+                arr = _int_array(feature[column], column, index, 1)
+                if len(arr) != length:
+                    raise ValueError(f"example {index}: {column} has length {len(arr)}, input_ids has {length}")
+                out[column] = arr
+        mask = out.get("attention_mask")
+        if mask is None:
+            mask = np.ones(length, dtype=np.int64)
+        elif not np.isin(mask, (0, 1)).all():
+            raise ValueError(f"example {index}: attention_mask must hold only 0 and 1")
+        out["attention_mask"] = mask
+        labels = out.get("labels")
+        out["labels"] = np.where(mask.astype(bool), input_ids, -100) if labels is None else labels
+
+        ids = _int_array(feature["teacher_ids"], "teacher_ids", index, 3)
+        logits = _float_array(feature["teacher_logits"], "teacher_logits", index)
+        if ids.shape[0] != length:
+            raise ValueError(f"example {index}: teacher_ids has {ids.shape[0]} positions, input_ids has {length}")
+        if logits.shape != ids.shape:
+            raise ValueError(f"example {index}: teacher_logits shape {logits.shape} != teacher_ids shape {ids.shape}")
+        n_teachers = ids.shape[1]
+        expected = self.num_teachers if self.num_teachers is not None else num_teachers
+        if n_teachers < 1 or ids.shape[2] < 1:
+            raise ValueError(f"example {index}: teacher_ids needs >= 1 teacher and k >= 1, got shape {ids.shape}")
+        if expected is not None and n_teachers != expected:
+            raise ValueError(f"example {index}: has {n_teachers} teacher(s), expected {expected}")
+        if np.isnan(logits).any() or np.isposinf(logits).any():
+            raise ValueError(f"example {index}: teacher_logits contains NaN or +inf (use -inf for padding entries)")
+        if ids.size and (ids.min() < 0 or (self.vocab_size is not None and ids.max() >= self.vocab_size)):
+            bad = ids.min() if ids.min() < 0 else ids.max()
+            raise ValueError(f"example {index}: teacher_ids contains id {bad} outside [0, {self.vocab_size or 'V'})")
+        out["teacher_ids"], out["teacher_logits"] = ids, logits
+
+        if self.require_teacher_ce:
+            out["teacher_ce"] = self._metric(feature["teacher_ce"], index, length, n_teachers, mask)
+        return out
+
+    def _metric(self, value: Any, index: int, length: int, n_teachers: int, mask: np.ndarray) -> np.ndarray:
+        ce = _float_array(value, "teacher_ce", index)
+        if not np.isfinite(ce).all():
+            raise ValueError(f"example {index}: teacher_ce contains NaN or inf")
+        if ce.shape == (n_teachers,):
+            if self.metric_level == "token":
+                raise ValueError(f"example {index}: metric_level='token' needs per-token teacher_ce of shape "
+                                 f"[{length}, {n_teachers}], got a per-sequence metric of shape {ce.shape}")
+            return np.broadcast_to(ce, (length, n_teachers))
+        if ce.shape != (length, n_teachers):
+            raise ValueError(f"example {index}: teacher_ce must have shape [{n_teachers}] or [{length}, {n_teachers}], "
+                             f"got {ce.shape}")
+        if self.metric_level == "sequence":
+            weights = mask.astype(np.float32)[:, None]
+            seq = (ce * weights).sum(0) / max(float(weights.sum()), 1.0)
+            return np.broadcast_to(seq, (length, n_teachers))
+        return ce
+
+    # ------------------------------------------------------------------ collation
+    def __call__(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        if not isinstance(features, Sequence) or isinstance(features, (str, bytes, Mapping)) or len(features) == 0:
+            raise ValueError("features must be a non-empty list of example dicts")
+        examples, n_teachers = [], None
+        for index, feature in enumerate(features):
+            example = self._example(feature, index, n_teachers)
+            n_teachers = example["teacher_ids"].shape[1]
+            examples.append(example)
+        return self._pack(examples) if self.packing else self._pad(examples)
+
+    def _padded_length(self, length: int) -> int:
+        multiple = self.pad_to_multiple_of
+        return length if multiple is None else -(-length // multiple) * multiple
+
+    def _pad(self, examples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+        batch, n_teachers = len(examples), examples[0]["teacher_ids"].shape[1]
+        length = self._padded_length(max(len(e["input_ids"]) for e in examples))
+        k = max(e["teacher_ids"].shape[2] for e in examples)
+        input_ids = np.full((batch, length), self.pad_token_id, dtype=np.int64)
+        attention = np.zeros((batch, length), dtype=np.int64)
+        labels = np.full((batch, length), -100, dtype=np.int64)
+        ids = np.zeros((batch, length, n_teachers, k), dtype=np.int32)
+        logits = np.full((batch, length, n_teachers, k), -np.inf, dtype=np.float32)
+        ce = np.zeros((batch, length, n_teachers), dtype=np.float32)
+        for b, e in enumerate(examples):
+            n, kk = len(e["input_ids"]), e["teacher_ids"].shape[2]
+            input_ids[b, :n] = e["input_ids"]
+            attention[b, :n] = e["attention_mask"]
+            labels[b, :n] = e["labels"]
+            ids[b, :n, :, :kk] = e["teacher_ids"]
+            logits[b, :n, :, :kk] = e["teacher_logits"]
+            if "teacher_ce" in e:
+                ce[b, :n] = e["teacher_ce"]
+        out = {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
+               "teacher_ids": ids, "teacher_logits": logits}
+        if self.require_teacher_ce:
+            out["teacher_ce"] = ce
+        return {name: torch.from_numpy(value) for name, value in out.items()}
+
+    def _pack(self, examples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+        k = max(e["teacher_ids"].shape[2] for e in examples)
+        names = ("input_ids", "labels", "position_ids", "teacher_ids", "teacher_logits", "teacher_ce")
+        pieces: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        for e in examples:
+            n, n_teachers, kk = e["teacher_ids"].shape
+            if not e["attention_mask"].all():
+                # padding-free batches carry no attention mask: keep only the attended tokens
+                keep = e["attention_mask"].astype(bool)
+                e = {name: (value[keep] if value.shape[:1] == (n,) else value) for name, value in e.items()}
+                n = len(e["input_ids"])
+                if n == 0:
+                    continue
+            labels = e["labels"].copy()
+            labels[0] = -100  # the shifted target of the previous sequence's last token
+            ids = np.zeros((n, n_teachers, k), dtype=np.int32)
+            logits = np.full((n, n_teachers, k), -np.inf, dtype=np.float32)
+            ids[:, :, :kk], logits[:, :, :kk] = e["teacher_ids"], e["teacher_logits"]
+            pieces["input_ids"].append(e["input_ids"])
+            pieces["labels"].append(labels)
+            pieces["position_ids"].append(np.arange(n, dtype=np.int64))
+            pieces["teacher_ids"].append(ids)
+            pieces["teacher_logits"].append(logits)
+            if "teacher_ce" in e:
+                pieces["teacher_ce"].append(np.asarray(e["teacher_ce"], dtype=np.float32))
+        if not pieces["input_ids"]:
+            raise ValueError("every example in the batch has an all-zero attention_mask")
+        return {name: torch.from_numpy(np.concatenate(parts)[None]) for name, parts in pieces.items() if parts}

@@ -1,0 +1,359 @@
+"""Hugging Face ``Trainer`` integration of the sparse fusion loss (FuseLLM / FuseChat training).
+
+``FusionTrainer`` trains a causal LM on batches from :class:`FusionDataCollator` with
+``lam * CLM + (1 - lam) * fusion`` (spec section 7). How the pieces fit Hugging Face's loop:
+
+- The teacher columns (``teacher_ids``, ``teacher_logits``, ``teacher_ce``) are kept by
+  ``remove_unused_columns`` and popped from the inputs before the model runs; the model never
+  sees them and never computes its own loss.
+- Row t of the logits predicts token t + 1: its CLM label is ``labels[t + 1]`` and its fusion
+  target is the teachers' top-k at position t (what the pipeline stores there).
+- Gradient accumulation and multi-process training are exact: every micro-batch divides by
+  counts of the whole accumulated (and, with ``average_tokens_across_devices``, all-process)
+  batch, the counts Hugging Face passes as ``num_items_in_batch``. With
+  ``fusion_positions="labels"`` (default) the fusion term covers the rows that have a CLM label,
+  so both terms share that count. With ``fusion_positions="attention"`` (the published recipe)
+  it covers every attended row, counted the same way into ``num_fusion_items``.
+- Memory: for Llama-like models (``model.<base_model_prefix>`` + a plain ``nn.Linear``
+  ``lm_head``) the trainer runs the model with ``logits_to_keep`` set to no position, captures
+  the final hidden states, and computes the loss from them and the LM-head weight in token
+  chunks (:func:`fusekernels.loss.fused_linear.fused_linear_fusion_loss`): no ``[B, T, V]``
+  logits tensor exists at all. Other models return their logits once and the loss reads them.
+
+Usage (``dataset`` holds the columns documented in :mod:`fusekernels.integration.collator`)::
+
+    trainer = FusionTrainer(model=model, args=TrainingArguments(...), train_dataset=dataset,
+                            processing_class=tokenizer,
+                            fusion_args=FusionArguments(fusion="mince", loss_type="kl", lam=0.9))
+    trainer.train()
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from transformers import Trainer
+from transformers.trainer_utils import unwrap_peft_model
+
+from ..loss.functional import fusion_loss
+from ..loss.fused_linear import fused_linear_fusion_loss
+from .collator import METRIC_LEVELS, TEACHER_COLUMNS, FusionDataCollator
+from .schedules import LAM_SCHEDULES, check_lam, lam_at_step
+
+FUSIONS = ("mince", "avgce")
+LOSS_TYPES = ("kl", "ce")
+FUSION_POSITIONS = ("labels", "attention")
+FUSED_LM_HEAD = ("auto", "always", "never")
+# Config attributes that make a model's logits differ from ``lm_head(hidden)``.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_logits_scale")
+
+
+@dataclass
+class FusionArguments:
+    """Fusion options of :class:`FusionTrainer` (parsable with ``HfArgumentParser``)."""
+
+    num_teachers: int | None = field(default=None, metadata={"help": "Teachers per example (checked); None = any."})
+    fusion: str = field(default="mince", metadata={"help": "mince (teacher with the smallest CE) | avgce."})
+    metric_level: str = field(default="sequence", metadata={"help": "sequence | token: granularity of teacher_ce."})
+    loss_type: str = field(default="kl", metadata={"help": "kl | ce."})
+    temperature: float = field(default=1.0, metadata={"help": "Teacher temperature."})
+    lam: float = field(default=0.9, metadata={"help": "Weight of the CLM term (published 0.9)."})
+    lam_schedule: str = field(default="hard", metadata={"help": "hard (constant) | hard_and_decay (lam -> 1)."})
+    fusion_positions: str = field(default="labels", metadata={
+        "help": "labels: fusion on rows with a CLM label | attention: every attended row (published)."})
+    fused_lm_head: str = field(default="auto", metadata={
+        "help": "auto | always | never: loss from hidden states in chunks instead of full logits."})
+    chunk_rows: int | None = field(default=None, metadata={"help": "Rows per chunk of the fused LM-head loss."})
+    backend: str = field(default="auto", metadata={"help": "auto | triton | torch."})
+    log_components: bool = field(default=True, metadata={"help": "Log clm_loss / fusion_loss / lam."})
+
+    def __post_init__(self):
+        for name, allowed in (("fusion", FUSIONS), ("metric_level", METRIC_LEVELS), ("loss_type", LOSS_TYPES),
+                              ("lam_schedule", LAM_SCHEDULES), ("fusion_positions", FUSION_POSITIONS),
+                              ("fused_lm_head", FUSED_LM_HEAD), ("backend", ("auto", "triton", "torch"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"FusionArguments.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        self.lam = check_lam(self.lam, "FusionArguments.lam")
+        if not self.temperature > 0:
+            raise ValueError(f"FusionArguments.temperature must be > 0, got {self.temperature}")
+        if self.num_teachers is not None and self.num_teachers < 1:
+            raise ValueError(f"FusionArguments.num_teachers must be >= 1, got {self.num_teachers}")
+        if self.chunk_rows is not None and self.chunk_rows < 1:
+            raise ValueError(f"FusionArguments.chunk_rows must be >= 1, got {self.chunk_rows}")
+
+
+def shift_labels(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """[..., T] labels -> [..., T] next-token labels: row t gets ``labels[t + 1]``, the last row
+    ``ignore_index`` (the causal-LM shift of Hugging Face's loss, without slicing the logits)."""
+    pad = torch.full_like(labels[..., :1], ignore_index)
+    return torch.cat([labels[..., 1:], pad], dim=-1)
+
+
+def _fusion_rows_mask(config: FusionArguments, labels: torch.Tensor, attention_mask):
+    """Rows [..., T] where the fusion term counts, or None for "rows with a CLM label"."""
+    if config.fusion_positions == "labels":
+        return None
+    if attention_mask is None:  # packed (padding-free) batches: every position is a real token
+        return torch.ones(labels.shape, dtype=torch.bool, device=labels.device)
+    return attention_mask != 0
+
+
+def fusion_compute_loss(outputs, labels, num_items_in_batch=None, *, teacher_ids, teacher_logits,
+                        teacher_ce=None, attention_mask=None, num_fusion_items=None,
+                        config: FusionArguments | None = None, lam: float | None = None,
+                        return_components: bool = False):
+    """Fusion loss of a causal-LM output, with ``Trainer.compute_loss_func``'s calling convention.
+
+    Args:
+        outputs: model output with ``logits`` [B, T, V] (any float dtype; never copied to fp32).
+        labels: [B, T] int64 unshifted labels (-100 = ignored), as in the collator's batch.
+        num_items_in_batch: label tokens (after the shift) of the whole accumulated batch, as
+            the Trainer passes it; None = this batch's count.
+        teacher_ids, teacher_logits, teacher_ce, attention_mask: the collator's tensors
+            ([B, T, n, k], [B, T, n, k], [B, T, n], [B, T]).
+        num_fusion_items: denominator of the fusion term for ``fusion_positions="attention"``
+            (attended tokens of the accumulated batch); None = this batch's count.
+        config: :class:`FusionArguments` (default values when None); ``lam`` overrides its lam
+            (e.g. the scheduled value).
+
+    Returns the 0-d loss, or ``FusionLossOutput`` with ``return_components``. A plain
+    ``Trainer`` passes only (outputs, labels, num_items_in_batch) to ``compute_loss_func``, so
+    the teacher tensors are bound by :class:`FusionTrainer`, which pops them from the batch.
+    """
+    config = config or FusionArguments()
+    logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
+    if logits is None:
+        raise ValueError("outputs has no 'logits'; fusion_compute_loss needs the model's logits [B, T, V]")
+    if labels is None:
+        raise ValueError("labels is None: fusion training needs labels (the collator always provides them)")
+    return fusion_loss(
+        logits, shift_labels(labels), teacher_ids, teacher_logits, teacher_ce=teacher_ce,
+        fusion=config.fusion, loss_type=config.loss_type, temperature=config.temperature,
+        lam=config.lam if lam is None else lam, fusion_mask=_fusion_rows_mask(config, labels, attention_mask),
+        reduction="mean", num_items_in_batch=num_items_in_batch, num_fusion_items=num_fusion_items,
+        backend=config.backend, return_components=return_components)
+
+
+def fused_head_supported(model: nn.Module) -> tuple[bool, str]:
+    """Whether the chunked hidden-state loss reproduces ``model``'s logits, and why not."""
+    head = getattr(model, "lm_head", None)
+    prefix = getattr(model, "base_model_prefix", None)
+    config = getattr(model, "config", None)
+    if type(head) is not nn.Linear:
+        return False, "the model has no plain nn.Linear lm_head"
+    if not prefix or not isinstance(getattr(model, prefix, None), nn.Module):
+        return False, "the model has no base model (model.<base_model_prefix>)"
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return False, "the model's forward has no logits_to_keep argument"
+    if getattr(config, "is_encoder_decoder", False):
+        return False, "encoder-decoder models are not supported"
+    for name in _LOGIT_TRANSFORMS:
+        if getattr(config, name, None) not in (None, 1, 1.0):
+            return False, f"the model transforms its logits (config.{name})"
+    return True, ""
+
+
+class FusionTrainer(Trainer):
+    """``Trainer`` that optimises ``lam * CLM + (1 - lam) * fusion`` on sparse teacher targets.
+
+    Takes every ``Trainer`` argument plus ``fusion_args`` (:class:`FusionArguments`). Without a
+    ``data_collator`` it builds a :class:`FusionDataCollator` (pad id from the processing class).
+    Datasets are checked at construction (teacher columns present, first examples collate), so
+    bad data fails before training starts. Logs ``clm_loss``, ``fusion_loss`` and ``lam`` next to
+    ``loss`` (``fusion_args.log_components``).
+    """
+
+    # compute_loss divides by the counts of the whole accumulated batch itself.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
+                 processing_class=None, *, fusion_args: FusionArguments | None = None, **kwargs):
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError("FusionTrainer computes the fusion loss itself; do not pass compute_loss_func")
+        self.fusion_args = fusion_args if fusion_args is not None else FusionArguments()
+        if not isinstance(self.fusion_args, FusionArguments):
+            raise TypeError(f"fusion_args must be a FusionArguments, got {type(self.fusion_args).__name__}")
+        if data_collator is None:
+            pad = getattr(processing_class, "pad_token_id", None)
+            vocab = getattr(getattr(model, "config", None), "vocab_size", None)  # ids are range-checked
+            data_collator = FusionDataCollator(pad_token_id=pad if pad is not None else 0,
+                                               num_teachers=self.fusion_args.num_teachers,
+                                               vocab_size=vocab if isinstance(vocab, int) else None,
+                                               metric_level=self.fusion_args.metric_level)
+        # compute_loss_func is set so that Trainer counts num_items_in_batch for every model;
+        # compute_loss below calls fusion_compute_loss itself with the teacher tensors bound.
+        kwargs["compute_loss_func"] = fusion_compute_loss
+        super().__init__(model, args, data_collator, train_dataset, eval_dataset, processing_class, **kwargs)
+        if self.args.n_gpu > 1:
+            raise ValueError("FusionTrainer does not support torch.nn.DataParallel (n_gpu > 1); launch one process "
+                             "per device with accelerate or torchrun instead")
+        self._loss_shifts_labels = True  # the count of labels[..., 1:] is the count of loss rows
+        self._num_fusion_items = None
+        self._component_sums = None
+        self._check_dataset(train_dataset, "train_dataset")
+        for name, dataset in (eval_dataset.items() if isinstance(eval_dataset, dict) else [("", eval_dataset)]):
+            self._check_dataset(dataset, f"eval_dataset{'[' + repr(name) + ']' if name else ''}")
+
+    # ------------------------------------------------------------------ data
+    def _check_dataset(self, dataset, what: str) -> None:
+        """Fail before training on a dataset without teacher columns or with malformed examples."""
+        if dataset is None:
+            return
+        columns = getattr(dataset, "column_names", None)
+        needed = ["input_ids", "teacher_ids", "teacher_logits"]
+        if not (isinstance(self.data_collator, FusionDataCollator) and not self.data_collator.require_teacher_ce):
+            needed.append("teacher_ce")
+        if columns is not None:
+            missing = [c for c in needed if c not in columns]
+            if missing:
+                raise ValueError(f"{what} is missing column(s) {missing} needed for fusion training "
+                                 "(see fusekernels.integration.collator for the format)")
+        if isinstance(self.data_collator, FusionDataCollator) and hasattr(dataset, "__getitem__"):
+            try:
+                size = len(dataset)
+            except TypeError:
+                return
+            if size == 0:
+                raise ValueError(f"{what} is empty")
+            try:
+                self.data_collator([dataset[i] for i in range(min(size, 2))])
+            except (ValueError, TypeError, KeyError) as err:
+                raise type(err)(f"{what}: {err}") from err
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        for column in (*TEACHER_COLUMNS, "position_ids"):
+            if column not in self._signature_columns:
+                self._signature_columns.append(column)
+
+    def _get_num_items_in_batch(self, batch_samples, device):
+        """Label count (Hugging Face's rule) and, for ``fusion_positions="attention"``, the count of
+        attended tokens of the same accumulated batch, gathered across processes the same way."""
+        num_items = super()._get_num_items_in_batch(batch_samples, device)
+        self._num_fusion_items = None
+        if self.fusion_args.fusion_positions == "attention" and batch_samples:
+            count = sum(int(b["attention_mask"].sum()) if b.get("attention_mask") is not None
+                        else b["labels"].numel() for b in batch_samples)
+            count = torch.tensor(count, device=device)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                count = self.accelerator.gather(count).sum()
+            self._num_fusion_items = count
+        return num_items
+
+    # ------------------------------------------------------------------ loss
+    def current_lam(self) -> float:
+        """lam of the current optimizer step under ``fusion_args.lam_schedule``."""
+        max_steps = max(self.state.max_steps, 1)
+        return lam_at_step(self.fusion_args.lam_schedule, self.fusion_args.lam, self.state.global_step, max_steps)
+
+    def _core_model(self, model) -> nn.Module:
+        """The plain transformers model under DDP / PEFT wrappers."""
+        return unwrap_peft_model(self.accelerator.unwrap_model(model))
+
+    def _use_fused_head(self, model) -> bool:
+        mode = self.fusion_args.fused_lm_head
+        if mode == "never":
+            return False
+        ok, why = fused_head_supported(self._core_model(model))
+        if ok and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            # sharded parameters are only whole inside the wrapped module's own forward
+            ok, why = False, "FSDP / DeepSpeed shard the lm_head weight"
+        if mode == "always" and not ok:
+            raise ValueError(f"fused_lm_head='always' but {why}")
+        return ok
+
+    def _final_hidden_states(self, model, inputs) -> torch.Tensor:
+        """Run ``model`` (through its wrappers, so DDP hooks fire) without computing logits and
+        return the base model's last hidden state [B, T, H] (what ``lm_head`` would consume)."""
+        core = self._core_model(model)
+        base = getattr(core, core.base_model_prefix)
+        captured = {}
+
+        def keep_hidden(_module, _args, output):
+            captured["hidden"] = output[0]
+
+        handle = base.register_forward_hook(keep_hidden)
+        try:
+            no_position = torch.empty(0, dtype=torch.long, device=inputs["input_ids"].device)
+            model(**inputs, logits_to_keep=no_position)
+        finally:
+            handle.remove()
+        hidden = captured.get("hidden")
+        expected = (*inputs["input_ids"].shape, core.lm_head.in_features)
+        if not isinstance(hidden, torch.Tensor) or tuple(hidden.shape) != expected:
+            raise RuntimeError(f"could not capture the final hidden states {expected} of {type(core).__name__} "
+                               f"(got {getattr(hidden, 'shape', type(hidden).__name__)}); set "
+                               "FusionArguments(fused_lm_head='never')")
+        return hidden
+
+    @staticmethod
+    def _accepts_argument(model, name: str) -> bool:
+        params = inspect.signature(model.forward).parameters.values()
+        return any(p.name == name or p.kind == inspect.Parameter.VAR_KEYWORD for p in params)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Pops labels and teacher tensors from ``inputs``, runs the model and returns the fusion
+        loss normalised by the whole accumulated batch (see the module docstring)."""
+        inputs = dict(inputs)
+        missing = [c for c in ("labels", "teacher_ids", "teacher_logits") if inputs.get(c) is None]
+        if missing:
+            raise ValueError(f"the batch has no {missing}: FusionTrainer needs batches from FusionDataCollator")
+        labels = inputs.pop("labels")
+        teacher = {name: inputs.pop(name) for name in TEACHER_COLUMNS if name in inputs}
+        config, lam = self.fusion_args, self.current_lam()
+        attention_mask = inputs.get("attention_mask")
+        num_fusion = self._num_fusion_items if config.fusion_positions == "attention" else None
+        want_components = config.log_components and model.training
+        if self._accepts_argument(self._core_model(model), "use_cache"):
+            inputs.setdefault("use_cache", False)  # no KV cache in training (packing detection needs none)
+
+        outputs = None
+        if not return_outputs and self._use_fused_head(model):
+            hidden = self._final_hidden_states(model, inputs)
+            head = self._core_model(model).lm_head
+            result = fused_linear_fusion_loss(
+                hidden.to(head.weight.dtype), head.weight, shift_labels(labels), teacher["teacher_ids"],
+                teacher["teacher_logits"], bias=head.bias, teacher_ce=teacher.get("teacher_ce"),
+                fusion=config.fusion, loss_type=config.loss_type, temperature=config.temperature, lam=lam,
+                fusion_mask=_fusion_rows_mask(config, labels, attention_mask), reduction="mean",
+                num_items_in_batch=num_items_in_batch, num_fusion_items=num_fusion, backend=config.backend,
+                return_components=want_components, chunk_rows=config.chunk_rows)
+        else:
+            outputs = model(**inputs)
+            result = fusion_compute_loss(outputs, labels, num_items_in_batch, **teacher,
+                                         attention_mask=attention_mask, num_fusion_items=num_fusion,
+                                         config=config, lam=lam, return_components=want_components)
+        loss = result.loss if want_components else result
+
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # The denominators count every process's tokens while DDP averages the gradients.
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        if want_components:
+            self._record_components(result.clm_loss, result.fusion_loss, lam)
+        return (loss, outputs) if return_outputs else loss
+
+    # ------------------------------------------------------------------ logging
+    def _record_components(self, clm, fusion, lam):
+        scale = self.accelerator.num_processes // self.get_tp_size() if self.args.average_tokens_across_devices else 1
+        step = torch.stack([clm.detach().float() * scale, fusion.detach().float() * scale])
+        self._component_sums = step if self._component_sums is None else self._component_sums + step
+        self._last_lam = lam
+
+    def log(self, logs, *args, **kwargs):
+        if "loss" in logs and self._component_sums is not None:
+            steps = max(self.state.global_step - getattr(self, "_components_logged_at", 0), 1)
+            sums = self._component_sums.to(self.args.device)
+            if self.args.world_size > 1:
+                sums = self.accelerator.reduce(sums, reduction="mean")
+            logs["clm_loss"] = round(float(sums[0]) / steps, 6)
+            logs["fusion_loss"] = round(float(sums[1]) / steps, 6)
+            logs["lam"] = round(self._last_lam, 6)
+            self._component_sums = None
+            self._components_logged_at = self.state.global_step
+        super().log(logs, *args, **kwargs)
+
+    def fusion_config(self) -> dict:
+        """The fusion options as a plain dict (for experiment tracking)."""
+        return asdict(self.fusion_args)

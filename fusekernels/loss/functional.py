@@ -1,0 +1,144 @@
+"""Public functional API of the sparse top-k fusion loss (FuseLLM / FuseChat, spec section 7).
+
+The fused target of each row is a mixture of the teachers' top-k distributions, each a softmax
+over at most k (base-vocabulary id, logit) pairs; it is never expanded to the vocabulary.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import NamedTuple, Optional
+
+import torch
+
+from .autograd import FusionLossFunction, RowOptions
+from .backend import BACKENDS
+from .inputs import broadcast_per_teacher, check_no_nan, flatten_inputs, flatten_mask
+from .weights import FUSIONS, REDUCTIONS, fusion_weights, unit_scales
+
+LOSS_TYPES = ("kl", "ce")
+
+
+class FusionLossOutput(NamedTuple):
+    """loss = lam * clm_loss + (1 - lam) * fusion_loss; the two components are detached and
+    reduced like the loss (0-d for "mean" / "sum", [...] per row for "none")."""
+
+    loss: torch.Tensor
+    clm_loss: torch.Tensor
+    fusion_loss: torch.Tensor
+
+
+def _check_options(fusion, loss_type, temperature, lam, reduction, backend, labels):
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not (isinstance(temperature, numbers.Real) and 0 < temperature < float("inf")):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if not (isinstance(lam, numbers.Real) and 0.0 <= lam <= 1.0):
+        raise ValueError(f"lam must be a number in [0, 1], got {lam!r}")
+    if labels is None and lam > 0:
+        raise ValueError(f"labels is None, so lam must be 0 (no CLM term), got lam={lam}")
+
+
+def fusion_loss(
+    logits: torch.Tensor,
+    labels: Optional[torch.Tensor],
+    teacher_ids: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    teacher_counts: Optional[torch.Tensor] = None,
+    teacher_ce: Optional[torch.Tensor] = None,
+    teacher_weights: Optional[torch.Tensor] = None,
+    fusion: str = "mince",
+    loss_type: str = "kl",
+    temperature: float = 1.0,
+    lam: float = 0.9,
+    ignore_index: int = -100,
+    fusion_mask: Optional[torch.Tensor] = None,
+    reduction: str = "mean",
+    num_items_in_batch=None,
+    num_fusion_items=None,
+    inplace_backward: bool = False,
+    backend: str = "auto",
+    return_components: bool = False,
+):
+    """Total loss ``lam * CLM + (1 - lam) * fusion`` of student logits against sparse teachers.
+
+    Args:
+        logits: [..., V] student logits (fp32 / bf16 / fp16; fp64 runs the torch path in fp64).
+            Leading dims are flattened to N rows.
+        labels: [...] int next-token label per row (already shifted); ``ignore_index`` rows have
+            no CLM term. May be None when ``lam == 0``.
+        teacher_ids: [..., T, k] int32/int64 base-vocabulary ids of each teacher's top-k.
+        teacher_logits: [..., T, k] float teacher logits; -inf marks a padding entry.
+        teacher_counts: [..., T] int, entries at index >= count are padding (alternative to -inf).
+        teacher_ce: [..., T] float CE per row and teacher (or anything broadcasting to it, e.g.
+            per sequence [B, 1, T]); needed by "mince" / "avgce".
+        teacher_weights: [..., T] float >= 0 explicit weights for ``fusion="weights"``.
+        fusion: "mince" (teacher with the smallest CE, ties -> first), "avgce" (softmax of the
+            rewards exp(-ce), as published) or "weights". Teachers with no valid entry at a row
+            are absent there; a row with no teacher present has no fusion term.
+        loss_type: "kl" (sum q (log q - log p)) or "ce" (-sum q log p); same gradient.
+        temperature: teacher temperature, targets are softmax(teacher_logits / temperature).
+        lam: weight of the CLM term, in [0, 1].
+        fusion_mask: [...] bool/int rows where the fusion term counts (the published recipe uses
+            the attention mask); default: rows whose label is not ignore_index.
+        reduction: "mean" | "sum" | "none" (per-row [...] loss in float32, fp64 for fp64 logits).
+        num_items_in_batch: int or one-element tensor, denominator of the CLM mean (Hugging Face
+            gradient accumulation); also of the fusion mean when fusion_mask is None.
+        num_fusion_items: denominator of the fusion mean (default: fusion_mask.sum()).
+        inplace_backward: let the gradient overwrite the logits' storage (saves one [N, V]
+            buffer; the logits' values are gone after the call).
+        backend: "auto" (Triton for CUDA tensors when triton imports, else torch), "triton", "torch".
+        return_components: return FusionLossOutput(loss, clm_loss, fusion_loss).
+
+    Returns:
+        The loss (0-d, or [...] for "none"), or a FusionLossOutput. Only ``logits`` receives a
+        gradient: teacher targets are constants.
+    """
+    _check_options(fusion, loss_type, temperature, lam, reduction, backend, labels)
+    flat = flatten_inputs(logits, labels, teacher_ids, teacher_logits, teacher_counts, ignore_index)
+    n_teachers = flat.teacher_ids.shape[1]
+    lead, device = flat.lead_shape, logits.device
+    if logits.dtype == torch.float64:  # the kernels take fp32/bf16/fp16 only
+        if backend == "triton":
+            raise ValueError("logits of dtype float64 are only supported by backend='torch'")
+        backend = "torch"
+    work = flat.teacher_logits.dtype
+
+    ce = broadcast_per_teacher("teacher_ce", teacher_ce, lead, n_teachers, device)
+    explicit = broadcast_per_teacher("teacher_weights", teacher_weights, lead, n_teachers, device)
+    check_no_nan("teacher_ce", ce)
+    if ce is not None and bool(torch.isneginf(ce).any()):
+        raise ValueError("teacher_ce contains -inf (a cross-entropy is >= 0)")
+    check_no_nan("teacher_weights", explicit)
+    if explicit is not None and bool((explicit < 0).any() | torch.isinf(explicit).any()):
+        raise ValueError("teacher_weights must be finite and >= 0")
+    weights = fusion_weights(fusion, flat.present, ce, explicit, dtype=work)
+
+    clm_rows = flat.labels != ignore_index
+    counted = (flatten_mask("fusion_mask", fusion_mask, lead, device) if fusion_mask is not None
+               else clm_rows if labels is not None else torch.ones_like(clm_rows))
+    fusion_rows = counted & (weights.sum(-1) > 0)
+    clm_unit, fusion_unit = unit_scales(clm_rows, fusion_rows, counted, reduction, num_items_in_batch,
+                                        num_fusion_items, fusion_mask is not None, dtype=work)
+
+    compute_grad = torch.is_grad_enabled() and logits.requires_grad
+    options = RowOptions(
+        temperature=float(temperature), loss_type=loss_type, ignore_index=int(ignore_index),
+        grad_inplace=bool(inplace_backward) and compute_grad, backend=backend,
+        reduce=reduction != "none", components=bool(return_components), compute_grad=compute_grad)
+    loss, clm_part, fusion_part = FusionLossFunction.apply(
+        flat.logits, flat.labels, flat.teacher_ids, flat.teacher_logits, weights,
+        lam * clm_unit, (1.0 - lam) * fusion_unit, clm_unit, fusion_unit, options)
+    if reduction == "none":
+        loss = loss.reshape(lead)
+        if return_components:
+            clm_part, fusion_part = clm_part.reshape(lead), fusion_part.reshape(lead)
+    if return_components:
+        return FusionLossOutput(loss, clm_part.detach(), fusion_part.detach())
+    return loss

@@ -1,0 +1,71 @@
+"""Teacher-side extraction: top-k logits, logsumexp and token CE in one pass over the logits.
+
+This replaces the published recipe's fp16 cast + full log_softmax + topk: values stay in fp32 and
+the logits are read once per row chunk.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from .backend import BACKENDS, teacher_topk_rows
+from .inputs import INT_DTYPES, LOGIT_DTYPES
+
+
+class TeacherTopK(NamedTuple):
+    """ids [..., k] int32, values [..., k] float32 sorted descending, lse [...] float32 (logsumexp
+    of the row), ce [...] float32 (lse - z[label]; 0 where the label is ignored or absent)."""
+
+    ids: torch.Tensor
+    values: torch.Tensor
+    lse: torch.Tensor
+    ce: torch.Tensor
+
+
+def teacher_topk(logits: torch.Tensor, labels: Optional[torch.Tensor] = None, k: int = 10, *,
+                 ignore_index: int = -100, backend: str = "auto") -> TeacherTopK:
+    """Top-k (id, logit) pairs, logsumexp and next-token CE of every row of teacher logits.
+
+    logits [..., V] fp32/bf16/fp16; labels [...] int next-token labels (already shifted) or None;
+    k in [1, V]. Ties within the top-k may come in any order. Logits are not rounded to fp16.
+    """
+    if not isinstance(logits, torch.Tensor) or logits.dtype not in LOGIT_DTYPES:
+        raise TypeError("logits must be a float32/bfloat16/float16/float64 tensor")
+    if logits.dim() < 1 or logits.shape[-1] == 0:
+        raise ValueError(f"logits must have shape [..., V] with V > 0, got {tuple(logits.shape)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    lead, vocab = logits.shape[:-1], logits.shape[-1]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
+        raise ValueError(f"k must be an int in [1, V={vocab}], got {k!r}")
+    flat_labels = None
+    if labels is not None:
+        if not isinstance(labels, torch.Tensor) or labels.dtype not in INT_DTYPES:
+            raise TypeError("labels must be an integer tensor")
+        if tuple(labels.shape) != tuple(lead):
+            raise ValueError(f"labels must have shape {tuple(lead)} (logits.shape[:-1]), got {tuple(labels.shape)}")
+        if labels.device != logits.device:
+            raise ValueError(f"labels is on {labels.device} but logits are on {logits.device}")
+        flat_labels = labels.reshape(-1).to(torch.int64)
+        used = flat_labels != ignore_index
+        if bool((used & ((flat_labels < 0) | (flat_labels >= vocab))).any()):
+            raise ValueError(f"labels out of range [0, V={vocab}) (and not ignore_index={ignore_index})")
+    if logits.dtype == torch.float64 and backend == "auto":
+        backend = "torch"  # the kernel takes fp32/bf16/fp16 only
+    rows = logits.reshape(-1, vocab).contiguous()
+    ids, values, lse, ce = teacher_topk_rows(rows, flat_labels, k, ignore_index, backend=backend)
+    return TeacherTopK(ids.reshape(*lead, k), values.reshape(*lead, k), lse.reshape(lead), ce.reshape(lead))
+
+
+def sequence_ce(token_ce: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence ``metric_ce`` of spec section 2: mean token CE over the masked positions.
+
+    token_ce [B, L] float, mask [B, L] bool/0-1 -> [B] float32 (0 for a sequence with no position).
+    """
+    if token_ce.shape != mask.shape or token_ce.dim() != 2:
+        raise ValueError(f"token_ce and mask must both have shape [B, L], got {tuple(token_ce.shape)} "
+                         f"and {tuple(mask.shape)}")
+    weight = (mask != 0).to(torch.float32)
+    count = weight.sum(-1)
+    return (token_ce.float() * weight).sum(-1) / count.clamp_min(1.0)

@@ -1,0 +1,95 @@
+"""Per-row fusion weights over teachers and per-row loss scales.
+
+Fusion weights [N, T] are 0 for teachers absent at a row (no valid entry there) and sum to 1 over
+the present ones, or to 0 where no teacher is present (that row has no fusion term).
+"""
+from __future__ import annotations
+
+import torch
+
+FUSIONS = ("mince", "avgce", "weights")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def fusion_weights(fusion: str, present: torch.Tensor, teacher_ce=None, teacher_weights=None,
+                   dtype=torch.float32) -> torch.Tensor:
+    """Fusion weights [N, T] in ``dtype``.
+
+    present [N, T] bool; teacher_ce [N, T] float (needed by "mince" / "avgce");
+    teacher_weights [N, T] float >= 0 (needed by "weights").
+
+    - "mince": one-hot on the present teacher with the largest reward exp(-ce), i.e. the smallest
+      CE. As in the published code the comparison is on the fp32 rewards and ties go to the first
+      teacher (argmax), so two CEs that round to the same reward tie.
+    - "avgce": softmax of the rewards exp(-ce) themselves over the present teachers (as published;
+      rewards lie in [0, 1], so these weights are never far from uniform).
+    - "weights": the given weights, renormalised over the present teachers.
+    """
+    if fusion in ("mince", "avgce"):
+        if teacher_ce is None:
+            raise ValueError(f"fusion={fusion!r} needs teacher_ce ([..., T] CE per row and teacher)")
+        reward = torch.exp(-teacher_ce.float())
+        if fusion == "mince":
+            # Rewards are >= 0, so -1 keeps absent teachers from winning over a present one.
+            best = torch.where(present, reward, torch.full_like(reward, -1.0)).argmax(dim=-1)
+            onehot = torch.nn.functional.one_hot(best, present.shape[-1]).to(torch.bool)
+            return (onehot & present).to(dtype)
+        scores = torch.where(present, reward, torch.full_like(reward, float("-inf")))
+        soft = torch.softmax(scores, dim=-1)
+        return torch.where(present.any(-1, keepdim=True), soft, torch.zeros_like(soft)).to(dtype)
+    if fusion == "weights":
+        if teacher_weights is None:
+            raise ValueError("fusion='weights' needs teacher_weights ([..., T] fusion weights)")
+        w = torch.where(present, teacher_weights.to(dtype), torch.zeros((), dtype=dtype, device=present.device))
+        total = w.sum(-1, keepdim=True)
+        return torch.where(total > 0, w / torch.where(total > 0, total, torch.ones_like(total)),
+                           torch.zeros_like(w))
+    raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+
+
+def _denominator(value, fallback: torch.Tensor, name: str, dtype) -> torch.Tensor:
+    """Count used by "mean": an explicit int / 0-d tensor, else the fallback count."""
+    if value is None:
+        return fallback.to(dtype)
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be an int or a one-element tensor, got shape {tuple(value.shape)}")
+        return value.reshape(()).to(device=fallback.device, dtype=dtype)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be an int or a 0-d tensor, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return torch.tensor(float(value), dtype=dtype, device=fallback.device)
+
+
+def _safe_inverse(count: torch.Tensor) -> torch.Tensor:
+    # No items -> the term is 0 (not NaN as a 0/0 mean would be).
+    return torch.where(count > 0, 1.0 / torch.where(count > 0, count, torch.ones_like(count)),
+                       torch.zeros_like(count))
+
+
+def unit_scales(clm_rows: torch.Tensor, fusion_rows: torch.Tensor, fusion_counted: torch.Tensor,
+                reduction: str, num_items_in_batch=None, num_fusion_items=None,
+                fusion_mask_given: bool = False, dtype=torch.float32):
+    """Per-row weights [N] of the unscaled CLM and fusion terms for a reduction.
+
+    clm_rows [N] bool: rows with a CLM term; fusion_rows [N] bool: rows with a fusion term;
+    fusion_counted [N] bool: rows counted by the fusion mean (the fusion mask, whether or not a
+    teacher is present there). "mean" divides the CLM term by num_items_in_batch (default: the
+    number of label rows) and the fusion term by num_fusion_items, else by num_items_in_batch when
+    no fusion_mask was given (both terms then count the same label rows), else by the fusion
+    mask's row count.
+    """
+    clm_unit, fusion_unit = clm_rows.to(dtype), fusion_rows.to(dtype)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if reduction != "mean":
+        return clm_unit, fusion_unit
+    n_clm = _denominator(num_items_in_batch, clm_rows.sum(), "num_items_in_batch", dtype)
+    if num_fusion_items is not None:
+        n_fus = _denominator(num_fusion_items, fusion_counted.sum(), "num_fusion_items", dtype)
+    elif not fusion_mask_given and num_items_in_batch is not None:
+        n_fus = n_clm
+    else:
+        n_fus = fusion_counted.sum().to(dtype)
+    return clm_unit * _safe_inverse(n_clm), fusion_unit * _safe_inverse(n_fus)

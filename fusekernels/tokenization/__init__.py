@@ -1,0 +1,35 @@
+"""Tokenizer-aware alignment for any pair of Hugging Face tokenizers.
+
+- :class:`TokenizerProfile`: kind, space marker, token strings and exact token bytes of a tokenizer;
+- byte-span mode (default): :func:`byte_span_align` carries a teacher's top-k onto base positions
+  whose byte span equals one blending token's, with an exact-bytes id map (:func:`build_byte_span_map`);
+- compatible mode: :func:`compat_align`, the published DTW + top-k transfer (hard / soft);
+- :func:`build_vocab_map`: the spec's MinED vocabulary map (+ co-occurrence refinement, npz / JSON);
+- :func:`align_dataset`: all of it over a ``datasets.Dataset`` of teacher outputs;
+- :mod:`~fusekernels.tokenization.assets`: real tokenizers and text from optional asset packages.
+
+Needs the native core (``fusekernels.align``) for compatible mode and MinED.
+"""
+from .byte_span import (ByteSpanMap, build_byte_span_map, byte_span_align, byte_span_align_batch,
+                        byte_span_positions)
+from .compat import compat_align, compat_align_batch, compat_tables, compat_teacher_mask
+from .dataset import DEFAULT_COLUMNS, align_dataset
+from .profile import TokenizerProfile
+from .vocab_map import VocabMap, build_vocab_map
+
+__all__ = [
+    "TokenizerProfile",
+    "ByteSpanMap",
+    "build_byte_span_map",
+    "byte_span_positions",
+    "byte_span_align",
+    "byte_span_align_batch",
+    "compat_tables",
+    "compat_align",
+    "compat_align_batch",
+    "compat_teacher_mask",
+    "VocabMap",
+    "build_vocab_map",
+    "align_dataset",
+    "DEFAULT_COLUMNS",
+]

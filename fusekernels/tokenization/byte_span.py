@@ -1,0 +1,301 @@
+"""Byte-span alignment: the default, exact way to carry a teacher's top-k onto base positions.
+
+Both tokenizations of one text cover the same UTF-8 bytes. Base token j covers bytes
+``[Bs_j, Be_j)`` of the text, blending token i covers ``[As_i, Ae_i)`` (cumulative token byte
+lengths, minus a SentencePiece dummy-prefix space, see :meth:`TokenizerProfile.text_start`).
+Base position j takes the teacher's top-k of blending position i when **exactly one** blending
+token has the same span and exactly one base token has it (special tokens span zero bytes, so
+e.g. two EOS tokens at the end of a text match each other). Such a pair predicts the same next
+byte offset, so the teacher's next-token distribution is meaningful there. Characters split
+across tokens, ``<0xNN>`` byte-fallback pieces and leading-space differences need no special
+case: only byte offsets are compared.
+
+``match="end"`` relaxes the rule to "exactly one blending token ends at the same byte offset":
+the teacher's next-token distribution there is still about the text after that offset (it is
+conditioned on a differently split prefix), and many more positions qualify.
+
+Top-k ids are carried through a :class:`ByteSpanMap` (blending id -> base id):
+
+1. the base token with exactly the same bytes (regular tokens preferred over ``<0xNN>``);
+2. special tokens by role (bos/eos/pad/unk), never by bytes;
+3. otherwise, by ``fallback``:
+   ``"mined"`` (default): the base token whose bytes, decoded as UTF-8 (bytes of an incomplete
+   character become one private-use code point each), are at the smallest Levenshtein distance
+   from the blending token's (MinED, ties -> lowest base id);
+   ``"prefix"``: the longest base token whose bytes are a prefix of the blending token's bytes,
+   i.e. the first base token of that continuation of the text (much cheaper than MinED for
+   large vocabularies, and never a token that contradicts the predicted text);
+   ``"none"``: unmapped (dropped from the top-k).
+
+Positions without a 1:1 span (and matched positions whose top-k maps to nothing) get the spec's
+one-hot fallback: (base id, logit 1.0). Everything is vectorised numpy: O(n + m) offsets,
+``searchsorted`` matching, table lookups and a per-row de-duplication of the k ids.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from .profile import TokenizerProfile
+
+__all__ = ["ByteSpanMap", "build_byte_span_map", "byte_span_positions", "byte_span_align",
+           "byte_span_align_batch", "decoded_token_strings"]
+
+_SURROGATE_TO_PUA = {0xDC80 + b: 0xF780 + b for b in range(128)}
+
+
+def decoded_token_strings(profile: TokenizerProfile, ids=None) -> list[str]:
+    """Token bytes decoded as UTF-8; each byte of an incomplete character becomes U+F780+b-0x80."""
+    tb = profile.token_bytes
+    chosen = range(len(tb)) if ids is None else ids
+    return [tb[i].decode("utf-8", "surrogateescape").translate(_SURROGATE_TO_PUA) for i in chosen]
+
+
+@dataclass(eq=False)
+class ByteSpanMap:
+    """Blending id -> base id table used by byte-span mode.
+
+    Attributes:
+        ids: int32 [V_blend], base id or -1 (unmapped: dropped from a transferred top-k).
+        exact: bool [V_blend], True where the base token has exactly the same bytes (or role).
+        fallback: ``"mined"``, ``"prefix"`` or ``"none"``, how the non-exact entries were filled.
+    """
+
+    ids: np.ndarray
+    exact: np.ndarray
+    fallback: str
+    base_fingerprint: str | None = None
+    blend_fingerprint: str | None = None
+
+    @property
+    def exact_rate(self) -> float:
+        return float(self.exact.mean()) if self.exact.size else 0.0
+
+    def save_npz(self, path) -> None:
+        """Store the table (int32 ids, exact flags) with fingerprints of both vocabularies."""
+        if self.base_fingerprint is None or self.blend_fingerprint is None:
+            raise ValueError("this ByteSpanMap has no vocabulary fingerprints; build it with build_byte_span_map")
+        np.savez_compressed(path, ids=self.ids.astype(np.int32), exact=self.exact, fallback=np.array(self.fallback),
+                            base_fingerprint=np.array(self.base_fingerprint),
+                            blend_fingerprint=np.array(self.blend_fingerprint))
+
+    @classmethod
+    def load_npz(cls, path, base: TokenizerProfile, blend: TokenizerProfile) -> "ByteSpanMap":
+        """Load :meth:`save_npz` output; ValueError if built for other tokenizers."""
+        want_base, want_blend = _bytes_fingerprint(base), _bytes_fingerprint(blend)
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["base_fingerprint"]) != want_base or str(data["blend_fingerprint"]) != want_blend:
+                raise ValueError(f"{path}: byte-span map was built for other tokenizers")
+            return cls(ids=data["ids"].astype(np.int32), exact=data["exact"].astype(bool),
+                       fallback=str(data["fallback"]), base_fingerprint=want_base, blend_fingerprint=want_blend)
+
+
+def _bytes_fingerprint(profile: TokenizerProfile) -> str:
+    h = hashlib.sha256()
+    for data, special in zip(profile.token_bytes, profile.is_special.tolist()):
+        h.update(len(data).to_bytes(4, "little"))
+        h.update(data)
+        h.update(b"\x01" if special else b"\x00")
+    return h.hexdigest()[:32]
+
+
+_FALLBACKS = ("mined", "prefix", "none")
+_MAP_CACHE: dict = {}
+_MAP_LOCK = threading.Lock()
+
+
+def build_byte_span_map(base: TokenizerProfile, blend: TokenizerProfile, *, fallback: str = "mined",
+                        threads: int = 0, cache: bool = True) -> ByteSpanMap:
+    """The blending -> base id table of byte-span mode (cached per profile pair and fallback)."""
+    if fallback not in _FALLBACKS:
+        raise ValueError(f"fallback must be one of {_FALLBACKS}, got {fallback!r}")
+    key = (id(base), id(blend), fallback)
+    if cache:
+        with _MAP_LOCK:
+            hit = _MAP_CACHE.get(key)
+            if hit is not None and hit[0] is base and hit[1] is blend:
+                return hit[2]
+    ids = np.full(blend.vocab_size, -1, dtype=np.int32)
+    exact = np.zeros(blend.vocab_size, dtype=bool)
+    by_bytes = base.bytes_to_id
+    tb = blend.token_bytes
+    for i in np.flatnonzero(~blend.is_special).tolist():
+        hit = by_bytes.get(tb[i])
+        if hit is not None:
+            ids[i] = hit
+            exact[i] = True
+    for role, blend_id in blend.special_ids.items():
+        base_id = base.special_ids.get(role)
+        if base_id is not None and ids[blend_id] < 0:
+            ids[blend_id] = base_id
+            exact[blend_id] = True
+    if fallback == "mined":
+        missing = np.flatnonzero((ids < 0) & ~blend.is_special & (blend.byte_lengths > 0))
+        targets = np.flatnonzero(~base.is_special & (base.byte_lengths > 0))
+        if missing.size and targets.size:
+            from fusekernels.align.mined import mined_map
+
+            result = mined_map(decoded_token_strings(blend, missing.tolist()),
+                               decoded_token_strings(base, targets.tolist()), threads=threads)
+            ids[missing] = targets[np.asarray(result.ids, dtype=np.int64)].astype(np.int32)
+    elif fallback == "prefix":
+        for i in np.flatnonzero((ids < 0) & ~blend.is_special & (blend.byte_lengths > 1)).tolist():
+            data = tb[i]
+            for cut in range(len(data) - 1, 0, -1):
+                hit = by_bytes.get(data[:cut])
+                if hit is not None:
+                    ids[i] = hit
+                    break
+    table = ByteSpanMap(ids=ids, exact=exact, fallback=fallback, base_fingerprint=_bytes_fingerprint(base),
+                        blend_fingerprint=_bytes_fingerprint(blend))
+    if cache:
+        with _MAP_LOCK:
+            _MAP_CACHE[key] = (base, blend, table)
+    return table
+
+
+def _span_keys(profile: TokenizerProfile, ids: np.ndarray, start: int) -> np.ndarray:
+    """int64 [n] keys ``start_offset * 2**32 + end_offset`` (non-decreasing along the sequence)."""
+    ends = np.cumsum(profile.byte_lengths[ids], dtype=np.int64)
+    starts = ends - profile.byte_lengths[ids]
+    # The dummy-prefix space belongs to no text byte: shift it out (clamped at 0).
+    starts = np.maximum(starts - start, 0)
+    ends = np.maximum(ends - start, 0)
+    return (starts << 32) | ends
+
+
+def _unique_matches(bkey: np.ndarray, akey: np.ndarray) -> np.ndarray:
+    """For each base key, the index of the only equal blending key (and the base key is unique
+    among base keys too), else -1. Keys need not be sorted."""
+    a_order = np.argsort(akey, kind="stable")
+    a_sorted = akey[a_order]
+    lo = np.searchsorted(a_sorted, bkey, side="left")
+    hi = np.searchsorted(a_sorted, bkey, side="right")
+    b_sorted = np.sort(bkey, kind="stable")
+    b_count = np.searchsorted(b_sorted, bkey, side="right") - np.searchsorted(b_sorted, bkey, side="left")
+    one_to_one = (hi - lo == 1) & (b_count == 1)
+    return np.where(one_to_one, a_order[np.minimum(lo, len(a_order) - 1)], -1)
+
+
+def byte_span_positions(base_ids, blend_ids, base: TokenizerProfile, blend: TokenizerProfile, *,
+                        text: str | None = None, match: str = "span") -> np.ndarray:
+    """For every base position, the blending position it takes the teacher's top-k from, or -1.
+
+    Args:
+        base_ids: int [m] base token ids of the text (as fed to the base model).
+        blend_ids: int [n] blending token ids of the same text.
+        text: the text itself, only needed to resolve a SentencePiece dummy prefix exactly when
+            the text may start with a space (see :meth:`TokenizerProfile.text_start`).
+        match: ``"span"`` (default): exactly one blending token has the same byte span.
+            ``"end"``: exactly one blending token (of the same emptiness) *ends* at the same byte
+            offset; both models then predict the continuation from the same point of the text,
+            so the teacher's distribution applies even when the spans differ (more positions).
+    Returns:
+        int64 [m]; ``-1`` where no single blending token matches.
+    """
+    if match not in ("span", "end"):
+        raise ValueError(f"match must be 'span' or 'end', got {match!r}")
+    b = base.check_ids(base_ids, "base_ids")
+    a = blend.check_ids(blend_ids, "blend_ids")
+    bkey = _span_keys(base, b, base.text_start(b, text))
+    akey = _span_keys(blend, a, blend.text_start(a, text))
+    if match == "end":
+        # (end offset, non-empty) so an empty special (EOS) pairs with an empty special only.
+        mask = np.int64(0xFFFFFFFF)
+        bkey = ((bkey & mask) << 1) | ((bkey >> 32) != (bkey & mask))
+        akey = ((akey & mask) << 1) | ((akey >> 32) != (akey & mask))
+    return _unique_matches(bkey, akey)
+
+
+def _check_topk(topk_ids, topk_logits, n: int, blend_vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    tid = np.asarray(topk_ids)
+    tlg = np.asarray(topk_logits)
+    if tid.ndim != 2 or tid.shape[0] != n:
+        raise ValueError(f"topk_ids must have shape [{n}, k] (one row per blending token), got {tid.shape}")
+    if tlg.shape != tid.shape:
+        raise ValueError(f"topk_logits must have the shape of topk_ids {tid.shape}, got {tlg.shape}")
+    if not np.issubdtype(tid.dtype, np.integer):
+        raise ValueError(f"topk_ids must be integer, got dtype {tid.dtype}")
+    if not np.issubdtype(tlg.dtype, np.floating):
+        raise ValueError(f"topk_logits must be floating point, got dtype {tlg.dtype}")
+    if tid.size and (tid.min() < 0 or tid.max() >= blend_vocab):
+        raise ValueError(f"topk_ids holds ids outside [0, {blend_vocab}) of the blending vocabulary")
+    if np.isnan(tlg).any():
+        raise ValueError("topk_logits contains NaN")
+    return tid, tlg
+
+
+def _transfer_rows(mapped: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Drop unmapped (-1) and repeated base ids per row, keep order, left-align; pad -1 / -inf."""
+    rows, k = mapped.shape
+    order = np.argsort(mapped, axis=1, kind="stable")
+    sorted_ids = np.take_along_axis(mapped, order, axis=1)
+    repeat_sorted = np.zeros((rows, k), dtype=bool)
+    repeat_sorted[:, 1:] = sorted_ids[:, 1:] == sorted_ids[:, :-1]
+    repeat = np.empty_like(repeat_sorted)
+    np.put_along_axis(repeat, order, repeat_sorted, axis=1)
+    keep = (mapped >= 0) & ~repeat
+    compact = np.argsort(~keep, axis=1, kind="stable")
+    keep = np.take_along_axis(keep, compact, axis=1)
+    out_ids = np.where(keep, np.take_along_axis(mapped, compact, axis=1), -1).astype(np.int32)
+    out_logits = np.where(keep, np.take_along_axis(logits, compact, axis=1), -np.inf).astype(np.float32)
+    return out_ids, out_logits, keep.sum(axis=1).astype(np.int32)
+
+
+def byte_span_align(base_ids, blend_ids, topk_ids, topk_logits, base: TokenizerProfile,
+                    blend: TokenizerProfile, *, id_map: ByteSpanMap | None = None, text: str | None = None,
+                    match: str = "span", return_mask: bool = False):
+    """Carry the blending top-k onto the base positions by exact byte spans.
+
+    Args:
+        base_ids: int [m]; blend_ids: int [n] (token ids of the same text).
+        topk_ids: int [n, k] blending ids of the teacher's top-k at every blending position.
+        topk_logits: float [n, k] their logits (any float dtype, no NaN).
+        id_map: the :class:`ByteSpanMap` (default: ``build_byte_span_map(base, blend)``, cached).
+        text, match: see :func:`byte_span_positions`.
+        return_mask: also return bool [m], True where the position got the teacher's distribution.
+    Returns:
+        ``TopKResult`` (``ids`` int32 [m, k] padded -1, ``logits`` float32 [m, k] padded -inf,
+        ``counts`` int32 [m]), and the mask when ``return_mask``.
+    """
+    from fusekernels.align.topk_transfer import TopKResult
+
+    b = base.check_ids(base_ids, "base_ids")
+    a = blend.check_ids(blend_ids, "blend_ids")
+    tid, tlg = _check_topk(topk_ids, topk_logits, a.size, blend.vocab_size)
+    table = build_byte_span_map(base, blend) if id_map is None else id_map
+    if table.ids.shape[0] != blend.vocab_size:
+        raise ValueError(f"id_map covers {table.ids.shape[0]} blending ids, the blending vocabulary has {blend.vocab_size}")
+    pos = byte_span_positions(b, a, base, blend, text=text, match=match)
+    m, k = b.size, max(tid.shape[1], 1)
+    ids = np.full((m, k), -1, dtype=np.int32)
+    logits = np.full((m, k), -np.inf, dtype=np.float32)
+    counts = np.zeros(m, dtype=np.int32)
+    rows = np.flatnonzero(pos >= 0)
+    if rows.size and tid.shape[1]:
+        src = pos[rows]
+        r_ids, r_logits, r_counts = _transfer_rows(table.ids[tid[src]], tlg[src])
+        ids[rows], logits[rows], counts[rows] = r_ids, r_logits, r_counts
+    teacher = counts > 0
+    fallback = ~teacher
+    ids[fallback, 0] = b[fallback]
+    logits[fallback, 0] = 1.0
+    counts[fallback] = 1
+    result = TopKResult(ids=ids, logits=logits, counts=counts)
+    return (result, teacher) if return_mask else result
+
+
+def byte_span_align_batch(items, base: TokenizerProfile, blend: TokenizerProfile, *,
+                          id_map: ByteSpanMap | None = None, match: str = "span", return_mask: bool = False) -> list:
+    """:func:`byte_span_align` over ``items`` = iterable of ``(base_ids, blend_ids, topk_ids, topk_logits)``
+    (optionally a 5th element: the text)."""
+    table = build_byte_span_map(base, blend) if id_map is None else id_map
+    out = []
+    for item in items:
+        text = item[4] if len(item) > 4 else None
+        out.append(byte_span_align(item[0], item[1], item[2], item[3], base, blend, id_map=table,
+                                   text=text, match=match, return_mask=return_mask))
+    return out

@@ -1,0 +1,363 @@
+"""``fusekernels`` command line: the FuseLLM / FuseChat data pipeline, training, merging and a demo.
+
+Each pipeline step reads the previous step's output folder and writes its own::
+
+    fusekernels split   --data docs.jsonl --tokenizer base_dir teacher.gguf --block-size 2048 --out split/
+    fusekernels extract --model base_dir --data split/ --out base_topk/
+    fusekernels extract --model teacher.gguf --data split/ --out teacher_topk/
+    fusekernels align   --base base_topk/ --base-tokenizer base_dir --teacher teacher_topk/ \\
+                        --teacher-tokenizer teacher.gguf --out aligned/
+    fusekernels pack    --data aligned/ --block-size 2048 --out packed/
+    fusekernels train   --model base_dir --data packed/ --out student/ --steps 1000
+    fusekernels merge   --targets student_a/ student_b/ --base base_dir --out merged/
+
+``fusekernels demo`` runs the whole chain on small real assets. User errors (missing files, bad
+arguments, malformed data) print one line and exit with status 2; ``--debug`` shows tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """An error caused by the command line or the input files (no traceback shown)."""
+
+
+def _user_errors():
+    errors = [UserError, FileNotFoundError, NotADirectoryError, ValueError, ImportError]
+    try:
+        from fusekernels.tokenization.assets import AssetUnavailable
+
+        errors.append(AssetUnavailable)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_split(args):
+    from .pipeline.io import load_rows, load_tokenizer
+    from .pipeline.split import split_long_texts
+
+    data = load_rows(args.data)
+    tokenizers = [load_tokenizer(t) for t in args.tokenizer]
+    out = split_long_texts(data, tokenizers, args.block_size, text_column=args.text_column, margin=args.margin,
+                           num_proc=args.num_proc)
+    _save(out, args.out)
+    print(f"split: {len(data)} documents -> {len(out)} texts in {args.out}")
+
+
+def cmd_extract(args):
+    from .pipeline.extract import extract_teacher_topk
+    from .pipeline.io import load_model, load_rows, load_tokenizer
+
+    data = load_rows(args.data)
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    model = load_model(args.model, **({"dtype": _torch_dtype(args.dtype)} if args.dtype else {}))
+    out = extract_teacher_topk(model, tokenizer, data, k=args.k, batch_size=args.batch_size,
+                               max_length=args.max_length, text_column=args.text_column,
+                               per_token_ce=args.per_token_ce, logits_dtype=args.logits_dtype,
+                               output_dir=args.out, shard_size=args.shard_size, device=args.device)
+    tokens = sum(len(x) for x in out["input_ids"])
+    print(f"extract: {len(out)} sequences, {tokens} tokens, top-{args.k} stored in {args.out}")
+
+
+def cmd_vocab_map(args):
+    from .pipeline.io import load_rows, load_tokenizer
+    from .tokenization.vocab_map import build_vocab_map
+
+    corpus = None
+    if args.corpus:
+        corpus = load_rows(args.corpus)[args.text_column]
+    vmap = build_vocab_map(load_tokenizer(args.base_tokenizer), load_tokenizer(args.blend_tokenizer),
+                           mode=args.mode, corpus=corpus)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".json":
+        vmap.save_json(out)
+    elif out.suffix == ".npz":
+        vmap.save_npz(out)
+    else:
+        raise UserError(f"--out must end in .json (published format) or .npz (compact), got {out.name}")
+    print(f"vocab-map: {len(vmap)} blending tokens, {vmap.exact_rate:.1%} exact, written to {out}")
+
+
+def cmd_align(args):
+    from .pipeline.align_step import align_teachers, alignment_stats
+    from .pipeline.extract import tokenize_texts
+    from .pipeline.io import load_rows, load_tokenizer
+
+    if len(args.teacher) != len(args.teacher_tokenizer):
+        raise UserError(f"{len(args.teacher)} --teacher but {len(args.teacher_tokenizer)} --teacher-tokenizer")
+    base_tok = load_tokenizer(args.base_tokenizer)
+    base = load_rows(args.base)
+    if "input_ids" not in base.column_names:
+        if args.base_teacher:
+            raise UserError(f"{args.base} has no top-k columns; extract the base model first or pass --no-base-teacher")
+        if args.max_length is None:
+            raise UserError("--base holds raw texts: pass --max-length to tokenize them")
+        base = tokenize_texts(base_tok, base, max_length=args.max_length, text_column=args.text_column)
+    teacher_toks = [load_tokenizer(t) for t in args.teacher_tokenizer]
+    maps = None
+    if args.vocab_map:
+        maps = [_load_vocab_map(p, base_tok, t) for p, t in zip(args.vocab_map, teacher_toks)]
+        if len(maps) != len(teacher_toks):
+            raise UserError(f"{len(args.vocab_map)} --vocab-map for {len(teacher_toks)} teachers")
+    out = align_teachers(base, [load_rows(p) for p in args.teacher], base_tokenizer=base_tok,
+                         teacher_tokenizers=teacher_toks, method=args.method, include_base_teacher=args.base_teacher,
+                         fallback=args.fallback, vocab_maps=maps, text_column=args.text_column, num_proc=args.num_proc)
+    _save(out, args.out)
+    stats = alignment_stats(out)
+    names = (["base"] if args.base_teacher else []) + args.teacher
+    rates = ", ".join(f"{n}: {r:.1%}" for n, r in zip(names, stats.rates))
+    print(f"align: {len(out)} sequences, {stats.positions} base positions; with a teacher distribution: {rates}")
+
+
+def _load_vocab_map(path, base_tok, blend_tok):
+    from .tokenization.vocab_map import VocabMap
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"vocabulary map not found: {path}")
+    loader = VocabMap.load_json if path.suffix == ".json" else VocabMap.load_npz
+    return loader(path, base_tok, blend_tok)
+
+
+def cmd_pack(args):
+    from .pipeline.io import load_rows
+    from .pipeline.pack import pack_sequences
+
+    data = load_rows(args.data)
+    out = pack_sequences(data, args.block_size, drop_last=not args.keep_tail, metric_level=args.metric_level,
+                         logits_dtype=args.logits_dtype, num_proc=args.num_proc)
+    if len(out) == 0:
+        raise UserError(f"no block of {args.block_size} tokens could be formed; lower --block-size or use --keep-tail")
+    _save(out, args.out)
+    print(f"pack: {len(data)} sequences -> {len(out)} blocks of {args.block_size} tokens in {args.out}")
+
+
+def cmd_train(args):
+    from transformers import TrainingArguments
+
+    from .integration import FusionArguments, FusionTrainer
+    from .pipeline.io import load_model, load_rows, load_tokenizer
+
+    data = load_rows(args.data)
+    model = load_model(args.model)
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    fusion = FusionArguments(fusion=args.fusion, loss_type=args.loss_type, temperature=args.temperature, lam=args.lam,
+                             lam_schedule=args.lam_schedule, metric_level=args.metric_level)
+    training = TrainingArguments(output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
+                                 gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr,
+                                 warmup_steps=args.warmup_steps, logging_steps=args.logging_steps, seed=args.seed,
+                                 save_strategy="no", report_to=[], use_cpu=args.cpu)
+    trainer = FusionTrainer(model=model, args=training, train_dataset=data, processing_class=tokenizer,
+                            fusion_args=fusion)
+    result = trainer.train()
+    trainer.save_model(args.out)
+    print(f"train: {result.global_step} steps, mean training loss {result.training_loss:.4f}; "
+          f"model saved to {args.out}")
+
+
+def cmd_merge(args):
+    from .pipeline.merge import merge_models
+
+    report = merge_models(args.targets, args.out, method=args.method, base=args.base, weights=args.weights,
+                          temperature=args.temperature, max_shard_size=_parse_size(args.max_shard_size))
+    print(f"merge ({report.method}): {len(report.weights)} tensors, {report.num_parameters} parameters -> "
+          f"{', '.join(report.files)}")
+
+
+def cmd_demo(args):
+    from .pipeline.demo import DemoConfig, run_demo
+
+    config = DemoConfig(steps=args.steps, seed=args.seed, out=args.out, train_docs=args.train_docs,
+                        eval_docs=args.eval_docs, block_size=args.block_size, batch_size=args.batch_size,
+                        lr=args.lr, lam=args.lam, loss_type=args.loss_type, method=args.method,
+                        fallback=args.fallback, student_teacher=args.student_teacher)
+    results = run_demo(config)
+    if args.json:
+        print(json.dumps(results, indent=2))
+
+
+# ---------------------------------------------------------------------- parser
+def _parse_size(text: str) -> int:
+    units = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+    value = str(text).strip().upper()
+    number = value.rstrip("KMGB")
+    unit = value[len(number):]
+    try:
+        size = int(float(number) * units[unit])
+    except (KeyError, ValueError):
+        raise UserError(f"--max-shard-size must look like 500MB or 2GB, got {text!r}") from None
+    if size <= 0:
+        raise UserError(f"--max-shard-size must be positive, got {text!r}")
+    return size
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _save(dataset, out):
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"output folder {out} exists and is not empty")
+    dataset.save_to_disk(str(out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fusekernels", description="FuseLLM / FuseChat data pipeline, fusion "
+                                     "training, model merging and an end-to-end demo.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, func, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("split", cmd_split, "Split documents too long for any tokenizer (spec section 1).")
+    p.add_argument("--data", required=True, help="texts: .jsonl/.json/.parquet/.csv/.txt file or saved dataset")
+    p.add_argument("--tokenizer", required=True, nargs="+",
+                   help="every model's tokenizer (folder, .gguf, .model or packaged name)")
+    p.add_argument("--block-size", required=True, type=_positive_int)
+    p.add_argument("--margin", type=int, default=48)
+    _common(p, out_help="output dataset folder")
+
+    p = command("extract", cmd_extract, "Top-k logits and CE metric of one model (spec section 2), resumable.")
+    p.add_argument("--model", required=True, help="model folder or .gguf file")
+    p.add_argument("--tokenizer", help="tokenizer (default: the model's)")
+    p.add_argument("--data", required=True, help="texts (file or saved dataset)")
+    p.add_argument("--k", type=_positive_int, default=10)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--max-length", type=_positive_int)
+    p.add_argument("--shard-size", type=_positive_int, default=1024)
+    p.add_argument("--per-token-ce", action="store_true")
+    p.add_argument("--logits-dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--device", help="e.g. cuda, cpu (default: CUDA when available)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model weights (default: as saved)")
+    _common(p, out_help="output folder (shards; rerun to resume)", num_proc=False)
+
+    p = command("vocab-map", cmd_vocab_map, "Blending -> base vocabulary map (spec section 3).")
+    p.add_argument("--base-tokenizer", required=True)
+    p.add_argument("--blend-tokenizer", required=True)
+    p.add_argument("--mode", choices=["default", "co_occurrence"], default="default")
+    p.add_argument("--corpus", help="texts for --mode co_occurrence")
+    _common(p, out_help=".json (published format) or .npz file", num_proc=False)
+
+    p = command("align", cmd_align, "Align teachers' top-k to the base tokenization and stack them.")
+    p.add_argument("--base", required=True, help="base extraction folder (or texts with --no-base-teacher)")
+    p.add_argument("--base-tokenizer", required=True)
+    p.add_argument("--teacher", action="append", default=[], help="blending extraction folder (repeatable)")
+    p.add_argument("--teacher-tokenizer", action="append", default=[], help="its tokenizer (repeatable, same order)")
+    p.add_argument("--method", choices=["byte_span", "compat_hard", "compat_soft"], default="byte_span")
+    p.add_argument("--fallback", choices=["published", "absent"], default="published")
+    p.add_argument("--vocab-map", action="append", help="soft-mode map per teacher (.json or .npz)")
+    p.add_argument("--no-base-teacher", dest="base_teacher", action="store_false",
+                   help="the base model's own top-k is not a teacher")
+    p.add_argument("--max-length", type=_positive_int, help="tokenize raw base texts to this length")
+    _common(p, out_help="output dataset folder")
+
+    p = command("pack", cmd_pack, "Pack aligned sequences into training blocks (spec section 6).")
+    p.add_argument("--data", required=True, help="align output folder")
+    p.add_argument("--block-size", required=True, type=_positive_int)
+    p.add_argument("--keep-tail", action="store_true", help="keep the last, shorter block of each map batch")
+    p.add_argument("--metric-level", choices=["sequence", "token"], default="sequence")
+    p.add_argument("--logits-dtype", choices=["float16", "float32"], default="float16")
+    _common(p, out_help="output dataset folder")
+
+    p = command("train", cmd_train, "Train the base model with the fusion loss (FusionTrainer).")
+    p.add_argument("--model", required=True, help="base model folder or .gguf file")
+    p.add_argument("--tokenizer", help="tokenizer (default: the model's)")
+    p.add_argument("--data", required=True, help="pack output folder")
+    p.add_argument("--steps", type=_positive_int, default=1000)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--grad-accum", type=_positive_int, default=1)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--logging-steps", type=_positive_int, default=10)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--lam", type=float, default=0.9)
+    p.add_argument("--lam-schedule", choices=["hard", "hard_and_decay"], default="hard")
+    p.add_argument("--fusion", choices=["mince", "avgce"], default="mince")
+    p.add_argument("--loss-type", choices=["kl", "ce"], default="kl")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--metric-level", choices=["sequence", "token"], default="sequence")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    _common(p, out_help="output model folder", num_proc=False, text_column=False)
+
+    p = command("merge", cmd_merge, "Merge target models in parameter space (FuseChat VaRM or linear).")
+    p.add_argument("--targets", required=True, nargs="+", help="safetensors checkpoints (folders or files)")
+    p.add_argument("--base", help="common starting model (VaRM)")
+    p.add_argument("--method", choices=["varm", "linear"], default="varm")
+    p.add_argument("--weights", type=float, nargs="+", help="linear merge weights, one per target")
+    p.add_argument("--temperature", type=float, help="VaRM softmax temperature (default: plain normalisation)")
+    p.add_argument("--max-shard-size", default="2GB")
+    _common(p, out_help="output folder or .safetensors file", num_proc=False, text_column=False)
+
+    from .pipeline.demo import DemoConfig
+
+    d = DemoConfig()
+    p = command("demo", cmd_demo, "End-to-end FuseLLM demo: SmolLM2-135M teaches a tiny Llama on KJV text.")
+    p.add_argument("--steps", type=_positive_int, default=d.steps, help="optimizer steps of each training run")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the student initialisation and data order")
+    p.add_argument("--out", help="folder for results and models; None = a new temporary folder")
+    p.add_argument("--train-docs", type=_positive_int, default=d.train_docs,
+                   help=f"training documents of {d.verses_per_doc} KJV verses")
+    p.add_argument("--eval-docs", type=_positive_int, default=d.eval_docs, help="held-out documents")
+    p.add_argument("--block-size", type=_positive_int, default=d.block_size, help="student context length")
+    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="training blocks per step")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (cosine schedule)")
+    p.add_argument("--lam", type=float, default=d.lam, help="weight of the CLM term in the fusion run")
+    p.add_argument("--loss-type", choices=["kl", "ce"], default=d.loss_type, help="fusion term")
+    p.add_argument("--method", choices=["byte_span", "compat_hard", "compat_soft"], default=d.method,
+                   help="token alignment")
+    p.add_argument("--fallback", choices=["published", "absent"], default=d.fallback,
+                   help="unaligned positions: one-hot on the current token (published) or no teacher")
+    p.add_argument("--student-teacher", action="store_true", help="also use the student's own top-k as a teacher")
+    p.add_argument("--json", action="store_true", help="print the results as JSON at the end")
+    return parser
+
+
+def _common(p, *, out_help, num_proc=True, text_column=True):
+    p.add_argument("--out", required=True, help=out_help)
+    if text_column:
+        p.add_argument("--text-column", default="text")
+    if num_proc:
+        p.add_argument("--num-proc", type=_positive_int, help="worker processes for datasets.map")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except _user_errors() as err:
+        if args.debug:
+            raise
+        print(f"fusekernels {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"fusekernels {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

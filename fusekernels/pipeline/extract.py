@@ -1,0 +1,313 @@
+"""Step 2 of the pipeline: each model's top-k next-token distribution over a text dataset.
+
+Per text (spec section 2): ``text`` is tokenized without special tokens, the EOS id appended and
+the ids truncated to ``max_length`` (the published recipe tokenizes ``text + eos_token``; adding
+the id avoids the EOS string merging with the preceding text). Labels are the input ids. One
+forward pass gives logits ``[B, T, V]``; per position t the top-k (default 10) logits and their
+ids (the distribution that predicts token t+1) and the cross-entropy of token t+1 are kept, via
+``fusekernels.loss.teacher_topk`` in the logits' own precision (the published code casts to
+fp16 first, which loses precision and can tie distinct logits).
+
+Output columns (one row per input row, order kept; other input columns are kept unless
+``keep_columns=False``):
+
+=====================  ==========================  ==============================================
+``input_ids``          list[int32] [L]             the model's token ids (text + EOS, truncated)
+``topk_ids``           Array2D int32 [L, k]        top-k token ids per position, logits descending
+``topk_logits``        Array2D float16 [L, k]      their logits (``logits_dtype`` selects float32)
+``metric_ce``          float32                     mean next-token CE over the L-1 labelled positions
+``per_step_metric_ce`` list[float32] [L]           optional (``per_token_ce=True``); last entry 0
+=====================  ==========================  ==============================================
+
+A text giving a single id (empty text) has no labelled position: its ``metric_ce`` is 0.
+
+Resumable and shardable: with ``output_dir`` the rows are processed in shards of ``shard_size``
+rows, each saved (``datasets.Dataset.save_to_disk``) under ``output_dir/shard-NNNNN`` as soon as
+it is done and skipped when the run restarts. Under ``accelerate launch`` / torchrun the shards
+are split between processes (``accelerate.PartialState().split_between_processes``; CPU-only
+launches use the gloo backend); every process then returns the complete dataset. Without
+``output_dir`` every process computes every row.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+META_NAME = "extract_meta.json"
+
+
+def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: int = 8,
+                         max_length: int | None = None, text_column: str = "text",
+                         per_token_ce: bool = False, logits_dtype: str = "float16",
+                         output_dir: str | os.PathLike | None = None, shard_size: int = 1024,
+                         device: str | torch.device | None = None, keep_columns: bool = True,
+                         progress: bool = True):
+    """Run ``model`` over ``dataset[text_column]`` and return a ``datasets.Dataset`` of its top-k.
+
+    Args:
+        model: a causal LM returning ``.logits`` ``[B, T, V]`` (e.g. ``AutoModelForCausalLM``).
+        tokenizer: its tokenizer (needs ``eos_token_id``).
+        dataset: a ``datasets.Dataset`` with a string column ``text_column``.
+        k: entries kept per position (1 <= k <= V).
+        max_length: truncation length; default ``min(tokenizer.model_max_length,
+            model.config.max_position_embeddings)``.
+        device: where the forward pass runs; default CUDA when available, else the model's device.
+        output_dir: makes the run resumable (see module docstring); ``None`` keeps it in memory.
+    """
+    import datasets
+
+    _validate(dataset, text_column, k, batch_size, shard_size, logits_dtype, tokenizer)
+    max_length = _max_length(model, tokenizer, max_length)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(vocab, int) and k > vocab:
+        raise ValueError(f"k={k} is larger than the model's vocabulary ({vocab})")
+    if getattr(model, "hf_device_map", None):  # already dispatched over devices by accelerate: keep it
+        device = model.device
+    else:
+        device = torch.device(device) if device is not None else _default_device(model)
+        model = model.to(device)
+    model.eval()
+    config = {"k": k, "max_length": max_length, "per_token_ce": per_token_ce, "logits_dtype": logits_dtype,
+              "shard_size": shard_size, "num_rows": len(dataset), "text_column": text_column,
+              "keep_columns": keep_columns, "texts_sha256": _texts_digest(dataset[text_column]),
+              "model": getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)}
+    shards = [(start, min(start + shard_size, len(dataset))) for start in range(0, len(dataset), shard_size)]
+    runner = _ShardRunner(model, tokenizer, k, batch_size, max_length, text_column, per_token_ce,
+                          logits_dtype, device, keep_columns)
+    if output_dir is None:
+        return datasets.concatenate_datasets([runner(dataset.select(range(a, b)), progress) for a, b in shards])
+
+    out = Path(output_dir)
+    state = _partial_state()
+    _check_meta(out, config)  # every process, so that all of them stop on a mismatch
+    if state.is_main_process:
+        _write_meta(out, config)
+    state.wait_for_everyone()
+    with state.split_between_processes(list(range(len(shards)))) as mine:
+        for shard in mine:
+            path = out / f"shard-{shard:05d}"
+            if path.is_dir():
+                continue  # finished in an earlier run
+            a, b = shards[shard]
+            part = runner(dataset.select(range(a, b)), progress, f"extract shard {shard + 1}/{len(shards)}")
+            tmp = out / f".shard-{shard:05d}.tmp{state.process_index}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            part.save_to_disk(str(tmp))
+            os.replace(tmp, path)  # a shard exists only once completely written
+    state.wait_for_everyone()
+    return load_extracted(out)
+
+
+def load_extracted(output_dir: str | os.PathLike):
+    """Load (and concatenate) the shards written by :func:`extract_teacher_topk`."""
+    import datasets
+
+    out = Path(output_dir)
+    meta_path = out / META_NAME
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{out} holds no extraction output ({META_NAME} missing)")
+    meta = json.loads(meta_path.read_text())
+    n_shards = -(-meta["num_rows"] // meta["shard_size"])
+    missing = [i for i in range(n_shards) if not (out / f"shard-{i:05d}").is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{out}: {len(missing)} of {n_shards} shards not finished (first: {missing[0]})")
+    if n_shards == 0:
+        raise ValueError(f"{out}: the extraction had no rows")
+    return datasets.concatenate_datasets([datasets.load_from_disk(str(out / f"shard-{i:05d}"))
+                                          for i in range(n_shards)])
+
+
+def tokenize_for_teacher(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Text + EOS ids, no special tokens, truncated to ``max_length`` (spec section 2)."""
+    eos = tokenizer.eos_token_id
+    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return [(ids + [eos])[:max_length] for ids in encoded]
+
+
+def tokenize_texts(tokenizer, dataset, *, max_length: int, text_column: str = "text", batch_size: int = 1000,
+                   num_proc: int | None = None):
+    """Add ``input_ids`` (int32, text + EOS, truncated; the ids :func:`extract_teacher_topk` stores)
+    to ``dataset``: the base rows of :func:`fusekernels.pipeline.align_step.align_teachers` when the
+    base model is not one of the teachers."""
+    from datasets import List, Value
+
+    if text_column not in dataset.column_names:
+        raise ValueError(f"dataset has no column {text_column!r} (columns: {dataset.column_names})")
+    if tokenizer.eos_token_id is None:
+        raise ValueError("tokenizer has no eos_token_id: the pipeline appends EOS to every text")
+    if not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length must be an int >= 1, got {max_length!r}")
+    features = dataset.features.copy()
+    features["input_ids"] = List(Value("int32"))
+    return dataset.map(lambda batch: {"input_ids": tokenize_for_teacher(tokenizer, batch[text_column], max_length)},
+                       batched=True, batch_size=batch_size, num_proc=num_proc, features=features, desc="tokenize")
+
+
+class _ShardRunner:
+    def __init__(self, model, tokenizer, k, batch_size, max_length, text_column, per_token_ce,
+                 logits_dtype, device, keep_columns):
+        self.model, self.tokenizer, self.k, self.batch_size = model, tokenizer, k, batch_size
+        self.max_length, self.text_column, self.per_token_ce = max_length, text_column, per_token_ce
+        self.logits_dtype, self.device, self.keep_columns = logits_dtype, device, keep_columns
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def features(self, dataset):
+        from datasets import Array2D, Features, List, Value
+
+        feats = dict(dataset.features) if self.keep_columns else {}
+        feats.update({"input_ids": List(Value("int32")),
+                      "topk_ids": Array2D(shape=(None, self.k), dtype="int32"),
+                      "topk_logits": Array2D(shape=(None, self.k), dtype=self.logits_dtype),
+                      "metric_ce": Value("float32")})
+        if self.per_token_ce:
+            feats["per_step_metric_ce"] = List(Value("float32"))
+        return Features(feats)
+
+    def __call__(self, dataset, progress=True, desc="extract"):
+        import datasets
+
+        texts = dataset[self.text_column]
+        ids = tokenize_for_teacher(self.tokenizer, texts, self.max_length)
+        rows = [None] * len(ids)
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths share a batch
+        batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        bar = _bar(len(ids), progress, desc)
+        for batch in batches:
+            for i, row in zip(batch, self._forward([ids[i] for i in batch])):
+                rows[i] = row
+            if bar is not None:
+                bar.update(len(batch))
+        if bar is not None:
+            bar.close()
+        columns = {name: dataset[name] for name in dataset.column_names} if self.keep_columns else {}
+        for name in ("input_ids", "topk_ids", "topk_logits", "metric_ce") + (
+                ("per_step_metric_ce",) if self.per_token_ce else ()):
+            columns[name] = [r[name] for r in rows]
+        return datasets.Dataset.from_dict(columns, features=self.features(dataset))
+
+    @torch.inference_mode()
+    def _forward(self, batch_ids: list[list[int]]) -> list[dict]:
+        from fusekernels.loss import teacher_topk
+
+        lengths = torch.tensor([len(x) for x in batch_ids])
+        width = int(lengths.max())
+        input_ids = torch.full((len(batch_ids), width), self.pad_id, dtype=torch.long)
+        for row, ids in enumerate(batch_ids):
+            input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask = torch.arange(width)[None, :] < lengths[:, None]
+        # next-token labels: position t is scored on id t+1; the last real position has none
+        labels = torch.full_like(input_ids, -100)
+        labels[:, :-1] = input_ids[:, 1:].masked_fill(~mask[:, 1:], -100)
+        logits = self.model(input_ids=input_ids.to(self.device),
+                            attention_mask=mask.long().to(self.device)).logits
+        if logits.shape[-1] < self.k:
+            raise ValueError(f"k={self.k} is larger than the model's vocabulary ({logits.shape[-1]})")
+        # all rows at once (padding rows included: no [N, V] copy of the real rows); results are small
+        flat_mask = mask.to(logits.device)
+        ids, values, _, ce = teacher_topk(logits, labels.to(logits.device), self.k)
+        del logits
+        ids, values, ce = ids[flat_mask], values[flat_mask], ce[flat_mask]
+        ids, values, ce = ids.cpu().numpy().astype(np.int32), values.float().cpu().numpy(), ce.float().cpu().numpy()
+        rows, offset = [], 0
+        for n, length in enumerate(lengths.tolist()):
+            seq = slice(offset, offset + length)
+            offset += length
+            seq_ce = ce[seq]
+            labelled = length - 1
+            row = {"input_ids": np.asarray(batch_ids[n], dtype=np.int32),
+                   "topk_ids": ids[seq],
+                   "topk_logits": values[seq].astype(self.logits_dtype),
+                   "metric_ce": np.float32(seq_ce[:labelled].sum(dtype=np.float64) / max(labelled, 1))}
+            if self.per_token_ce:
+                row["per_step_metric_ce"] = seq_ce.astype(np.float32)
+            rows.append(row)
+        return rows
+
+
+def _validate(dataset, text_column, k, batch_size, shard_size, logits_dtype, tokenizer):
+    if text_column not in dataset.column_names:
+        raise ValueError(f"dataset has no column {text_column!r} (columns: {dataset.column_names})")
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not isinstance(shard_size, int) or shard_size < 1:
+        raise ValueError(f"shard_size must be an int >= 1, got {shard_size!r}")
+    if logits_dtype not in ("float16", "float32"):
+        raise ValueError(f"logits_dtype must be 'float16' or 'float32', got {logits_dtype!r}")
+    if tokenizer.eos_token_id is None:
+        raise ValueError("tokenizer has no eos_token_id: the pipeline appends EOS to every text")
+    if len(dataset) == 0:
+        raise ValueError("dataset is empty")
+
+
+def _max_length(model, tokenizer, max_length):
+    if max_length is not None:
+        if not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"max_length must be an int >= 1, got {max_length!r}")
+        return max_length
+    limits = [getattr(tokenizer, "model_max_length", None),
+              getattr(getattr(model, "config", None), "max_position_embeddings", None)]
+    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 10**7]  # HF uses 1e30 for "none"
+    if not limits:
+        raise ValueError("max_length not given and neither the tokenizer nor the model config defines one")
+    return min(limits)
+
+
+def _default_device(model) -> torch.device:
+    if torch.cuda.is_available():
+        return _partial_state().device  # this process's GPU under a multi-process launch
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def _texts_digest(texts) -> str:
+    """Content hash of the input texts, so a resumed run never mixes shards of other data."""
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(str(text).encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _check_meta(out: Path, config: dict):
+    meta_path = out / META_NAME
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        if old != config:
+            changed = sorted(key for key in set(old) | set(config) if old.get(key) != config.get(key))
+            raise ValueError(f"{out} holds shards of a different extraction (differs in {changed}); "
+                             "use a new output_dir or delete it")
+
+
+def _write_meta(out: Path, config: dict):
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / META_NAME
+    if not meta_path.is_file():
+        tmp = meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
+        os.replace(tmp, meta_path)
+
+
+def _partial_state():
+    from accelerate import PartialState
+
+    # accelerate treats a CPU-only torchrun launch as one process unless told cpu=True
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return PartialState(cpu=True) if multi_cpu else PartialState()
+
+
+def _bar(total, enabled, desc):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="seq")

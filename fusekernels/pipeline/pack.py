@@ -1,0 +1,136 @@
+"""Step 4 of the pipeline: pack aligned sequences into fixed-length training blocks (spec section 6).
+
+Input rows hold the columns :class:`fusekernels.integration.FusionDataCollator` takes:
+``input_ids`` [L] int, ``teacher_ids`` [L, T, k] int32 (base-vocabulary ids of every teacher's
+aligned top-k), ``teacher_logits`` [L, T, k] float (``-inf`` = padding entry) and ``teacher_ce``
+[T] (per-sequence metric) or [L, T] (per-token metric) float32.
+
+Packing (published ``group_texts``): the rows of each map batch (``batch_size`` rows, 1000 as in
+the Hugging Face recipe) are concatenated and cut into blocks of ``block_size`` tokens; the tail
+that does not fill a block is dropped (``drop_last=False`` keeps it as a shorter block). Each
+per-sequence metric is first repeated for every token of its sequence; a block's metric is the
+mean of its tokens' metrics (``metric_level="sequence"``, published) or the per-token metrics
+are kept as ``[block, T]`` (``metric_level="token"``). Output rows have the same columns, with
+``teacher_ids`` int32 and ``teacher_logits`` in ``logits_dtype``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+PACKED_COLUMNS = ("input_ids", "teacher_ids", "teacher_logits", "teacher_ce")
+
+
+def pack_arrays(input_ids, teacher_ids, teacher_logits, teacher_ce, block_size: int, *,
+                drop_last: bool = True, metric_level: str = "sequence") -> dict[str, list[np.ndarray]]:
+    """Pack lists of per-sequence arrays (shapes as in the module docstring) into blocks.
+
+    Returns a dict of lists (one entry per block): ``input_ids`` [B] int32, ``teacher_ids``
+    [B, T, k] int32, ``teacher_logits`` [B, T, k] float32, ``teacher_ce`` [T] or [B, T] float32.
+    """
+    _check_options(block_size, metric_level)
+    n = len(input_ids)
+    if not (len(teacher_ids) == len(teacher_logits) == len(teacher_ce) == n):
+        raise ValueError("input_ids, teacher_ids, teacher_logits and teacher_ce must list the same number of rows")
+    ids, tids, tlogits, tce = [], [], [], []
+    shape = None
+    for row in range(n):
+        seq = np.asarray(input_ids[row])
+        length = len(seq)
+        t_ids = _stack_nd(teacher_ids[row], 3, "teacher_ids", row)
+        t_logits = _stack_nd(teacher_logits[row], 3, "teacher_logits", row).astype(np.float32)
+        ce = np.asarray(_stack_nd(teacher_ce[row], None, "teacher_ce", row), dtype=np.float32)
+        if seq.ndim != 1:
+            raise ValueError(f"row {row}: input_ids must be 1-D, got shape {seq.shape}")
+        if t_ids.shape != t_logits.shape or t_ids.shape[0] != length:
+            raise ValueError(f"row {row}: teacher_ids {t_ids.shape} and teacher_logits {t_logits.shape} must both be "
+                             f"[L={length}, n_teachers, k]")
+        if shape is None:
+            shape = t_ids.shape[1:]
+        elif t_ids.shape[1:] != shape:
+            raise ValueError(f"row {row}: teacher columns have [n_teachers, k] = {t_ids.shape[1:]}, row 0 has {shape}")
+        n_teachers = shape[0]
+        if ce.shape == (n_teachers,):
+            ce = np.broadcast_to(ce, (length, n_teachers))  # per-sequence metric -> per token
+        elif ce.shape != (length, n_teachers):
+            raise ValueError(f"row {row}: teacher_ce must be [{n_teachers}] or [{length}, {n_teachers}], "
+                             f"got {ce.shape}")
+        if np.isnan(ce).any():
+            raise ValueError(f"row {row}: teacher_ce contains NaN")
+        ids.append(seq.astype(np.int32))
+        tids.append(t_ids.astype(np.int32))
+        tlogits.append(t_logits)
+        tce.append(ce)
+    if not ids:
+        return {name: [] for name in PACKED_COLUMNS}
+    ids, tids, tlogits, tce = (np.concatenate(x) for x in (ids, tids, tlogits, tce))
+    total = len(ids)
+    stop = total - total % block_size if drop_last else total
+    out = {name: [] for name in PACKED_COLUMNS}
+    for start in range(0, stop, block_size):
+        block = slice(start, min(start + block_size, stop))
+        out["input_ids"].append(ids[block])
+        out["teacher_ids"].append(tids[block])
+        out["teacher_logits"].append(tlogits[block])
+        metrics = tce[block]
+        out["teacher_ce"].append(metrics.mean(axis=0, dtype=np.float64).astype(np.float32)
+                                 if metric_level == "sequence" else np.ascontiguousarray(metrics))
+    return out
+
+
+def pack_sequences(dataset, block_size: int, *, drop_last: bool = True, metric_level: str = "sequence",
+                   logits_dtype: str = "float16", batch_size: int = 1000, num_proc: int | None = None,
+                   desc: str = "pack"):
+    """Pack a ``datasets.Dataset`` (columns of the module docstring) into blocks of ``block_size``.
+
+    Other columns are dropped (they cannot be packed). Returns a ``datasets.Dataset`` whose rows
+    :class:`fusekernels.integration.FusionDataCollator` takes directly.
+    """
+    from datasets import Array2D, Array3D, Features, List, Value
+
+    _check_options(block_size, metric_level)
+    if logits_dtype not in ("float16", "float32"):
+        raise ValueError(f"logits_dtype must be 'float16' or 'float32', got {logits_dtype!r}")
+    missing = [c for c in PACKED_COLUMNS if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"dataset lacks column(s) {missing}; build them with stack_teachers() "
+                         f"(columns: {dataset.column_names})")
+    if len(dataset) == 0:
+        raise ValueError("dataset is empty")
+    first = dataset.with_format("numpy")[0]
+    n_teachers, k = np.asarray(first["teacher_ids"]).shape[1:]
+    features = Features({
+        "input_ids": List(Value("int32")),
+        "teacher_ids": Array3D(shape=(None, n_teachers, k), dtype="int32"),
+        "teacher_logits": Array3D(shape=(None, n_teachers, k), dtype=logits_dtype),
+        "teacher_ce": (List(Value("float32")) if metric_level == "sequence"
+                       else Array2D(shape=(None, n_teachers), dtype="float32")),
+    })
+
+    def pack_batch(batch):
+        out = pack_arrays(batch["input_ids"], batch["teacher_ids"], batch["teacher_logits"], batch["teacher_ce"],
+                          block_size, drop_last=drop_last, metric_level=metric_level)
+        out["teacher_logits"] = [x.astype(logits_dtype) for x in out["teacher_logits"]]
+        return out
+
+    source = dataset.select_columns(list(PACKED_COLUMNS)).with_format("numpy")
+    packed = source.map(pack_batch, batched=True, batch_size=batch_size, num_proc=num_proc,
+                        remove_columns=list(PACKED_COLUMNS), features=features, desc=desc)
+    return packed.with_format(None)
+
+
+def _check_options(block_size, metric_level):
+    if not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
+    if metric_level not in ("sequence", "token"):
+        raise ValueError(f"metric_level must be 'sequence' or 'token', got {metric_level!r}")
+
+
+def _stack_nd(value, ndim, column, row) -> np.ndarray:
+    """numpy view of a (possibly nested-object) array cell; datasets returns nested arrays as
+    object arrays of arrays for variable-length dimensions."""
+    arr = np.asarray(value)
+    if arr.dtype == object:
+        arr = np.stack([_stack_nd(v, None, column, row) for v in arr]) if len(arr) else arr.astype(np.float32)
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"row {row}: {column} must have {ndim} dimensions, got shape {arr.shape}")
+    return arr

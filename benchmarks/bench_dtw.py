@@ -12,7 +12,6 @@ timed once because it takes seconds.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import random
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from fusekernels.align.dtw import dtw_align, dtw_align_batch
+from fusekernels.tokenization.assets import AssetUnavailable, package_file
+from fusekernels.tokenization.profile import byte_alphabet
 from tests.reference.fusellm_spec import dtw_base_to_blending
 
 N_TOKENS = 2048
@@ -28,24 +29,10 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 
 
 def _package_file(package: str, relative: str) -> Path | None:
-    spec = importlib.util.find_spec(package)  # locates the file without importing the package
-    if spec is None or not spec.submodule_search_locations:
+    try:
+        return package_file(package, relative)
+    except AssetUnavailable:
         return None
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    return path if path.exists() else None
-
-
-def _byte_level_alphabet() -> dict[int, str]:
-    """GPT-2's printable stand-in character for every byte (space -> Ġ, newline -> Ċ)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
 
 
 def real_token_pair(n_tokens: int = N_TOKENS):
@@ -64,7 +51,7 @@ def real_token_pair(n_tokens: int = N_TOKENS):
     ranks = {base64.b64decode(tok): int(rank) for tok, rank in lines}
     enc = tiktoken.Encoding("gpt2_local", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
     spm = sentencepiece.SentencePieceProcessor(model_file=str(spm_path))
-    alphabet = _byte_level_alphabet()
+    alphabet = byte_alphabet()
     base_vocab = ["".join(alphabet[b] for b in enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)]
     blend_vocab = [spm.id_to_piece(i) for i in range(spm.get_piece_size())]
     base_ids = enc.encode(text)[:n_tokens]

@@ -2,7 +2,7 @@
 #include <cstring>
 #include <stdexcept>
 
-#include "bindings/common.hpp"
+#include "bindings/str_sequence.hpp"
 #include "core/dtw.hpp"
 #include "core/parallel.hpp"
 
@@ -29,7 +29,7 @@ std::vector<std::vector<U32String>> to_u32_seqs(py::handle seqs, const char* arg
   for (std::size_t i = 0; i < s.size(); ++i) {
     const py::object seq = s[i];  // owned: sequences may create their items on access
     const std::string name = std::string(arg) + "[" + std::to_string(i) + "]";
-    out.push_back(to_u32_list(seq, name.c_str()));
+    out.push_back(u32_strings(seq, name.c_str()));
   }
   return out;
 }
@@ -41,8 +41,8 @@ void bind_dtw(py::module_& m) {
       "dtw_align",
       [](py::handle blend, py::handle base, py::handle blend_marker, py::handle base_marker,
          std::size_t cost_cache_bytes) {
-        const auto a = to_u32_list(blend, "blend_tokens");
-        const auto b = to_u32_list(base, "base_tokens");
+        const auto a = u32_strings(blend, "blend_tokens");
+        const auto b = u32_strings(base, "base_tokens");
         const U32String am = to_u32(blend_marker, "blend_marker"), bm = to_u32(base_marker, "base_marker");
         DtwAlignment result;
         {

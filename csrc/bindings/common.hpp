@@ -5,7 +5,6 @@
 #include <pybind11/stl.h>
 
 #include <string>
-#include <vector>
 
 #include "core/levenshtein.hpp"
 
@@ -24,30 +23,6 @@ inline U32String to_u32(py::handle obj, const char* arg) {
   const int kind = PyUnicode_KIND(s);
   const void* data = PyUnicode_DATA(s);
   for (Py_ssize_t i = 0; i < n; ++i) out[static_cast<std::size_t>(i)] = PyUnicode_READ(kind, data, i);
-  return out;
-}
-
-// Converts a sequence of str (list, tuple, or any sequence) to UTF-32 strings.
-inline std::vector<U32String> to_u32_list(py::handle seq, const char* arg) {
-  if (PyUnicode_Check(seq.ptr()) || !PySequence_Check(seq.ptr())) {
-    throw py::type_error(std::string(arg) + " must be a sequence of str");
-  }
-  // PySequence_Fast keeps every item referenced while it is read, also for sequences that
-  // create their items on access (numpy string arrays).
-  py::object fast = py::reinterpret_steal<py::object>(PySequence_Fast(seq.ptr(), "expected a sequence"));
-  if (!fast) throw py::error_already_set();
-  const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast.ptr());
-  PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
-  std::vector<U32String> out;
-  out.reserve(static_cast<std::size_t>(n));
-  for (Py_ssize_t i = 0; i < n; ++i) {
-    py::handle item(items[i]);
-    if (!PyUnicode_Check(item.ptr())) {
-      throw py::type_error(std::string(arg) + "[" + std::to_string(i) + "] must be str, got " +
-                           std::string(py::str(py::type::handle_of(item).attr("__name__"))));
-    }
-    out.push_back(to_u32(item, arg));
-  }
   return out;
 }
 

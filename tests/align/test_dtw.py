@@ -141,3 +141,14 @@ def test_bad_input():
         dtw_align_batch([["a"], ["b"]], [["a"], []])
     with pytest.raises(ValueError, match="threads"):
         dtw_align_batch([["a"]], [["a"]], threads=-1)
+
+
+def test_numpy_string_arrays_equal_lists():
+    # numpy creates a new str object per item access: the binding must keep each one alive.
+    rng = random.Random(7)
+    blend = ["".join(rng.choice("ab▁ç你") for _ in range(rng.randint(1, 5))) for _ in range(200)]
+    base = ["".join(rng.choice("abĠç你") for _ in range(rng.randint(1, 5))) for _ in range(150)]
+    expected = dtw_align(blend, base, blend_marker="▁", base_marker="Ġ")
+    assert dtw_align(np.array(blend), np.array(base), blend_marker="▁", base_marker="Ġ") == expected
+    batch = dtw_align_batch([np.array(blend)], [np.array(base)], blend_marker="▁", base_marker="Ġ")
+    assert batch == [expected]

@@ -161,3 +161,25 @@ if given is not None:
                                             ignore_index=-100, compute_grad=True, grad_inplace=False)
         torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(grad.double(), ref_grad, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss_type", ["kl", "ce"])
+def test_all_neg_inf_row_has_no_loss_and_no_gradient(loss_type):
+    # Same convention as the Triton kernel: a row with no distribution contributes nothing.
+    torch.manual_seed(0)
+    n, v, t, k = 3, 40, 2, 4
+    logits = torch.randn(n, v)
+    logits[1] = float("-inf")
+    labels = torch.tensor([1, 2, 3])
+    ids = torch.randint(0, v, (n, t, k), dtype=torch.int32)
+    tlog, w = torch.randn(n, t, k), torch.full((n, t), 0.5)
+    ones = torch.ones(n)
+    rows, grad = fusion_loss_rows_torch(logits, labels, ids, tlog, w, ones, ones, temperature=1.0,
+                                        loss_type=loss_type, ignore_index=-100, compute_grad=True,
+                                        grad_inplace=False)
+    assert rows[1] == 0 and torch.all(grad[1] == 0)
+    assert torch.isfinite(rows).all() and torch.isfinite(grad).all()
+    keep = torch.tensor([0, 2])
+    ref = dense_fusion_rows(logits[keep], labels[keep], ids[keep], tlog[keep], w[keep], ones[keep],
+                            ones[keep], loss_type=loss_type)
+    torch.testing.assert_close(rows[keep].double(), ref, rtol=1e-5, atol=1e-5)

@@ -151,7 +151,8 @@ def cmd_train(args):
     model = load_model(args.model)
     tokenizer = load_tokenizer(args.tokenizer or args.model)
     fusion = FusionArguments(fusion=args.fusion, loss_type=args.loss_type, temperature=args.temperature, lam=args.lam,
-                             lam_schedule=args.lam_schedule, metric_level=args.metric_level)
+                             lam_schedule=args.lam_schedule, metric_level=args.metric_level,
+                             fusion_positions=args.fusion_positions)
     training = TrainingArguments(output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
                                  gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr,
                                  warmup_steps=args.warmup_steps, logging_steps=args.logging_steps, seed=args.seed,
@@ -220,6 +221,19 @@ def _save(dataset, out):
     dataset.save_to_disk(str(out))
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows the default of every option that has a meaningful one, with or without help text."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.required or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+                or "%(default)" in text):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusekernels", description="FuseLLM / FuseChat data pipeline, fusion "
                                      "training, model merging and an end-to-end demo.")
@@ -228,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name, func, help_text):
         p = sub.add_parser(name, help=help_text, description=help_text,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=_HelpFormatter)
         p.set_defaults(func=func)
         return p
 
@@ -236,38 +250,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="texts: .jsonl/.json/.parquet/.csv/.txt file or saved dataset")
     p.add_argument("--tokenizer", required=True, nargs="+",
                    help="every model's tokenizer (folder, .gguf, .model or packaged name)")
-    p.add_argument("--block-size", required=True, type=_positive_int)
-    p.add_argument("--margin", type=int, default=48)
+    p.add_argument("--block-size", required=True, type=_positive_int,
+                   help="model context length; texts longer than block size - margin tokens are cut")
+    p.add_argument("--margin", type=int, default=48, help="tokens kept free below the block size")
     _common(p, out_help="output dataset folder")
 
     p = command("extract", cmd_extract, "Top-k logits and CE metric of one model (spec section 2), resumable.")
     p.add_argument("--model", required=True, help="model folder or .gguf file")
     p.add_argument("--tokenizer", help="tokenizer (default: the model's)")
     p.add_argument("--data", required=True, help="texts (file or saved dataset)")
-    p.add_argument("--k", type=_positive_int, default=10)
-    p.add_argument("--batch-size", type=_positive_int, default=8)
-    p.add_argument("--max-length", type=_positive_int)
-    p.add_argument("--shard-size", type=_positive_int, default=1024)
-    p.add_argument("--per-token-ce", action="store_true")
-    p.add_argument("--logits-dtype", choices=["float16", "float32"], default="float16")
-    p.add_argument("--device", help="e.g. cuda, cpu (default: CUDA when available)")
+    p.add_argument("--k", type=_positive_int, default=10, help="top-k logits stored per position")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="sequences per forward pass")
+    p.add_argument("--max-length", type=_positive_int, help="truncation length (default: the tokenizer's)")
+    p.add_argument("--shard-size", type=_positive_int, default=1024, help="sequences per output shard")
+    p.add_argument("--per-token-ce", action="store_true", help="also store the per-token CE metric")
+    p.add_argument("--logits-dtype", choices=["float16", "float32"], default="float16",
+                   help="storage dtype of the top-k logits")
+    p.add_argument("--device", help="e.g. cuda, cpu (default: CUDA when available, else CPU)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model weights (default: as saved)")
     _common(p, out_help="output folder (shards; rerun to resume)", num_proc=False)
 
     p = command("vocab-map", cmd_vocab_map, "Blending -> base vocabulary map (spec section 3).")
-    p.add_argument("--base-tokenizer", required=True)
-    p.add_argument("--blend-tokenizer", required=True)
-    p.add_argument("--mode", choices=["default", "co_occurrence"], default="default")
+    p.add_argument("--base-tokenizer", required=True, help="base (target) tokenizer")
+    p.add_argument("--blend-tokenizer", required=True, help="blending (teacher) tokenizer")
+    p.add_argument("--mode", choices=["default", "co_occurrence"], default="default",
+                   help="MinED map, or MinED with the co-occurrence refinement of ties")
     p.add_argument("--corpus", help="texts for --mode co_occurrence")
     _common(p, out_help=".json (published format) or .npz file", num_proc=False)
 
     p = command("align", cmd_align, "Align teachers' top-k to the base tokenization and stack them.")
     p.add_argument("--base", required=True, help="base extraction folder (or texts with --no-base-teacher)")
-    p.add_argument("--base-tokenizer", required=True)
+    p.add_argument("--base-tokenizer", required=True, help="base (target) tokenizer")
     p.add_argument("--teacher", action="append", default=[], help="blending extraction folder (repeatable)")
     p.add_argument("--teacher-tokenizer", action="append", default=[], help="its tokenizer (repeatable, same order)")
-    p.add_argument("--method", choices=["byte_span", "compat_hard", "compat_soft"], default="byte_span")
-    p.add_argument("--fallback", choices=["published", "absent"], default="published")
+    p.add_argument("--method", choices=["byte_span", "compat_hard", "compat_soft"], default="byte_span",
+                   help="byte-span alignment, or the published DTW alignment (hard / soft vocabulary match)")
+    p.add_argument("--fallback", choices=["published", "absent"], default="published",
+                   help="unaligned positions: one-hot on the current token (published) or no teacher")
     p.add_argument("--vocab-map", action="append", help="soft-mode map per teacher (.json or .npz)")
     p.add_argument("--no-base-teacher", dest="base_teacher", action="store_false",
                    help="the base model's own top-k is not a teacher")
@@ -276,29 +295,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("pack", cmd_pack, "Pack aligned sequences into training blocks (spec section 6).")
     p.add_argument("--data", required=True, help="align output folder")
-    p.add_argument("--block-size", required=True, type=_positive_int)
+    p.add_argument("--block-size", required=True, type=_positive_int, help="tokens per training block")
     p.add_argument("--keep-tail", action="store_true", help="keep the last, shorter block of each map batch")
-    p.add_argument("--metric-level", choices=["sequence", "token"], default="sequence")
-    p.add_argument("--logits-dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--metric-level", choices=["sequence", "token"], default="sequence",
+                   help="CE metric per block (sequence) or per token")
+    p.add_argument("--logits-dtype", choices=["float16", "float32"], default="float16",
+                   help="storage dtype of the top-k logits")
     _common(p, out_help="output dataset folder")
 
     p = command("train", cmd_train, "Train the base model with the fusion loss (FusionTrainer).")
     p.add_argument("--model", required=True, help="base model folder or .gguf file")
     p.add_argument("--tokenizer", help="tokenizer (default: the model's)")
     p.add_argument("--data", required=True, help="pack output folder")
-    p.add_argument("--steps", type=_positive_int, default=1000)
-    p.add_argument("--batch-size", type=_positive_int, default=8)
-    p.add_argument("--grad-accum", type=_positive_int, default=1)
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--logging-steps", type=_positive_int, default=10)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--lam", type=float, default=0.9)
-    p.add_argument("--lam-schedule", choices=["hard", "hard_and_decay"], default="hard")
-    p.add_argument("--fusion", choices=["mince", "avgce"], default="mince")
-    p.add_argument("--loss-type", choices=["kl", "ce"], default="kl")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--metric-level", choices=["sequence", "token"], default="sequence")
+    p.add_argument("--steps", type=_positive_int, default=1000, help="optimizer steps")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="blocks per device and micro-batch")
+    p.add_argument("--grad-accum", type=_positive_int, default=1, help="gradient accumulation steps")
+    p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate")
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps")
+    p.add_argument("--logging-steps", type=_positive_int, default=10, help="log every N steps")
+    p.add_argument("--seed", type=int, default=42, help="random seed")
+    p.add_argument("--lam", type=float, default=0.9, help="weight of the CLM term (0.9 as published)")
+    p.add_argument("--lam-schedule", choices=["hard", "hard_and_decay"], default="hard",
+                   help="constant lam, or lam rising linearly to 1 over training")
+    p.add_argument("--fusion", choices=["mince", "avgce"], default="mince",
+                   help="MinCE: the teacher with the smallest CE; AvgCE: softmax of exp(-CE) weights")
+    p.add_argument("--loss-type", choices=["kl", "ce"], default="kl", help="fusion term")
+    p.add_argument("--temperature", type=float, default=1.0, help="teacher temperature")
+    p.add_argument("--metric-level", choices=["sequence", "token"], default="sequence",
+                   help="teacher CE metric per sequence or per token (MinCE / AvgCE granularity)")
+    p.add_argument("--fusion-positions", choices=["labels", "attention"], default="labels",
+                   help="rows averaged by the fusion term: those with a CLM label (exact gradient "
+                        "accumulation with one token count), or every attended row (the published recipe)")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     _common(p, out_help="output model folder", num_proc=False, text_column=False)
 
@@ -338,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _common(p, *, out_help, num_proc=True, text_column=True):
     p.add_argument("--out", required=True, help=out_help)
     if text_column:
-        p.add_argument("--text-column", default="text")
+        p.add_argument("--text-column", default="text", help="column holding the text")
     if num_proc:
         p.add_argument("--num-proc", type=_positive_int, help="worker processes for datasets.map")
 

@@ -97,8 +97,9 @@ def _fusion_loss_rows_kernel(
         run_max = new_max
     # A row whose logits are all -inf has no distribution: like a padding row it gets loss 0 and
     # gradient 0. Inactive rows get a dummy finite lse; everything derived from it is masked out.
-    active = active & (run_max > neg_inf)
-    lse = tl.where(active, run_max + tl.log(tl.where(run_sum > 0.0, run_sum, 1.0)), 0.0)
+    # NaN / +inf logits must surface as a NaN loss (as in torch), so only -inf counts as empty.
+    active = active & (run_max != neg_inf)
+    lse = tl.where(active, run_max + tl.log(tl.where(run_sum == 0.0, 1.0, run_sum)), 0.0)
 
     # ---- loss ----------------------------------------------------------------------------------
     clm = lse - z_label

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -59,7 +61,7 @@ def broadcast_per_teacher(name, value, lead_shape, n_teachers, device, dtypes=No
     except RuntimeError:
         raise ValueError(f"{name} must have shape {target} ([..., T]) or broadcast to it, "
                          f"got {tuple(value.shape)}") from None
-    return value.reshape(-1, n_teachers)
+    return value.reshape(math.prod(lead_shape), n_teachers)  # explicit N: -1 is ambiguous for N = 0
 
 
 def flatten_inputs(logits, labels, teacher_ids, teacher_logits, teacher_counts, ignore_index) -> FlatInputs:

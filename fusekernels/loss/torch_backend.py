@@ -84,7 +84,7 @@ def softmax_and_lse(z: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
     """
     top = z.amax(dim=-1)
     _softmax_into(z, buf)
-    empty = ~torch.isfinite(top)
+    empty = top == float("-inf")  # NaN / +inf rows are not empty: they must give a NaN loss
     if bool(empty.any()):  # all -inf rows: softmax gives NaN; they have no distribution at all
         buf[empty] = 0
     return torch.where(empty, top, top - torch.log(buf.amax(dim=-1)))
@@ -103,7 +103,7 @@ def _chunk_rows(z, buf, labels, ids, probs, clm_scale, fusion_scale, *, loss_typ
 
     # A row whose logits are all -inf has no distribution: it contributes no loss and no
     # gradient (the same convention as the Triton kernel), never NaN.
-    alive = torch.isfinite(lse)
+    alive = lse != float("-inf")
     valid_label = valid_label & alive
     probs = torch.where(alive[:, None], probs, torch.zeros_like(probs))
     mass = probs.sum(-1)
@@ -130,9 +130,9 @@ def fusion_loss_terms_torch(logits, labels, teacher_ids, teacher_logits, teacher
     ``clm`` / ``fusion`` are the unscaled CE(z, y) and KL/CE(q, z) of each row (0 where undefined).
     """
     n, vocab = logits.shape
-    ids = teacher_ids.reshape(n, -1).long()
+    ids = teacher_ids.reshape(n, teacher_ids.shape[1] * teacher_ids.shape[2]).long()
     work = work_dtype(logits.dtype)
-    probs = teacher_probabilities(teacher_logits, teacher_weights, temperature, work).reshape(n, -1)
+    probs = teacher_probabilities(teacher_logits, teacher_weights, temperature, work).reshape(ids.shape)
     clm_scale, fusion_scale = clm_scale.to(work), fusion_scale.to(work)
     grad = None
     if compute_grad:

@@ -54,12 +54,18 @@ def _denominator(value, fallback: torch.Tensor, name: str, dtype) -> torch.Tenso
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be an int or a one-element tensor, got shape {tuple(value.shape)}")
-        return value.reshape(()).to(device=fallback.device, dtype=dtype)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        count = value.reshape(()).to(device=fallback.device, dtype=dtype)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be an int or a 0-d tensor, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return torch.tensor(float(value), dtype=dtype, device=fallback.device)
+    else:
+        count = torch.tensor(float(value), dtype=dtype, device=fallback.device)
+    # One host sync on a scalar: a NaN, negative or zero count (with items to count) would turn
+    # the loss into NaN or silently into 0.
+    bad = ~torch.isfinite(count) | (count < 0) | ((count == 0) & (fallback > 0))
+    if bool(bad):
+        raise ValueError(f"{name} must be a finite count >= 1 when this batch has items to average "
+                         f"(it has {int(fallback)}), got {float(count)}")
+    return count
 
 
 def _safe_inverse(count: torch.Tensor) -> torch.Tensor:

@@ -254,3 +254,22 @@ def test_random_structures(seed):
     args = (logits, labels, ids, t_logits, weights, clm_scale, fusion_scale)
     out = run_kernel(*args, block_v=block_v, temperature=temperature, loss_type=loss_type)
     assert_matches(*out, *reference(*args, temperature=temperature, loss_type=loss_type), dtype)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_pos_inf_logits_give_nan_like_the_torch_path(bad):
+    # Overflowed logits must not be hidden as an empty row (fp16 loss scaling relies on seeing them).
+    from fusekernels.loss.torch_backend import fusion_loss_rows_torch
+
+    torch.manual_seed(3)
+    n, v, t, k = 3, 70, 2, 3
+    logits = torch.randn(n, v)
+    logits[1, 5] = bad
+    labels = torch.tensor([1, 2, 3])
+    ids = torch.randint(0, v, (n, t, k), dtype=torch.int32)
+    tlog, w, ones = torch.randn(n, t, k), torch.full((n, t), 0.5), torch.ones(n)
+    args = dict(temperature=1.0, loss_type="kl", ignore_index=-100, compute_grad=True, grad_inplace=False)
+    for fn in (fusion_loss_rows_triton, fusion_loss_rows_torch):
+        rows, grad = fn(logits.clone(), labels, ids, tlog, w, ones, ones, **args)
+        assert torch.isnan(rows[1]), fn.__name__
+        assert torch.isfinite(rows[[0, 2]]).all() and torch.isfinite(grad[[0, 2]]).all(), fn.__name__

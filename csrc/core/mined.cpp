@@ -2,6 +2,7 @@
 #include "core/mined.hpp"
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <stdexcept>
 
@@ -11,11 +12,16 @@ namespace fk {
 namespace {
 
 constexpr std::uint64_t kBase = 0x100000001B3ull;  // odd multiplier of the polynomial hash
-#ifndef FK_MINED_DEEPEN_UNTIL
-#define FK_MINED_DEEPEN_UNTIL 5
-#endif
-// Radii searched by separate tight passes before switching to one best-first scan.
-constexpr int kDeepenUntil = FK_MINED_DEEPEN_UNTIL;
+// Far-query search (scan_by_shared_chars): candidates verified per window of bound levels (a
+// window costs one pass over the touched targets, worth about this many verifications), and the
+// stride of the sample that estimates how many targets each level holds.
+constexpr std::int32_t kWindowCandidates = 256;
+constexpr std::size_t kHistogramStride = 16;
+// Radii of the length rings of the far-query search (see scan_by_shared_chars).
+constexpr std::array<int, 2> kStageRadii = {3, 5};
+// Targets up to this length have their O(length^2) two-deletion variants indexed; longer ones
+// (rare in vocabularies) are verified directly when the query's length is within 2 of theirs.
+constexpr std::size_t kWithinTwoMaxLength = 64;
 
 inline std::uint64_t finalize(std::uint64_t h, std::size_t len) {
   // splitmix64 finaliser; the length is mixed in so that strings of different lengths rarely
@@ -49,40 +55,37 @@ void deletion_hashes(U32View s, std::vector<std::uint64_t>* out) {
   }
 }
 
-// lev(q, t) >= max(n, len) - (matched characters) >= max(n, len) - min(n - foreign, len), since
-// characters that occur in no target never match: a bound for a whole length bucket.
-inline std::ptrdiff_t bucket_bound(std::ptrdiff_t n, std::ptrdiff_t len, std::ptrdiff_t foreign) {
-  return std::max(n, len) - std::min(n - foreign, len);
+// Hashes of the distinct strings obtained by deleting at most two characters of s, sorted.
+// lev(a, b) <= 2 implies that such variants of a and b coincide (each edit is undone by deleting
+// the inserted, deleted or substituted character on one or both sides).
+void within_two_hashes(U32View s, std::vector<std::uint64_t>* out) {
+  const std::size_t len = s.size();
+  thread_local std::vector<std::uint64_t> prefix, power;
+  prefix.assign(len + 1, 0);
+  power.assign(len + 1, 1);
+  for (std::size_t i = 0; i < len; ++i) {
+    prefix[i + 1] = prefix[i] * kBase + (static_cast<std::uint64_t>(s[i]) + 1);
+    power[i + 1] = power[i] * kBase;
+  }
+  // Polynomial hash of s[a, b) and of a concatenation: h(XY) = h(X) * B^|Y| + h(Y).
+  auto part = [&](std::size_t a, std::size_t b) { return prefix[b] - prefix[a] * power[b - a]; };
+  out->clear();
+  out->push_back(finalize(prefix[len], len));
+  for (std::size_t p = 0; p < len; ++p) {
+    if (p > 0 && s[p] == s[p - 1]) continue;  // same variant as deleting s[p - 1]
+    const std::uint64_t head = part(0, p);
+    out->push_back(finalize(head * power[len - 1 - p] + part(p + 1, len), len - 1));
+    for (std::size_t r = p + 1; r < len; ++r) {
+      if (r > p + 1 && s[r] == s[r - 1]) continue;  // same as deleting s[r - 1]
+      const std::uint64_t h = (head * power[r - p - 1] + part(p + 1, r)) * power[len - 1 - r] + part(r + 1, len);
+      out->push_back(finalize(h, len - 2));
+    }
+  }
+  std::sort(out->begin(), out->end());
+  out->erase(std::unique(out->begin(), out->end()), out->end());
 }
-
-// The signature filter is popcount-bound; baseline x86-64 lacks the instruction, so GCC builds
-// a POPCNT clone as well and picks it at load time.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FK_POPCNT_CLONES __attribute__((target_clones("popcnt", "default")))
-#else
-#define FK_POPCNT_CLONES
-#endif
 
 }  // namespace
-
-// Bit i of the result is set when target i of sigs[0, count) (count <= 64) may lie within
-// `radius` of the query according to the signature bounds (see signature()).
-FK_POPCNT_CLONES
-std::uint64_t MinedIndex::filter(const Signature* sigs, std::size_t count, const QueryProfile& q, int radius) {
-  std::uint64_t pass = 0;
-  const Signature& qs = q.sig;
-  for (std::size_t i = 0; i < count; ++i) {
-    const Signature& t = sigs[i];
-    const int q_chars =
-        q.foreign_chars + __builtin_popcountll(qs.once & ~t.once) + __builtin_popcountll(qs.twice & ~t.twice);
-    const int t_chars = __builtin_popcountll(t.once & ~qs.once) + __builtin_popcountll(t.twice & ~qs.twice);
-    const int q_bigrams = q.foreign_bigrams + __builtin_popcountll(qs.bigrams & ~t.bigrams);
-    const int t_bigrams = __builtin_popcountll(t.bigrams & ~qs.bigrams);
-    const int bound = std::max(std::max(q_chars, t_chars), (std::max(q_bigrams, t_bigrams) + 1) / 2);
-    pass |= static_cast<std::uint64_t>(bound <= radius) << i;
-  }
-  return pass;
-}
 
 MinedIndex::MinedIndex(const std::vector<U32String>& targets) {
   if (targets.empty()) throw std::invalid_argument("targets must not be empty");
@@ -115,19 +118,71 @@ MinedIndex::MinedIndex(const std::vector<U32String>& targets) {
   }
 
   buckets_.resize(max_len + 1);
-  whole_.keys.reserve(targets.size());
+  std::size_t within_two_count = 0;  // upper bound of the variants, to allocate once
+  for (const auto& t : targets) {
+    const std::size_t m = t.size();
+    if (m <= kWithinTwoMaxLength) within_two_count += 1 + m + m * (m > 0 ? m - 1 : 0) / 2;
+  }
+  lengths_.reserve(targets.size());
+  whole_.reserve(targets.size());
+  deletions_.reserve(total);
+  within_two_.reserve(within_two_count);
   std::vector<std::uint64_t> dels;
   for (std::size_t i = 0; i < targets.size(); ++i) {
     const auto id = static_cast<std::int32_t>(i);
     const U32View t = target(id);
-    whole_.keys.push_back({whole_hash(t), id});
+    whole_.add(whole_hash(t), id);
     deletion_hashes(t, &dels);
-    for (std::uint64_t h : dels) deletions_.keys.push_back({h, id});
+    for (std::uint64_t h : dels) deletions_.add(h, id);
+    if (t.size() <= kWithinTwoMaxLength) {
+      within_two_hashes(t, &dels);
+      for (std::uint64_t h : dels) within_two_.add(h, id);
+    }
     buckets_[t.size()].ids.push_back(id);
-    buckets_[t.size()].signatures.push_back(signature(t, foreign_code_, nullptr, nullptr));
+    lengths_.push_back(static_cast<std::int32_t>(t.size()));
   }
   whole_.build();
   deletions_.build();
+  within_two_.build();
+  min_len_ = max_len;
+  for (std::size_t len = 0; len <= max_len; ++len)
+    if (!buckets_[len].ids.empty()) {
+      min_len_ = len;
+      break;
+    }
+  build_postings();
+}
+
+void MinedIndex::build_postings() {
+  const std::size_t codes = static_cast<std::size_t>(foreign_code_);
+  const std::size_t nt = size();
+  // Distinct codes of each target with their counts, as runs of the sorted string.
+  std::vector<std::size_t> per_code(codes + 1, 0);
+  U32String sorted;
+  auto runs = [&](std::int32_t id, auto&& emit) {
+    const U32View t = target(id);
+    sorted.assign(t.begin(), t.end());
+    std::sort(sorted.begin(), sorted.end());
+    for (std::size_t i = 0; i < sorted.size();) {
+      std::size_t j = i + 1;
+      while (j < sorted.size() && sorted[j] == sorted[i]) ++j;
+      emit(static_cast<std::size_t>(sorted[i]), static_cast<std::int32_t>(j - i));
+      i = j;
+    }
+  };
+  for (std::size_t i = 0; i < nt; ++i)
+    runs(static_cast<std::int32_t>(i), [&](std::size_t c, std::int32_t) { ++per_code[c]; });
+  posting_offsets_.assign(codes + 1, 0);
+  for (std::size_t c = 0; c < codes; ++c) posting_offsets_[c + 1] = posting_offsets_[c] + per_code[c];
+  posting_ids_.resize(posting_offsets_[codes]);
+  posting_counts_.resize(posting_offsets_[codes]);
+  std::vector<std::size_t> fill(posting_offsets_.begin(), posting_offsets_.end() - 1);
+  for (const Bucket& bucket : buckets_)  // by length, then index: lists sorted by (length, id)
+    for (std::int32_t id : bucket.ids)
+      runs(id, [&](std::size_t c, std::int32_t count) {
+        posting_ids_[fill[c]] = id;
+        posting_counts_[fill[c]++] = count;
+      });
 }
 
 U32String MinedIndex::encode(U32View s) const {
@@ -140,56 +195,32 @@ U32String MinedIndex::encode(U32View s) const {
   return out;
 }
 
-// Character classes (code mod 64) present at least once / at least twice, and bigram classes.
-// A character class occurring more often in one string than in the other needs that many edits
-// (each edit removes or replaces one character); a bigram absent from the other string must be
-// destroyed, and one edit destroys at most two bigram occurrences. Characters absent from all
-// targets (`foreign`) are counted apart, exactly, instead of entering the classes.
-MinedIndex::Signature MinedIndex::signature(U32View encoded, char32_t foreign, int* foreign_chars,
-                                            int* foreign_bigrams) {
-  Signature sig{0, 0, 0};
-  int chars = 0, bigrams = 0;
-  for (std::size_t i = 0; i < encoded.size(); ++i) {
-    const char32_t c = encoded[i];
-    if (i > 0) {
-      const char32_t p = encoded[i - 1];
-      if (p == foreign || c == foreign) {
-        ++bigrams;
-      } else {
-        sig.bigrams |= 1ull << (((static_cast<std::uint64_t>(p) * 0x9E3779B97F4A7C15ull) ^ c) & 63);
-      }
-    }
-    if (c == foreign) {
-      ++chars;
-      continue;
-    }
-    const std::uint64_t bit = 1ull << (c & 63);
-    sig.twice |= sig.once & bit;
-    sig.once |= bit;
-  }
-  if (foreign_chars) *foreign_chars = chars;
-  if (foreign_bigrams) *foreign_bigrams = bigrams;
-  return sig;
-}
-
 void MinedIndex::KeyTable::build() {
-  std::sort(keys.begin(), keys.end());
+  const std::size_t count = pending_hashes.size();
   int bits = 1;
-  while (bits < 30 && (std::size_t{1} << bits) < keys.size()) ++bits;
+  while (bits < 30 && (std::size_t{1} << bits) < count) ++bits;
   shift = 64 - bits;
-  directory.resize((std::size_t{1} << bits) + 1);
-  std::size_t i = 0;
-  for (std::size_t prefix = 0; prefix < directory.size(); ++prefix) {
-    while (i < keys.size() && (keys[i].hash >> shift) < prefix) ++i;
-    directory[prefix] = i;
+  // Stable counting sort by the directory prefix: linear time, and the ids of one hash keep
+  // their insertion order.
+  directory.assign((std::size_t{1} << bits) + 1, 0);
+  for (std::uint64_t h : pending_hashes) ++directory[static_cast<std::size_t>(h >> shift) + 1];
+  for (std::size_t i = 1; i < directory.size(); ++i) directory[i] += directory[i - 1];
+  entries.resize(count);
+  std::vector<std::size_t> fill(directory.begin(), directory.end() - 1);
+  for (std::size_t i = 0; i < count; ++i) {
+    const std::uint64_t h = pending_hashes[i];
+    entries[fill[static_cast<std::size_t>(h >> shift)]++] = {static_cast<std::uint32_t>(h), pending_ids[i]};
   }
+  std::vector<std::uint64_t>().swap(pending_hashes);
+  std::vector<std::int32_t>().swap(pending_ids);
 }
 
 void MinedIndex::KeyTable::collect(std::uint64_t hash, std::vector<std::int32_t>* out) const {
   const std::size_t prefix = static_cast<std::size_t>(hash >> shift);
+  const auto check = static_cast<std::uint32_t>(hash);
   const std::size_t end = directory[prefix + 1];
   for (std::size_t i = directory[prefix]; i < end; ++i)
-    if (keys[i].hash == hash) out->push_back(keys[i].id);
+    if (entries[i].check == check) out->push_back(entries[i].id);
 }
 
 bool MinedIndex::find_exact(U32View q, std::vector<std::int32_t>* hits) const {
@@ -201,95 +232,176 @@ bool MinedIndex::find_exact(U32View q, std::vector<std::int32_t>* hits) const {
   return !hits->empty();
 }
 
-MinedIndex::QueryProfile MinedIndex::profile_of(U32View q) const {
-  QueryProfile profile;
-  profile.sig = signature(q, foreign_code_, &profile.foreign_chars, &profile.foreign_bigrams);
-  return profile;
-}
+namespace {
+// Per-thread scratch of scan_by_shared_chars: shared-character counts per target (all zero
+// between calls) and the targets touched by the posting lists.
+struct SharedScratch {
+  std::vector<std::int32_t> shared;
+  std::vector<std::int32_t> touched;
+  std::vector<std::int32_t> histogram;   // [upper + 2] touched targets per bound (estimated)
+  std::vector<std::int32_t> candidates;  // touched targets of the current window of bounds
+  std::vector<std::int32_t> level_start;
+  std::vector<std::int32_t> by_level;
+};
+}  // namespace
 
-bool MinedIndex::scan_radius(const LevenshteinPattern& pattern, const QueryProfile& profile, int radius,
-                             std::int32_t* nearest, std::vector<std::int32_t>* ties) const {
+int MinedIndex::scan_by_shared_chars(const LevenshteinPattern& pattern, std::int32_t* nearest,
+                                     std::vector<std::int32_t>* ties) const {
   const bool with_ties = ties != nullptr;
-  const auto n = static_cast<std::ptrdiff_t>(pattern.query().size());
+  const U32View q = pattern.query();
+  const auto n = static_cast<std::ptrdiff_t>(q.size());
   const auto max_len = static_cast<std::ptrdiff_t>(buckets_.size()) - 1;
-  std::int32_t best_id = INT32_MAX;
-  for (std::ptrdiff_t k = 0; k <= radius; ++k) {
-    for (int side = 0; side < (k == 0 ? 1 : 2); ++side) {  // lengths n - k, then n + k
-      const std::ptrdiff_t len = side == 0 ? n - k : n + k;
-      if (len < 0 || len > max_len || bucket_bound(n, len, profile.foreign_chars) > radius) continue;
-      const Bucket& bucket = buckets_[static_cast<std::size_t>(len)];
-      const std::size_t size = bucket.ids.size();
-      bool done = false;
-      for (std::size_t chunk = 0; chunk < size && !done; chunk += 64) {
-        const std::size_t count = std::min<std::size_t>(64, size - chunk);
-        for (std::uint64_t pass = filter(&bucket.signatures[chunk], count, profile, radius); pass != 0;
-             pass &= pass - 1) {
-          const std::int32_t id = bucket.ids[chunk + static_cast<std::size_t>(__builtin_ctzll(pass))];
-          if (!with_ties && id > best_id) {
-            done = true;
-            break;
-          }
-          if (pattern.distance(target(id), radius) > radius) continue;
-          best_id = std::min(best_id, id);
-          if (!with_ties) {
-            done = true;  // ids ascend in a bucket: the first hit is its lowest
-            break;
-          }
-          ties->push_back(id);
-        }
-      }
-    }
+  thread_local SharedScratch scratch;
+  // Raw pointers: the loops below must not re-derive the thread-local address per element.
+  if (scratch.shared.size() < size()) {
+    scratch.shared.assign(size(), 0);
+    scratch.touched.assign(size() + 1, 0);  // +1: the branch-free append writes one past
   }
-  if (best_id == INT32_MAX) return false;
-  *nearest = best_id;
-  return true;
-}
+  std::int32_t* const shared = scratch.shared.data();
+  std::int32_t* const touched_ids = scratch.touched.data();
+  std::size_t touched_count = 0;
+  struct ZeroOnExit {  // restores the all-zero invariant of `shared`, also on exceptions
+    std::int32_t* shared;
+    const std::int32_t* ids;
+    const std::size_t& count;
+    ~ZeroOnExit() {
+      for (std::size_t k = 0; k < count; ++k) shared[ids[k]] = 0;
+    }
+  } zero_on_exit{shared, touched_ids, touched_count};
 
-int MinedIndex::scan_best_first(const LevenshteinPattern& pattern, const QueryProfile& profile, int lower_bound,
-                                std::int32_t* nearest, std::vector<std::int32_t>* ties) const {
-  const bool with_ties = ties != nullptr;
-  const auto n = static_cast<std::ptrdiff_t>(pattern.query().size());
-  const auto max_len = static_cast<std::ptrdiff_t>(buckets_.size()) - 1;
-  int best = INT_MAX;  // running minimum (INT_MAX: none yet)
+  // shared[t] = size of the multiset intersection of the characters of q and t, accumulated
+  // from the posting lists over the targets with lengths in [min_len, max_len].
+  U32String sorted(q);
+  std::sort(sorted.begin(), sorted.end());
+  const std::int32_t* const ids = posting_ids_.data();
+  const std::int32_t* const counts = posting_counts_.data();
+  const std::int32_t* const lengths = lengths_.data();
+  auto accumulate = [&](std::ptrdiff_t min_len, std::ptrdiff_t max_len_incl) {
+    if (min_len > max_len_incl) return;
+    for (std::size_t i = 0; i < sorted.size();) {
+      std::size_t j = i + 1;
+      while (j < sorted.size() && sorted[j] == sorted[i]) ++j;
+      const auto c = static_cast<std::size_t>(sorted[i]);
+      const auto q_count = static_cast<std::int32_t>(j - i);
+      i = j;
+      if (c >= posting_offsets_.size() - 1) continue;  // occurs in no target
+      const std::int32_t* begin = ids + posting_offsets_[c];
+      const std::int32_t* end = ids + posting_offsets_[c + 1];
+      begin = std::partition_point(begin, end, [&](std::int32_t id) { return lengths[id] < min_len; });
+      end = std::partition_point(begin, end, [&](std::int32_t id) { return lengths[id] <= max_len_incl; });
+      const std::int32_t* count = counts + (begin - ids);
+      for (const std::int32_t* p = begin; p != end; ++p, ++count) {  // branch-free append
+        const std::int32_t id = *p;
+        const std::int32_t old = shared[id];
+        touched_ids[touched_count] = id;
+        touched_count += old == 0;
+        shared[id] = old + (q_count == 1 ? 1 : std::min(q_count, *count));
+      }
+    }
+  };
+
+  // Every target is within max(n, m) of q, so the best distance is at most `upper`; unmatched
+  // characters need one edit each: lev(q, t) >= max(n, m) - shared[t] (the bound, or level).
+  const int upper = static_cast<int>(std::max<std::ptrdiff_t>(n, static_cast<std::ptrdiff_t>(min_len_)));
+  // Histogram of the bounds over a sample of the touched targets (bounds above `upper` pooled in
+  // upper + 1: those targets can never be nearest). It only sizes the windows below, so an
+  // estimate suffices.
+  const auto n32 = static_cast<std::int32_t>(n);
+  auto bound_of = [shared, lengths, n32](std::int32_t id) { return std::max(n32, lengths[id]) - shared[id]; };
+  std::vector<std::int32_t>& histogram = scratch.histogram;
+  auto sample_bounds = [&] {
+    histogram.assign(static_cast<std::size_t>(upper) + 2, 0);
+    for (std::size_t k = 0; k < touched_count; k += kHistogramStride)
+      histogram[static_cast<std::size_t>(std::min(bound_of(touched_ids[k]), upper + 1))] += kHistogramStride;
+    if (scratch.candidates.size() < touched_count + 1) scratch.candidates.resize(touched_count + 1);
+  };
+
+  int best = INT_MAX;  // none yet; the true minimum is <= upper
   std::int32_t best_id = INT32_MAX;
-  for (std::ptrdiff_t k = 0; best == INT_MAX || k <= best; ++k) {
-    if (n - k < 0 && n + k > max_len) break;
-    for (int side = 0; side < (k == 0 ? 1 : 2); ++side) {
-      const std::ptrdiff_t len = side == 0 ? n - k : n + k;
-      if (len < 0 || len > max_len || bucket_bound(n, len, profile.foreign_chars) > best) continue;
-      const Bucket& bucket = buckets_[static_cast<std::size_t>(len)];
-      const std::size_t size = bucket.ids.size();
-      bool done = false;
-      for (std::size_t chunk = 0; chunk < size && !done; chunk += 64) {
-        const std::size_t count = std::min<std::size_t>(64, size - chunk);
-        for (std::uint64_t pass = filter(&bucket.signatures[chunk], count, profile, best); pass != 0;
-             pass &= pass - 1) {
-          const std::int32_t id = bucket.ids[chunk + static_cast<std::size_t>(__builtin_ctzll(pass))];
-          int cutoff = -1;  // no bound yet: exact distance
-          if (best != INT_MAX) {
-            // Without ties a later index only wins with a strictly smaller distance.
-            cutoff = (with_ties || id < best_id) ? best : best - 1;
-            if (cutoff < lower_bound) {
-              if (!with_ties && id > best_id) {
-                done = true;  // ids ascend: nothing later in this bucket can win
-                break;
-              }
-              continue;
-            }
-          }
+  auto offer = [&](std::int32_t id, int d) {
+    if (d < best) {
+      best = d;
+      best_id = id;
+      if (with_ties) ties->assign(1, id);
+    } else if (d == best) {
+      best_id = std::min(best_id, id);
+      if (with_ties) ties->push_back(id);
+    }
+  };
+  // Levels [first_level, last_level] (bound values) ascending, in windows: one pass over the
+  // touched list gathers the candidates of a window, which are sorted by level and verified with
+  // the running minimum as cutoff. The search ends at the first level above the minimum; usually the first window
+  // already gets there, so most touched targets are never sorted or verified.
+  std::vector<std::int32_t>& level_start = scratch.level_start;
+  std::vector<std::int32_t>& by_level = scratch.by_level;
+  auto search_levels = [&](int first_level, int last_level) {
+    std::int32_t* const candidates = scratch.candidates.data();
+    for (int lo = first_level; lo <= last_level && (best == INT_MAX || lo <= best);) {
+      int hi = lo;
+      std::int32_t in_window = histogram[static_cast<std::size_t>(lo)];
+      while (hi < last_level && in_window < kWindowCandidates) in_window += histogram[static_cast<std::size_t>(++hi)];
+      if (best != INT_MAX) hi = std::min(hi, best);
+      const int width = hi - lo + 1;
+      level_start.assign(static_cast<std::size_t>(width) + 1, 0);
+      {  // (in_window is an estimate: the pass runs even when it is 0)
+        std::size_t kept = 0;  // branch-free compaction of the targets with bounds in [lo, hi]
+        for (std::size_t k = 0; k < touched_count; ++k) {
+          const std::int32_t id = touched_ids[k];
+          candidates[kept] = id;
+          kept += static_cast<std::uint32_t>(bound_of(id) - lo) < static_cast<std::uint32_t>(width);
+        }
+        for (std::size_t k = 0; k < kept; ++k)
+          ++level_start[static_cast<std::size_t>(bound_of(candidates[k]) - lo) + 1];
+        for (std::size_t l = 1; l < level_start.size(); ++l) level_start[l] += level_start[l - 1];
+        by_level.resize(kept);
+        std::vector<std::int32_t> fill(level_start.begin(), level_start.end() - 1);
+        for (std::size_t k = 0; k < kept; ++k)
+          by_level[static_cast<std::size_t>(fill[static_cast<std::size_t>(bound_of(candidates[k]) - lo)]++)] =
+              candidates[k];
+      }
+      for (int level = lo; level <= hi && (best == INT_MAX || level <= best); ++level) {
+        const auto slot = static_cast<std::size_t>(level - lo);
+        for (std::int32_t k = level_start[slot]; k < level_start[slot + 1]; ++k) {
+          const std::int32_t id = by_level[static_cast<std::size_t>(k)];
+          // Without ties a later index only wins with a strictly smaller distance.
+          const int cutoff = best == INT_MAX ? upper : ((with_ties || id < best_id) ? best : best - 1);
+          if (cutoff < level) continue;
           const int d = pattern.distance(target(id), cutoff);
-          if (cutoff >= 0 && d > cutoff) continue;
-          if (d < best) {
-            best = d;
-            best_id = id;
-            if (with_ties) ties->assign(1, id);
-          } else if (d == best) {
-            best_id = std::min(best_id, id);
-            if (with_ties) ties->push_back(id);
+          if (d <= cutoff) offer(id, d);
+        }
+        // Targets sharing no character with q are at exactly max(n, m): `level` is reached by those
+        // of length <= n when level == n, by those of length `level` when level > n.
+        if (level < n) continue;
+        const std::ptrdiff_t first_len = level == n ? 0 : level, last_len = std::min<std::ptrdiff_t>(level, max_len);
+        for (std::ptrdiff_t len = first_len; len <= last_len; ++len) {
+          for (std::int32_t id : buckets_[static_cast<std::size_t>(len)].ids) {  // ascending
+            if (shared[id] != 0) continue;
+            if (!with_ties && best != INT_MAX && level == best && id > best_id) break;
+            offer(id, level);
+            if (!with_ties) break;
           }
         }
       }
+      lo = hi + 1;
     }
+  };
+  // Levels up to r only involve targets within r of the query's length, so the lengths are
+  // counted in widening rings (radii kStageRadii, then all): most queries of moderate distance
+  // end in the first ring. After each ring, levels up to its radius are exact and searched.
+  int done_radius = -1;  // lengths within n +- done_radius are counted, levels <= it searched
+  for (std::size_t stage = 0; stage <= kStageRadii.size(); ++stage) {
+    const int radius = stage < kStageRadii.size() ? std::min(kStageRadii[stage], upper) : upper;
+    if (radius <= done_radius) continue;
+    if (done_radius < 0) {
+      accumulate(n - radius, n + radius);
+    } else {
+      accumulate(n - radius, n - done_radius - 1);
+      accumulate(n + done_radius + 1, n + radius);
+    }
+    sample_bounds();
+    search_levels(done_radius + 1, radius);
+    done_radius = radius;
+    if (best != INT_MAX && best <= radius) break;  // (a best above it is only an upper bound)
   }
   *nearest = best_id;
   return best;
@@ -324,19 +436,32 @@ std::int32_t MinedIndex::query(U32View raw, int* distance, std::vector<std::int3
     if (ties) *ties = hits;
     return hits.front();
   }
-  // Distances 0 and 1 are excluded now. Radii 2 .. kDeepenUntil: one tight pass each, cheap
-  // because the filters prune hard at small radii; beyond, one best-first scan.
-  const QueryProfile profile = profile_of(q);
-  std::int32_t nearest = 0;
-  if (ties) ties->clear();
-  for (int radius = 2; radius <= kDeepenUntil; ++radius) {
-    if (scan_radius(pattern, profile, radius, &nearest, ties)) {
-      *distance = radius;
-      if (ties) std::sort(ties->begin(), ties->end());
-      return nearest;
+  // Distance 2: some variant of q with at most two deletions equals such a variant of t (for
+  // targets up to kWithinTwoMaxLength; longer ones within 2 of q's length are verified).
+  // Only targets of length >= n - 2 can qualify.
+  const std::size_t n = q.size();
+  if (n <= max_length() + 2) {
+    candidates.clear();
+    if (n <= kWithinTwoMaxLength + 2) {
+      within_two_hashes(q, &dels);
+      for (std::uint64_t h : dels) within_two_.collect(h, &candidates);
+    }
+    for (std::size_t len = std::max(n, kWithinTwoMaxLength + 3) - 2; len <= std::min(n + 2, max_length()); ++len)
+      candidates.insert(candidates.end(), buckets_[len].ids.begin(), buckets_[len].ids.end());
+    std::sort(candidates.begin(), candidates.end());
+    candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
+    for (std::int32_t id : candidates)
+      if (pattern.distance(target(id), 2) == 2) hits.push_back(id);
+    if (!hits.empty()) {
+      *distance = 2;
+      if (ties) *ties = hits;
+      return hits.front();
     }
   }
-  *distance = scan_best_first(pattern, profile, kDeepenUntil + 1, &nearest, ties);
+  // Distance 3 or more: bound-ordered search over the character posting lists.
+  std::int32_t nearest = 0;
+  if (ties) ties->clear();
+  *distance = scan_by_shared_chars(pattern, &nearest, ties);
   if (ties) std::sort(ties->begin(), ties->end());
   return nearest;
 }

@@ -7,13 +7,17 @@
 //      minus one character, t == q minus one character, or both minus one character at the same
 //      position share the same string, so hashed one-deletion variants of every target find all
 //      candidates, which are then verified;
-//   3. otherwise the targets, bucketed by length, are scanned: first one tight pass per small
-//      radius r (only buckets with length difference <= r; a bucket stops at its first hit when
-//      ties are not wanted, ids ascending within it), then one scan with the running minimum as
-//      cutoff, visiting buckets by increasing length difference until that difference alone
-//      exceeds the minimum. Cheap lower bounds (character and bigram class signatures,
-//      characters that occur in no target) prune targets before the bit-parallel kernel
-//      verifies the survivors with the cutoff.
+//   3. distance 2 the same way (symmetric deletions): lev(q, t) <= 2 implies that some variant of
+//      q with at most two characters deleted equals such a variant of t (indexed for targets of
+//      up to 64 code points, whose variants number O(length^2); longer ones are verified);
+//   4. otherwise (far queries) a bound-ordered search: per-character posting lists give, for every
+//      target t sharing a character with q, the size of the multiset intersection s(t), and
+//      lev(q, t) >= max(|q|, |t|) - s(t). Targets are verified by the bit-parallel kernel in
+//      increasing order of that bound with the running minimum as cutoff, until the bound exceeds
+//      the minimum. Targets sharing no character are at exactly max(|q|, |t|), unverified.
+//      Bounds up to r only involve targets within r of the query's length, so the lists (sorted
+//      by target length) are counted in widening rings of lengths (r = 3, 5, then all); most
+//      queries of moderate distance end in the first ring.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -47,51 +51,48 @@ class MinedIndex {
   MinedResult map(const std::vector<U32String>& queries, int threads, bool with_ties) const;
 
  private:
-  struct Signature {  // character classes occurring at least once / twice; bigram classes
-    std::uint64_t once, twice, bigrams;
-  };
-  struct QueryProfile {
-    Signature sig;            // over the characters that occur in some target
-    int foreign_chars = 0;    // characters that occur in no target
-    int foreign_bigrams = 0;  // bigrams containing such a character
-  };
   struct Bucket {  // targets of one length, ascending index
     std::vector<std::int32_t> ids;
-    std::vector<Signature> signatures;
   };
-  struct Key {
-    std::uint64_t hash;
-    std::int32_t id;
-    bool operator<(const Key& o) const { return hash != o.hash ? hash < o.hash : id < o.id; }
-  };
-  // (hash, id) pairs sorted, with a directory over the top hash bits: a lookup reads one
-  // directory slot and a short run of keys (about two cache misses, not a binary search).
+  // (hash, id) pairs bucketed by the top hash bits through a directory: a lookup reads one
+  // directory slot and a short run of entries (about two cache misses, not a binary search).
+  // Entries keep 32 other hash bits as a check; a false match only costs a verification.
   struct KeyTable {
-    std::vector<Key> keys;
-    std::vector<std::size_t> directory;  // [2^bits + 1]: first key whose hash has that prefix
+    struct Entry {
+      std::uint32_t check;
+      std::int32_t id;
+    };
+    std::vector<std::uint64_t> pending_hashes;  // add() appends here, build() consumes
+    std::vector<std::int32_t> pending_ids;
+    std::vector<Entry> entries;
+    std::vector<std::size_t> directory;  // [2^bits + 1]: first entry whose hash has that prefix
     int shift = 63;
+    void reserve(std::size_t count) {
+      pending_hashes.reserve(count);
+      pending_ids.reserve(count);
+    }
+    void add(std::uint64_t hash, std::int32_t id) {
+      pending_hashes.push_back(hash);
+      pending_ids.push_back(id);
+    }
     void build();
-    // Appends the ids stored under `hash`, ascending.
+    // Appends the ids stored under `hash`; ascending when they were added in ascending order.
     void collect(std::uint64_t hash, std::vector<std::int32_t>* out) const;
   };
 
+  std::size_t max_length() const { return buckets_.size() - 1; }
+  void build_postings();
   U32String encode(U32View s) const;
   U32View target(std::int32_t id) const {
     return U32View(chars_.data() + offsets_[static_cast<std::size_t>(id)],
                    offsets_[static_cast<std::size_t>(id) + 1] - offsets_[static_cast<std::size_t>(id)]);
   }
-  static Signature signature(U32View encoded, char32_t foreign, int* foreign_chars, int* foreign_bigrams);
-  static std::uint64_t filter(const Signature* sigs, std::size_t count, const QueryProfile& q, int radius);
   bool find_exact(U32View q, std::vector<std::int32_t>* hits) const;
-  QueryProfile profile_of(U32View encoded_query) const;
-  // Targets at exactly `radius` from a query that has none closer: returns false if there are
-  // none, else stores the lowest index (and appends all of them to ties, if non-null).
-  bool scan_radius(const LevenshteinPattern& pattern, const QueryProfile& profile, int radius,
-                   std::int32_t* nearest, std::vector<std::int32_t>* ties) const;
-  // Nearest targets of a query with none closer than lower_bound, by one scan with a running
-  // minimum as cutoff; returns the minimum distance (ties unsorted).
-  int scan_best_first(const LevenshteinPattern& pattern, const QueryProfile& profile, int lower_bound,
-                      std::int32_t* nearest, std::vector<std::int32_t>* ties) const;
+  // Nearest targets of a query by the bound-ordered search (step 4 above): returns the minimum
+  // distance, stores the lowest index at it and, if ties is non-null, appends all targets at it
+  // (unsorted).
+  int scan_by_shared_chars(const LevenshteinPattern& pattern, std::int32_t* nearest,
+                           std::vector<std::int32_t>* ties) const;
 
   // Code points are relabelled densely by descending frequency in the targets, so that the most
   // common characters (including the tokenizers' space markers) hit the pattern's direct table.
@@ -101,7 +102,14 @@ class MinedIndex {
   std::vector<std::size_t> offsets_;    // [nt + 1]
   KeyTable whole_;                      // hash of each target
   KeyTable deletions_;                  // hashes of the one-deletion variants of each target
+  KeyTable within_two_;                 // hashes of the <= 2-deletion variants of short targets
   std::vector<Bucket> buckets_;         // by length
+  std::size_t min_len_ = 0;             // length of the shortest target
+  // Character posting lists (CSR over codes): targets containing the code, with its count.
+  std::vector<std::size_t> posting_offsets_;  // [codes + 1]
+  std::vector<std::int32_t> posting_ids_;     // ascending per code
+  std::vector<std::int32_t> posting_counts_;
+  std::vector<std::int32_t> lengths_;  // [nt] target lengths in code points
 };
 
 // Convenience: build the index over targets and map all queries.

@@ -48,9 +48,9 @@ def _result(raw: tuple) -> MinEDResult:
 class MinEDIndex:
     """Search index over a fixed list of targets, reusable for several query lists.
 
-    Building it (hashing, one-deletion neighbourhoods, length buckets) costs about as much as
-    mapping a few thousand queries, so reuse it when one base vocabulary meets several
-    blending vocabularies.
+    Building it (hashing, deletion neighbourhoods up to two deletions, character posting lists)
+    costs about as much as mapping a few thousand queries, so reuse it when one base vocabulary
+    meets several blending vocabularies.
     """
 
     def __init__(self, targets: Sequence[str]) -> None:

@@ -143,8 +143,8 @@ def test_real_vocabulary_against_rapidfuzz():
 
 
 @pytest.mark.parametrize("return_ties", [False, True])
-def test_large_distances_use_the_best_first_scan(return_ties):
-    # Minimum distances well above the small radii searched pass by pass (up to 5).
+def test_large_distances_use_the_bound_ordered_search(return_ties):
+    # Minimum distances well above those settled by the deletion indexes (up to 2).
     rng = np.random.default_rng(7)
     targets = ["".join(rng.choice(list("abcd"), rng.integers(10, 40))) for _ in range(250)]
     queries = ["".join(rng.choice(list("abcdz"), rng.integers(5, 45))) for _ in range(60)]
@@ -158,3 +158,106 @@ def test_numpy_string_arrays_are_accepted():
     r = mined_map(np.array(["abc", "xy"]), targets, return_ties=True)
     check(r, ["abc", "xy"], list(targets))
     assert np.array_equal(MinEDIndex(targets).map(np.array(["abc", "xy"])).ids, r.ids)
+
+
+def _edit(rng, s, alphabet, edits):
+    """s with `edits` random single-character insertions, deletions or substitutions."""
+    s = list(s)
+    for _ in range(edits):
+        op = rng.integers(3) if s else 0
+        if op == 0:
+            s.insert(int(rng.integers(len(s) + 1)), str(rng.choice(alphabet)))
+        elif op == 1:
+            del s[int(rng.integers(len(s)))]
+        else:
+            s[int(rng.integers(len(s)))] = str(rng.choice(alphabet))
+    return "".join(s)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet="abc\u4f60\U0001F600", max_size=8), min_size=1, max_size=50),
+       st.integers(0, 2**32 - 1), st.booleans())
+def test_queries_within_two_and_three_edits(targets, seed, return_ties):
+    # Queries made from targets by 2 or 3 edits: the distance-2 index (symmetric deletions,
+    # repeated characters included) and the first levels of the bound-ordered search.
+    rng = np.random.default_rng(seed)
+    alphabet = list("abcd\u4f60")
+    queries = [_edit(rng, targets[int(rng.integers(len(targets)))], alphabet, int(rng.integers(2, 4)))
+               for _ in range(20)]
+    check(mined_map(queries, targets, return_ties=return_ties), queries, targets)
+
+
+def test_distance_two_cases_and_ties():
+    targets = ["abcdef", "xbcdey", "abcd", "abcdefgh", "badc", "aaaa", "aa", "\u4f60\u597d\u4f60", "zzzzzz"]
+    queries = [
+        "xbcdef",  # index 0 at 1 (not 2): the distance-1 stage still wins
+        "abxdyf",  # two substitutions of index 0
+        "abcdefghij",  # two insertions after index 3
+        "abdc",  # index 4 ("badc") at 2 by a swap; "abcd" (index 2) at 2 as well: tie, lowest wins
+        "aaaaaa",  # runs: "aaaa" at 2, "aa" at 4
+        "\u4f60x\u4f60y",  # CJK: two edits from index 7
+        "bc",  # "abcd", "badc" and "aa" at distance 2 (ties across lengths)
+    ]
+    r = mined_map(queries, targets, return_ties=True)
+    check(r, queries, targets)
+    assert r.distances.tolist() == [1, 2, 2, 2, 2, 2, 2]
+    assert r.ties(3).tolist() == [2, 4] and r.ids[3] == 2
+    assert r.ties(6).tolist() == [2, 4, 6] and r.ids[6] == 2
+
+
+def test_distance_three_ties_and_disjoint_characters():
+    # Nothing within 2, several targets at exactly 3, one of them longer and of lower index.
+    targets = ["qqqabc", "xyz", "abcxyz", "abc", "qqqqqq", "zzzabc"]
+    r = mined_map(["abcabc", "abc", "\u4f60\u4f60", "\u4f60\u4f60\u4f60\u4f60"], targets, return_ties=True)
+    check(r, ["abcabc", "abc", "\u4f60\u4f60", "\u4f60\u4f60\u4f60\u4f60"], targets)
+    assert r.distances[0] == 3 and r.ties(0).tolist() == [0, 2, 3, 5]
+    # No shared character: every target is at max(n, m); the shortest-enough lowest index wins.
+    assert r.distances[2] == 3 and r.ties(2).tolist() == [1, 3]
+    assert r.distances[3] == 4 and r.ties(3).tolist() == [1, 3]
+
+
+def test_shared_characters_that_cannot_align():
+    # "ba" shares both characters with "ab" but is still at max(n, m) = 2, tying with a target
+    # that shares nothing; a higher-index target sharing nothing must not displace index 0.
+    targets = ["ba", "cd", "ab"]
+    r = mined_map(["xa", "ax", "yy"], targets, return_ties=True)
+    check(r, ["xa", "ax", "yy"], targets)
+    assert r.ties(2).tolist() == [0, 1, 2]
+
+
+def test_long_strings_near_and_far():
+    # Patterns over 64 and 128 code points (multi-word kernel) within 2 and 3 edits, and far.
+    rng = np.random.default_rng(3)
+    alphabet = list("ab\u4f60\u597d")
+    targets = ["".join(rng.choice(alphabet, int(rng.integers(60, 150)))) for _ in range(40)] + ["a", "b" * 3]
+    queries = [_edit(rng, targets[i], alphabet, e) for i, e in zip(range(0, 40, 3), [2, 3] * 7)]
+    queries += ["c" * 200, "a" * 130, targets[5][:64] + targets[6][64:]]
+    check(mined_map(queries, targets, return_ties=True), queries, targets)
+    check(mined_map(queries, targets), queries, targets)
+
+
+@pytest.mark.parametrize("length", [63, 64, 65, 66, 67, 100])
+def test_distance_two_ties_around_the_indexed_length(length):
+    # Targets at distance 2 that are 2 longer, equally long and 2 shorter than the query, on both
+    # sides of the length up to which two-deletion variants are indexed (64).
+    rng = np.random.default_rng(length)
+    base = "".join(rng.choice(list("abcd\u4f60"), length))
+    query = base[:10] + base[12:]  # two deletions
+    same = query[:3] + "xy" + query[5:]  # two substitutions
+    shorter = query[:20] + query[22:]  # two deletions of the query
+    targets = ["z" * 5, base, same, shorter, base + "q"]
+    r = mined_map([query], targets, return_ties=True)
+    check(r, [query], targets)
+    assert r.distances[0] == 2 and r.ties(0).tolist() == [1, 2, 3]
+
+
+def test_many_candidates_per_bound_level():
+    # Thousands of targets with equal bounds (more than one window of the bound-ordered search)
+    # and many ties at the minimum.
+    rng = np.random.default_rng(11)
+    targets = ["".join(rng.choice(list("abcdef"), int(rng.integers(4, 12)))) for _ in range(4000)]
+    queries = ["".join(rng.choice(list("abcdefg"), int(rng.integers(1, 16)))) for _ in range(40)]
+    queries += ["g" * 7, "ag" * 6, "abcdefabcdefabcdef"]
+    r = mined_map(queries, targets, return_ties=True)
+    assert (r.distances >= 3).sum() >= 10
+    check(r, queries, targets)

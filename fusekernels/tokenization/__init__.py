@@ -4,6 +4,7 @@
 - byte-span mode (default): :func:`byte_span_align` carries a teacher's top-k onto base positions
   whose byte span equals one blending token's, with an exact-bytes id map (:func:`build_byte_span_map`);
 - compatible mode: :func:`compat_align`, the published DTW + top-k transfer (hard / soft);
+- :func:`check_same_text`: both id sequences must cover the same text (every aligner checks it);
 - :func:`build_vocab_map`: the spec's MinED vocabulary map (+ co-occurrence refinement, npz / JSON);
 - :func:`align_dataset`: all of it over a ``datasets.Dataset`` of teacher outputs;
 - :mod:`~fusekernels.tokenization.assets`: real tokenizers and text from optional asset packages.
@@ -11,7 +12,7 @@
 Needs the native core (``fusekernels.align``) for compatible mode and MinED.
 """
 from .byte_span import (ByteSpanMap, build_byte_span_map, byte_span_align, byte_span_align_batch,
-                        byte_span_positions)
+                        byte_span_positions, check_same_text)
 from .compat import compat_align, compat_align_batch, compat_tables, compat_teacher_mask
 from .dataset import DEFAULT_COLUMNS, align_dataset
 from .profile import TokenizerProfile
@@ -24,6 +25,7 @@ __all__ = [
     "byte_span_positions",
     "byte_span_align",
     "byte_span_align_batch",
+    "check_same_text",
     "compat_tables",
     "compat_align",
     "compat_align_batch",

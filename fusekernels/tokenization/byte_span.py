@@ -27,6 +27,10 @@ Top-k ids are carried through a :class:`ByteSpanMap` (blending id -> base id):
    large vocabularies, and never a token that contradicts the predicted text);
    ``"none"``: unmapped (dropped from the top-k).
 
+Both sequences must cover the same text; ``check`` (see :func:`check_same_text`) verifies it from
+the token bytes (default ``"length"``: equal byte lengths, free from the cumulative offsets) and
+raises ``ValueError`` instead of aligning two different texts.
+
 Positions without a 1:1 span (and matched positions whose top-k maps to nothing) get the spec's
 one-hot fallback: (base id, logit 1.0). Everything is vectorised numpy: O(n + m) offsets,
 ``searchsorted`` matching, table lookups and a per-row de-duplication of the k ids.
@@ -42,7 +46,7 @@ import numpy as np
 from .profile import TokenizerProfile
 
 __all__ = ["ByteSpanMap", "build_byte_span_map", "byte_span_positions", "byte_span_align",
-           "byte_span_align_batch", "decoded_token_strings"]
+           "byte_span_align_batch", "check_same_text", "decoded_token_strings", "CHECKS"]
 
 _SURROGATE_TO_PUA = {0xDC80 + b: 0xF780 + b for b in range(128)}
 
@@ -157,10 +161,137 @@ def build_byte_span_map(base: TokenizerProfile, blend: TokenizerProfile, *, fall
     return table
 
 
-def _span_keys(profile: TokenizerProfile, ids: np.ndarray, start: int) -> np.ndarray:
-    """int64 [n] keys ``start_offset * 2**32 + end_offset`` (non-decreasing along the sequence)."""
-    ends = np.cumsum(profile.byte_lengths[ids], dtype=np.int64)
-    starts = ends - profile.byte_lengths[ids]
+CHECKS = ("length", "bytes", "prefix", "none")
+_CHECK_HINT = ("special tokens count as 0 bytes; check='prefix' accepts a sequence truncated at a maximum "
+               "length, check='none' skips this check")
+
+
+@dataclass(frozen=True)
+class _Extent:
+    """How many text bytes one token sequence covers, from its token bytes alone."""
+
+    total: int  # sum of the token byte lengths, dummy-prefix space included
+    start: int  # leading bytes that are no text (0 or 1, TokenizerProfile.text_start)
+    ambiguous: bool  # "unless_space" dummy prefix and no text: the start may as well be 0
+    unknown: int  # unk-role tokens: each stands for >= 1 byte the profile cannot name
+
+    def bounds(self) -> tuple[int, float]:
+        """(lowest, highest) possible text length in bytes."""
+        lo, hi = (self.total - 1, self.total) if self.ambiguous else (self.total - self.start,) * 2
+        return (lo + self.unknown, np.inf) if self.unknown else (lo, hi)
+
+    def describe(self) -> str:
+        lo, hi = self.bounds()
+        if hi == np.inf:
+            return f"at least {lo} bytes ({self.unknown} unknown token(s))"
+        return f"{lo} bytes" if lo == hi else f"{lo} or {hi} bytes (dummy-prefix space unknown without text)"
+
+
+def _extent(profile: TokenizerProfile, ids: np.ndarray, total: int, text: str | None) -> _Extent:
+    start = profile.text_start(ids, text)
+    unk = profile.special_ids.get("unk")
+    return _Extent(total=total, start=start,
+                   ambiguous=start == 1 and text is None and profile.dummy_prefix == "unless_space",
+                   unknown=int(np.count_nonzero(ids == unk)) if unk is not None else 0)
+
+
+def _resolve_start(own: _Extent, other: _Extent) -> int:
+    """An ambiguous dummy prefix is text when that makes the lengths agree exactly."""
+    if own.ambiguous and not other.ambiguous and not other.unknown and other.bounds()[0] == own.total:
+        return 0
+    return own.start
+
+
+def _known_text(profile: TokenizerProfile, ids: np.ndarray, start: int) -> tuple[bytes, bool]:
+    """Text bytes of ``ids`` up to the first unk-role token, and whether that is all of them."""
+    unk = profile.special_ids.get("unk")
+    cut = ids.size
+    if unk is not None:
+        hits = np.flatnonzero(ids == unk)
+        cut = int(hits[0]) if hits.size else cut
+    tb = profile.token_bytes
+    return b"".join([tb[i] for i in ids[:cut].tolist()])[start:], cut == ids.size
+
+
+def _first_difference(x: bytes, y: bytes) -> int:
+    n = min(len(x), len(y))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.frombuffer(x, np.uint8, n) != np.frombuffer(y, np.uint8, n))
+    return int(diff[0]) if diff.size else n
+
+
+def _check_same_text(base: TokenizerProfile, b: np.ndarray, blend: TokenizerProfile, a: np.ndarray, *,
+                     text: str | None, check: str, totals: tuple[int, int] | None = None) -> tuple[int, int]:
+    """:func:`check_same_text` on validated int64 ids; ``totals``: their byte-length sums if known."""
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
+    if totals is None:
+        totals = (int(base.byte_lengths[b].sum()), int(blend.byte_lengths[a].sum()))
+    eb, ea = _extent(base, b, totals[0], text), _extent(blend, a, totals[1], text)
+    starts = (_resolve_start(eb, ea), _resolve_start(ea, eb))
+    # WordPiece drops spaces (and case, accents): its token bytes cannot vouch for the text.
+    if check == "none" or base.kind == "wordpiece" or blend.kind == "wordpiece":
+        return starts
+    (b_lo, b_hi), (a_lo, a_hi) = eb.bounds(), ea.bounds()
+    if check != "prefix" and max(b_lo, a_lo) > min(b_hi, a_hi):
+        raise ValueError(f"base_ids and blend_ids must tokenize the same text, but base_ids covers "
+                         f"{eb.describe()} and blend_ids {ea.describe()} ({_CHECK_HINT})")
+    if check == "length":
+        return starts
+    # Bytes: try the resolved starts first, then the other choice for an ambiguous dummy prefix.
+    b_starts = (starts[0], 1 - starts[0]) if eb.ambiguous else (starts[0],)
+    a_starts = (starts[1], 1 - starts[1]) if ea.ambiguous else (starts[1],)
+    first = None
+    for sb in b_starts:
+        x, x_whole = _known_text(base, b, sb)
+        for sa in a_starts:
+            y, y_whole = _known_text(blend, a, sa)
+            at = _first_difference(x, y)
+            same = at == min(len(x), len(y)) and (len(x) == len(y) or check == "prefix" or not (x_whole and y_whole))
+            if same:
+                return sb, sa
+            if first is None:
+                first = (at, x, y)
+    at, x, y = first
+    raise ValueError(f"base_ids and blend_ids must tokenize the same text, but their text bytes differ at byte {at} "
+                     f"of {len(x)} (base_ids) / {len(y)} (blend_ids): base_ids has {x[at:at + 16]!r}, blend_ids "
+                     f"{y[at:at + 16]!r} ({_CHECK_HINT})")
+
+
+def check_same_text(base_ids, blend_ids, base: TokenizerProfile, blend: TokenizerProfile, *,
+                    text: str | None = None, check: str = "length") -> tuple[int, int]:
+    """Verify that ``base_ids`` and ``blend_ids`` are tokenizations of one text (from token bytes).
+
+    Args:
+        base_ids: int [m]; blend_ids: int [n].
+        text: the text, only used to resolve a SentencePiece ``"unless_space"`` dummy prefix;
+            without it such a leading space may be either (both choices are accepted).
+        check: ``"length"`` (default): equal text byte lengths (one sum per sequence);
+            ``"bytes"``: identical text bytes (joins the token bytes, O(bytes) Python work);
+            ``"prefix"``: one text is a prefix of the other (a sequence truncated at a maximum
+            length), compared byte for byte; ``"none"``: no check.
+    Special tokens (BOS, EOS, pad, control tokens) stand for no text and count as 0 bytes, exactly
+    as in the byte offsets of :func:`byte_span_positions`, so a sequence with EOS appended still
+    matches one without. An ``unk`` token stands for at least one byte the profile cannot name:
+    that side's length becomes a lower bound and bytes after it are not compared. WordPiece
+    profiles have approximate bytes (spaces and case are lost) and are not checked.
+    Raises:
+        ValueError naming ``base_ids`` and ``blend_ids`` with both byte lengths (or the first
+        differing byte) when they cover different texts.
+    Returns:
+        ``(base_start, blend_start)``: leading bytes of each sequence that are a dummy-prefix
+        space rather than text (0 or 1).
+    """
+    b = base.check_ids(base_ids, "base_ids")
+    a = blend.check_ids(blend_ids, "blend_ids")
+    return _check_same_text(base, b, blend, a, text=text, check=check)
+
+
+def _span_keys(lengths: np.ndarray, ends: np.ndarray, start: int) -> np.ndarray:
+    """int64 [n] keys ``start_offset * 2**32 + end_offset`` (non-decreasing along the sequence)
+    from the token byte lengths [n] and their cumulative sums [n]."""
+    starts = ends - lengths
     # The dummy-prefix space belongs to no text byte: shift it out (clamped at 0).
     starts = np.maximum(starts - start, 0)
     ends = np.maximum(ends - start, 0)
@@ -181,27 +312,37 @@ def _unique_matches(bkey: np.ndarray, akey: np.ndarray) -> np.ndarray:
 
 
 def byte_span_positions(base_ids, blend_ids, base: TokenizerProfile, blend: TokenizerProfile, *,
-                        text: str | None = None, match: str = "span") -> np.ndarray:
+                        text: str | None = None, match: str = "span", check: str = "length") -> np.ndarray:
     """For every base position, the blending position it takes the teacher's top-k from, or -1.
 
     Args:
         base_ids: int [m] base token ids of the text (as fed to the base model).
         blend_ids: int [n] blending token ids of the same text.
         text: the text itself, only needed to resolve a SentencePiece dummy prefix exactly when
-            the text may start with a space (see :meth:`TokenizerProfile.text_start`).
+            the text may start with a space (see :meth:`TokenizerProfile.text_start`); without
+            it, an ambiguous leading space is taken as text when that makes both sequences
+            cover equally many bytes.
         match: ``"span"`` (default): exactly one blending token has the same byte span.
             ``"end"``: exactly one blending token (of the same emptiness) *ends* at the same byte
             offset; both models then predict the continuation from the same point of the text,
             so the teacher's distribution applies even when the spans differ (more positions).
+        check: how to verify that both sequences cover the same text, see :func:`check_same_text`
+            (default ``"length"``, free: the last cumulative byte offsets are compared).
     Returns:
         int64 [m]; ``-1`` where no single blending token matches.
+    Raises:
+        ValueError when the sequences cover different texts (naming both byte lengths).
     """
     if match not in ("span", "end"):
         raise ValueError(f"match must be 'span' or 'end', got {match!r}")
     b = base.check_ids(base_ids, "base_ids")
     a = blend.check_ids(blend_ids, "blend_ids")
-    bkey = _span_keys(base, b, base.text_start(b, text))
-    akey = _span_keys(blend, a, blend.text_start(a, text))
+    b_len, a_len = base.byte_lengths[b], blend.byte_lengths[a]
+    b_end, a_end = np.cumsum(b_len, dtype=np.int64), np.cumsum(a_len, dtype=np.int64)
+    b_start, a_start = _check_same_text(base, b, blend, a, text=text, check=check,
+                                        totals=(int(b_end[-1]), int(a_end[-1])))
+    bkey = _span_keys(b_len, b_end, b_start)
+    akey = _span_keys(a_len, a_end, a_start)
     if match == "end":
         # (end offset, non-empty) so an empty special (EOS) pairs with an empty special only.
         mask = np.int64(0xFFFFFFFF)
@@ -247,7 +388,7 @@ def _transfer_rows(mapped: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, 
 
 def byte_span_align(base_ids, blend_ids, topk_ids, topk_logits, base: TokenizerProfile,
                     blend: TokenizerProfile, *, id_map: ByteSpanMap | None = None, text: str | None = None,
-                    match: str = "span", return_mask: bool = False):
+                    match: str = "span", check: str = "length", return_mask: bool = False):
     """Carry the blending top-k onto the base positions by exact byte spans.
 
     Args:
@@ -256,10 +397,15 @@ def byte_span_align(base_ids, blend_ids, topk_ids, topk_logits, base: TokenizerP
         topk_logits: float [n, k] their logits (any float dtype, no NaN).
         id_map: the :class:`ByteSpanMap` (default: ``build_byte_span_map(base, blend)``, cached).
         text, match: see :func:`byte_span_positions`.
+        check: ``"length"`` (default), ``"bytes"``, ``"prefix"`` or ``"none"``: how to verify
+            that both sequences cover the same text (:func:`check_same_text`).
         return_mask: also return bool [m], True where the position got the teacher's distribution.
     Returns:
         ``TopKResult`` (``ids`` int32 [m, k] padded -1, ``logits`` float32 [m, k] padded -inf,
         ``counts`` int32 [m]), and the mask when ``return_mask``.
+    Raises:
+        ValueError naming the argument for bad input, and naming ``base_ids`` / ``blend_ids`` with
+        both byte lengths when the two sequences cover different texts.
     """
     from fusekernels.align.topk_transfer import TopKResult
 
@@ -269,7 +415,7 @@ def byte_span_align(base_ids, blend_ids, topk_ids, topk_logits, base: TokenizerP
     table = build_byte_span_map(base, blend) if id_map is None else id_map
     if table.ids.shape[0] != blend.vocab_size:
         raise ValueError(f"id_map covers {table.ids.shape[0]} blending ids, the blending vocabulary has {blend.vocab_size}")
-    pos = byte_span_positions(b, a, base, blend, text=text, match=match)
+    pos = byte_span_positions(b, a, base, blend, text=text, match=match, check=check)
     m, k = b.size, max(tid.shape[1], 1)
     ids = np.full((m, k), -1, dtype=np.int32)
     logits = np.full((m, k), -np.inf, dtype=np.float32)
@@ -289,13 +435,19 @@ def byte_span_align(base_ids, blend_ids, topk_ids, topk_logits, base: TokenizerP
 
 
 def byte_span_align_batch(items, base: TokenizerProfile, blend: TokenizerProfile, *,
-                          id_map: ByteSpanMap | None = None, match: str = "span", return_mask: bool = False) -> list:
+                          id_map: ByteSpanMap | None = None, match: str = "span", check: str = "length",
+                          return_mask: bool = False) -> list:
     """:func:`byte_span_align` over ``items`` = iterable of ``(base_ids, blend_ids, topk_ids, topk_logits)``
-    (optionally a 5th element: the text)."""
+    (optionally a 5th element: the text). Error messages start with the item (``items[p]``)."""
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
     table = build_byte_span_map(base, blend) if id_map is None else id_map
     out = []
-    for item in items:
+    for p, item in enumerate(items):
         text = item[4] if len(item) > 4 else None
-        out.append(byte_span_align(item[0], item[1], item[2], item[3], base, blend, id_map=table,
-                                   text=text, match=match, return_mask=return_mask))
+        try:
+            out.append(byte_span_align(item[0], item[1], item[2], item[3], base, blend, id_map=table,
+                                       text=text, match=match, check=check, return_mask=return_mask))
+        except ValueError as exc:
+            raise ValueError(f"items[{p}]: {exc}") from None
     return out

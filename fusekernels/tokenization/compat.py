@@ -6,6 +6,10 @@ carries the top-k into the base vocabulary, "hard" or "soft", including the publ
 BPE special case at the first base position. The results equal the pure-Python reference of the
 published code (ids, logits and order); the work is native (``fusekernels.align``) and the
 per-pair integer tables are built once per (base, blending, mode, vocab map) and cached.
+
+The published code aligns whatever it is given; here both sequences must cover the same text
+(``check``, default ``"length"``: equal byte lengths from the profiles' token byte lengths, see
+:func:`~fusekernels.tokenization.byte_span.check_same_text`), else ``ValueError``.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import threading
 
 import numpy as np
 
+from .byte_span import CHECKS, _check_same_text
 from .profile import TokenizerProfile
 
 __all__ = ["compat_tables", "compat_align", "compat_align_batch", "compat_teacher_mask"]
@@ -81,7 +86,7 @@ def _align_one(base: TokenizerProfile, blend: TokenizerProfile, b: np.ndarray, a
 
 
 def compat_align(base_ids, blend_ids, topk_ids, topk_logits, base: TokenizerProfile, blend: TokenizerProfile, *,
-                 mode: str = "hard", vocab_map=None, tables=None, return_mask: bool = False):
+                 mode: str = "hard", vocab_map=None, tables=None, check: str = "length", return_mask: bool = False):
     """The published alignment of one sequence pair.
 
     Args:
@@ -89,11 +94,17 @@ def compat_align(base_ids, blend_ids, topk_ids, topk_logits, base: TokenizerProf
         topk_ids: int [n, k] blending top-k ids; topk_logits: float [n, k] their logits.
         mode: "hard" or "soft" (soft uses ``vocab_map``, default the spec's MinED map).
         tables: prebuilt :func:`compat_tables` of the pair (else looked up in the cache).
+        check: ``"length"`` (default), ``"bytes"``, ``"prefix"`` (one sequence truncated) or
+            ``"none"``: how to verify that both sequences cover the same text (``check_same_text``;
+            an ambiguous SentencePiece dummy-prefix space is accepted either way).
         return_mask: also return bool [m], positions that got the teacher's distribution.
     Returns:
         ``TopKResult`` (ids int32 [m, k] padded -1, logits float32 [m, k] padded -inf, counts
         int32 [m]; a matched position whose top-k has no base token has count 0, as published),
         plus the mask when ``return_mask``.
+    Raises:
+        ValueError naming the argument for bad input, and naming ``base_ids`` / ``blend_ids`` with
+        both byte lengths when the two sequences cover different texts.
     """
     from fusekernels.align.topk_transfer import transfer_topk
 
@@ -101,6 +112,7 @@ def compat_align(base_ids, blend_ids, topk_ids, topk_logits, base: TokenizerProf
     a = blend.check_ids(blend_ids, "blend_ids")
     if tables is None:
         tables = compat_tables(base, blend, mode=mode, vocab_map=vocab_map)
+    _check_same_text(base, b, blend, a, text=None, check=check)
     alignment = _align_one(base, blend, b, a)
     result = transfer_topk(b, a, alignment, topk_ids, topk_logits, tables, mode=mode)
     if return_mask:
@@ -109,20 +121,29 @@ def compat_align(base_ids, blend_ids, topk_ids, topk_logits, base: TokenizerProf
 
 
 def compat_align_batch(items, base: TokenizerProfile, blend: TokenizerProfile, *, mode: str = "hard",
-                       vocab_map=None, tables=None, threads: int = 0, return_mask: bool = False) -> list:
+                       vocab_map=None, tables=None, threads: int = 0, check: str = "length",
+                       return_mask: bool = False) -> list:
     """:func:`compat_align` over ``items`` = sequence of ``(base_ids, blend_ids, topk_ids, topk_logits)``,
-    DTW and transfer batched in native threads (``threads=0``: all cores)."""
+    DTW and transfer batched in native threads (``threads=0``: all cores). Every item is checked
+    (``check``) before any work; error messages start with the item (``items[p]``)."""
     from fusekernels.align.dtw import dtw_align_batch
     from fusekernels.align.topk_transfer import transfer_topk_batch
 
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
     if tables is None:
         tables = compat_tables(base, blend, mode=mode, vocab_map=vocab_map)
     checked = []
     for p, item in enumerate(items):
         if len(item) != 4:
             raise ValueError(f"items[{p}] must be (base_ids, blend_ids, topk_ids, topk_logits)")
-        checked.append((base.check_ids(item[0], f"items[{p}].base_ids"), blend.check_ids(item[1], f"items[{p}].blend_ids"),
-                        item[2], item[3]))
+        b = base.check_ids(item[0], f"items[{p}].base_ids")
+        a = blend.check_ids(item[1], f"items[{p}].blend_ids")
+        try:
+            _check_same_text(base, b, blend, a, text=None, check=check)
+        except ValueError as exc:
+            raise ValueError(f"items[{p}]: {exc}") from None
+        checked.append((b, a, item[2], item[3]))
     alignments = dtw_align_batch([blend.tokens_of(a) for _, a, _, _ in checked],
                                  [base.tokens_of(b) for b, _, _, _ in checked],
                                  blend_marker=blend.marker, base_marker=base.marker, threads=threads)

@@ -115,8 +115,12 @@ def test_bad_input(profile):
         compat_align([1], [1, 2], tid, tlg, base, blend, mode="fuzzy")
     bad = tlg.copy()
     bad[0, 0] = np.nan
+    # The same two bytes '"#' in both vocabularies (GPT-2 ids 1, 2), so only the logits are wrong.
+    same_text = [base.bytes_to_id[b'"'], base.bytes_to_id[b"#"]]
     with pytest.raises(ValueError, match="NaN"):
-        compat_align([1], [1, 2], tid, bad, base, blend)
+        compat_align(same_text, [1, 2], tid, bad, base, blend)
+    with pytest.raises(ValueError, match="check must be one of"):
+        compat_align(same_text, [1, 2], tid, tlg, base, blend, check="strict")
 
 
 @pytest.mark.slow

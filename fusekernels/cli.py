@@ -286,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["byte_span", "compat_hard", "compat_soft"], default="byte_span",
                    help="byte-span alignment, or the published DTW alignment (hard / soft vocabulary match)")
     p.add_argument("--fallback", choices=["published", "absent"], default="published",
-                   help="unaligned positions: one-hot on the current token (published) or no teacher")
+                   help="published: unaligned positions get the one-hot on the current token and empty "
+                        "aligned lists the base model's distribution (needs the base teacher with "
+                        "compat_hard); absent: the teacher is left out there")
     p.add_argument("--vocab-map", action="append", help="soft-mode map per teacher (.json or .npz)")
     p.add_argument("--no-base-teacher", dest="base_teacher", action="store_false",
                    help="the base model's own top-k is not a teacher")

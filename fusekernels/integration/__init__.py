@@ -1,4 +1,5 @@
-"""Hugging Face integration: the fusion data collator and ``FusionTrainer``.
+"""Hugging Face integration: the fusion data collator, ``FusionTrainer`` and, for a plain
+``transformers.Trainer``, the ``compute_loss_func`` ``FusionLossFunction``.
 
 ``FusionDataCollator`` (and the column format it documents) needs only numpy and torch; the
 trainer names are imported lazily because they need ``transformers`` (the ``hf`` extra).
@@ -9,11 +10,15 @@ from .collator import TEACHER_COLUMNS, FusionDataCollator
 from .schedules import LAM_SCHEDULES, lam_at_step
 
 _TRAINER_NAMES = ("FusionArguments", "FusionTrainer", "fusion_compute_loss", "fused_head_supported", "shift_labels")
+_LOSS_FUNCTION_NAMES = ("FusionLossFunction",)
 
-__all__ = ["FusionDataCollator", "TEACHER_COLUMNS", "LAM_SCHEDULES", "lam_at_step", *_TRAINER_NAMES]
+__all__ = ["FusionDataCollator", "TEACHER_COLUMNS", "LAM_SCHEDULES", "lam_at_step", *_TRAINER_NAMES,
+           *_LOSS_FUNCTION_NAMES]
 
 
 def __getattr__(name):
     if name in _TRAINER_NAMES:
         return getattr(importlib.import_module(f"{__name__}.trainer"), name)
+    if name in _LOSS_FUNCTION_NAMES:
+        return getattr(importlib.import_module(f"{__name__}.loss_function"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

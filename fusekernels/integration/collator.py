@@ -12,7 +12,8 @@ column             shape, dtype                  meaning
 ``attention_mask`` [L] int/bool, optional        1 = real token (default: all ones)
 ``teacher_ids``    [L, n_teachers, k] int        base-vocabulary ids of each teacher's aligned
                                                  top-k at position t (the distribution that
-                                                 predicts token t + 1)
+                                                 predicts token t + 1); any value (e.g.
+                                                 -1) at padding entries
 ``teacher_logits`` [L, n_teachers, k] float      their logits; ``-inf`` marks padding entries
                                                  (a position with fewer than k aligned pairs)
 ``teacher_ce``     [n_teachers] or               each teacher's cross-entropy metric, per
@@ -21,9 +22,9 @@ column             shape, dtype                  meaning
 
 Batch produced by :class:`FusionDataCollator` (B sequences padded to T on the right):
 ``input_ids`` [B, T] int64, ``attention_mask`` [B, T] int64, ``labels`` [B, T] int64 (-100 on
-padding), ``teacher_ids`` [B, T, n_teachers, k] int32, ``teacher_logits`` [B, T, n_teachers, k]
-float32 (``-inf`` on padding), ``teacher_ce`` [B, T, n_teachers] float32 (per-sequence metrics
-broadcast to every token). With ``packing=True`` the B sequences are concatenated into one row
+padding), ``teacher_ids`` [B, T, n_teachers, k] int32 (0 at padding entries), ``teacher_logits``
+[B, T, n_teachers, k] float32 (``-inf`` on padding), ``teacher_ce`` [B, T, n_teachers] float32
+(per-sequence metrics broadcast to every token). With ``packing=True`` the B sequences are concatenated into one row
 ([1, sum L] everywhere), ``position_ids`` restart at 0 for every sequence, the first label of
 every sequence is -100 (so the shifted CLM target never crosses a boundary) and there is no
 ``attention_mask`` (Hugging Face models then detect the packed sequences from ``position_ids``).
@@ -39,6 +40,7 @@ import torch
 
 TEACHER_COLUMNS = ("teacher_ids", "teacher_logits", "teacher_ce")
 METRIC_LEVELS = ("sequence", "token")
+_INT32_LIMIT = 2**31  # teacher ids travel as int32
 
 
 def _as_array(value: Any, column: str, index: int) -> np.ndarray:
@@ -58,6 +60,8 @@ def _int_array(value: Any, column: str, index: int, ndim: int) -> np.ndarray:
         raise ValueError(f"example {index}: column {column!r} must have {ndim} dimension(s), got shape {arr.shape}")
     if arr.size and arr.dtype.kind not in "iub":
         raise TypeError(f"example {index}: column {column!r} must hold integers, got dtype {arr.dtype}")
+    if arr.size and arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"example {index}: column {column!r} holds {arr.max()}, beyond the int64 range")
     return arr.astype(np.int64, copy=False)
 
 
@@ -72,10 +76,13 @@ class FusionDataCollator:
     """Pads (or packs) examples with sparse teacher targets into a training batch.
 
     Args:
-        pad_token_id: id written into padded ``input_ids`` positions (they are masked anyway).
+        pad_token_id: id written into padded ``input_ids`` positions (they are masked anyway);
+            must be an int: None (a tokenizer without a pad token) raises, pick e.g. the EOS id.
         num_teachers: expected number of teachers (checked on every example); None = take it
             from the first example and require the others to agree.
-        vocab_size: when given, teacher ids must lie in [0, vocab_size).
+        vocab_size: when given, teacher ids at valid entries must lie in [0, vocab_size);
+            otherwise in the int32 range of the batch. Ids at ``-inf`` padding entries are not
+            checked (aligners pad with -1) and become 0 in the batch.
         metric_level: "sequence" (one metric per sequence and teacher; a per-token metric is
             averaged over the sequence's attended tokens, as the published packing step does)
             or "token" (requires per-token metrics ``[L, n_teachers]``).
@@ -102,6 +109,14 @@ class FusionDataCollator:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
         if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
+        if pad_token_id is None:
+            raise ValueError("pad_token_id is None (the tokenizer has no pad token, as for Llama and Mistral): pass "
+                             "an explicit id, e.g. pad_token_id=tokenizer.eos_token_id; padded positions are masked "
+                             "out of the attention and the loss, so any id of the vocabulary works")
+        if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, (int, np.integer)):
+            raise TypeError(f"pad_token_id must be an int, got {type(pad_token_id).__name__}")
+        if pad_token_id < 0 or (vocab_size is not None and pad_token_id >= vocab_size):
+            raise ValueError(f"pad_token_id={pad_token_id} is outside [0, {vocab_size or 'V'})")
         self.pad_token_id = int(pad_token_id)
         self.num_teachers = num_teachers
         self.vocab_size = vocab_size
@@ -118,8 +133,12 @@ class FusionDataCollator:
         required = ("input_ids", "teacher_ids", "teacher_logits") + (("teacher_ce",) if self.require_teacher_ce else ())
         missing = [c for c in required if c not in feature or feature[c] is None]
         if missing:
+            hint = ""
+            if "input_ids" in feature and all(c not in feature for c in TEACHER_COLUMNS):
+                hint = ("; with a transformers.Trainer, set TrainingArguments(remove_unused_columns=False) "
+                        "so that it keeps the teacher columns")
             raise KeyError(f"example {index} is missing column(s) {missing}; fusion training needs {list(required)} "
-                           "(see fusekernels.integration.collator for the format)")
+                           f"(see fusekernels.integration.collator for the format){hint}")
         input_ids = _int_array(feature["input_ids"], "input_ids", index, 1)
         length = len(input_ids)
         if length == 0:
@@ -157,14 +176,26 @@ class FusionDataCollator:
             raise ValueError(f"example {index}: has {n_teachers} teacher(s), expected {expected}")
         if np.isnan(logits).any() or np.isposinf(logits).any():
             raise ValueError(f"example {index}: teacher_logits contains NaN or +inf (use -inf for padding entries)")
-        if ids.size and (ids.min() < 0 or (self.vocab_size is not None and ids.max() >= self.vocab_size)):
-            bad = ids.min() if ids.min() < 0 else ids.max()
-            raise ValueError(f"example {index}: teacher_ids contains id {bad} outside [0, {self.vocab_size or 'V'})")
-        out["teacher_ids"], out["teacher_logits"] = ids, logits
+        out["teacher_ids"], out["teacher_logits"] = self._checked_ids(ids, logits, index), logits
 
         if self.require_teacher_ce:
             out["teacher_ce"] = self._metric(feature["teacher_ce"], index, length, n_teachers, mask)
         return out
+
+    def _checked_ids(self, ids: np.ndarray, logits: np.ndarray, index: int) -> np.ndarray:
+        """int64 teacher ids with padding entries (``-inf`` logit) set to 0, after checking that every
+        valid entry lies in [0, vocab_size) (or the int32 range of the batch buffer when the
+        vocabulary size is unknown). Padding ids are free: aligners pad with -1."""
+        valid = ~np.isneginf(logits)
+        upper = self.vocab_size if self.vocab_size is not None else _INT32_LIMIT
+        bad = valid & ((ids < 0) | (ids >= upper))
+        if bad.any():
+            position, teacher, entry = (int(i) for i in np.argwhere(bad)[0])
+            bound = self.vocab_size if self.vocab_size is not None else "2**31 (int32; vocab_size unknown)"
+            raise ValueError(f"example {index}: teacher_ids contains id {ids[position, teacher, entry]} outside "
+                             f"[0, {bound}) at position {position}, teacher {teacher}, entry {entry} "
+                             "(ids at -inf padding entries may be anything)")
+        return np.where(valid, ids, 0)
 
     def _metric(self, value: Any, index: int, length: int, n_teachers: int, mask: np.ndarray) -> np.ndarray:
         ce = _float_array(value, "teacher_ce", index)

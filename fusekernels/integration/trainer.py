@@ -26,6 +26,9 @@ Usage (``dataset`` holds the columns documented in :mod:`fusekernels.integration
                             processing_class=tokenizer,
                             fusion_args=FusionArguments(fusion="mince", loss_type="kl", lam=0.9))
     trainer.train()
+
+With a plain ``transformers.Trainer`` use :class:`fusekernels.integration.FusionLossFunction` as
+``compute_loss_func`` instead (full logits, ``fusion_positions="labels"``).
 """
 from __future__ import annotations
 
@@ -120,7 +123,8 @@ def fusion_compute_loss(outputs, labels, num_items_in_batch=None, *, teacher_ids
 
     Returns the 0-d loss, or ``FusionLossOutput`` with ``return_components``. A plain
     ``Trainer`` passes only (outputs, labels, num_items_in_batch) to ``compute_loss_func``, so
-    the teacher tensors are bound by :class:`FusionTrainer`, which pops them from the batch.
+    the teacher tensors are bound by :class:`FusionTrainer`, which pops them from the batch, or,
+    with a plain ``Trainer``, by :class:`fusekernels.integration.FusionLossFunction`.
     """
     config = config or FusionArguments()
     logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)

@@ -15,15 +15,27 @@ the columns :class:`fusekernels.integration.FusionDataCollator` and
 :func:`fusekernels.pipeline.pack.pack_sequences` take: ``input_ids`` [m] int32, ``teacher_ids``
 [m, T, k] int32, ``teacher_logits`` [m, T, k] (``-inf`` = padding, padded ids are 0) and
 ``teacher_ce`` [T] float32, plus ``teacher_aligned`` [T] int32: per teacher the number of base
-positions whose target is a real teacher distribution.
+positions whose target is that teacher's real distribution.
 
-Positions the alignment cannot serve get the published one-hot fallback: the single pair
-(current base token id, logit 1.0) (``fallback="published"``). ``fallback="absent"`` instead
-leaves that teacher absent at such a position (all padding), so the loss ignores it there (with
-MinCE the other teachers are used; with no teacher present the row has no fusion term). Which
-positions are fallbacks is read from the aligned rows themselves: a single entry whose id is the
-current base token is exactly the fallback's target distribution (a softmax over one entry is
-one-hot whatever its logit).
+Positions where a teacher's distribution does not reach the base tokenization, and what each
+``fallback`` makes of them:
+
+- ``"published"`` (spec sections 5 and 7, the published result end to end): a position the
+  aligner cannot serve keeps the aligner's one-hot pair (current base token id, logit 1.0); a
+  position whose aligned list is empty (compatible mode: the step matched but none of the
+  teacher's top-k ids exists in the base vocabulary) takes the base model's own distribution,
+  i.e. teacher 0's entries at that position, as the published collator does. No teacher is ever
+  absent, so MinCE / AvgCE weigh every teacher by its metric exactly as published. This needs
+  the base model as teacher 0 (``include_base_teacher=True``) with ``"compat_hard"`` (checked
+  upfront) and with ``"compat_soft"`` when its vocabulary map leaves ids unmapped (checked when
+  it happens); the byte-span aligner never leaves a list empty.
+- ``"absent"``: the teacher is left absent (all padding) at every position where it has no real
+  distribution, so the loss ignores it there (MinCE picks among the teachers present, AvgCE
+  renormalises over them; with no teacher present the row has no fusion term).
+
+Which positions got a real teacher distribution is the aligner's own matched mask (the
+``return_mask`` output of :func:`fusekernels.tokenization.align_dataset`), never guessed from the
+aligned values: a genuine one-entry distribution on the current token is kept.
 """
 from __future__ import annotations
 
@@ -49,8 +61,14 @@ class AlignmentStats:
 def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenizers: Sequence,
                    method: str = "byte_span", include_base_teacher: bool = True, fallback: str = "published",
                    vocab_maps: Sequence | None = None, k: int | None = None, text_column: str | None = "text",
-                   logits_dtype: str = "float16", batch_size: int = 64, num_proc: int | None = None):
-    """Align and stack teachers (see module docstring). Returns a ``datasets.Dataset``."""
+                   logits_dtype: str = "float16", batch_size: int = 64, num_proc: int | None = None,
+                   check: str = "prefix"):
+    """Align and stack teachers (see module docstring). Returns a ``datasets.Dataset``.
+
+    ``check`` is how the aligners verify that a base row and a teacher row cover the same text
+    (see :func:`fusekernels.tokenization.check_same_text`): ``"prefix"`` by default because
+    extraction truncates every tokenization at its model's maximum length, so one row may cover a
+    prefix of the other's text."""
     import datasets
 
     from fusekernels.tokenization.dataset import align_dataset
@@ -64,6 +82,10 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
         raise ValueError("no teacher: pass teacher datasets or include_base_teacher=True")
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+    if fallback == "published" and not include_base_teacher and method == "compat_hard" and teachers:
+        raise ValueError("fallback='published' with method='compat_hard' gives a position whose aligned list is "
+                         "empty the base model's own distribution (teacher 0): it needs include_base_teacher=True; "
+                         "pass fallback='absent' to leave the teacher absent at such positions instead")
     if vocab_maps is not None and len(vocab_maps) != len(teachers):
         raise ValueError(f"vocab_maps has {len(vocab_maps)} entries for {len(teachers)} teachers")
     own = ["topk_ids", "topk_logits", "metric_ce"] if include_base_teacher else []
@@ -89,13 +111,14 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
         aligned = align_dataset(joined, base_profile, TokenizerProfile.from_tokenizer(tokenizer), method=method, k=k,
                                 vocab_map=None if vocab_maps is None else vocab_maps[t],
                                 columns={"text": use_text}, prefix=f"teacher{t}", logits_dtype="float32",
-                                batch_size=batch_size, num_proc=num_proc, desc=f"align teacher {t + 1}")
+                                batch_size=batch_size, num_proc=num_proc, desc=f"align teacher {t + 1}",
+                                check=check, return_mask=True)
         parts.append(aligned.select_columns([f"teacher{t}_topk_ids", f"teacher{t}_topk_logits",
-                                             f"teacher{t}_metric_ce"]))
+                                             f"teacher{t}_metric_ce", f"teacher{t}_matched"]))
     combined = datasets.concatenate_datasets(parts, axis=1)
-    # (ids column, logits column, metric column, is a blending teacher) per teacher, in order
-    sources = [("topk_ids", "topk_logits", "metric_ce", False)] if include_base_teacher else []
-    sources += [(f"teacher{t}_topk_ids", f"teacher{t}_topk_logits", f"teacher{t}_metric_ce", True)
+    # (ids column, logits column, metric column, matched-mask column or None for the base model)
+    sources = [("topk_ids", "topk_logits", "metric_ce", None)] if include_base_teacher else []
+    sources += [(f"teacher{t}_topk_ids", f"teacher{t}_topk_logits", f"teacher{t}_metric_ce", f"teacher{t}_matched")
                 for t in range(len(teachers))]
     n_teachers = len(sources)
     features = datasets.Features({
@@ -114,18 +137,26 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
             t_ids = np.zeros((len(ids), n_teachers, k), dtype=np.int32)
             t_logits = np.full((len(ids), n_teachers, k), -np.inf, dtype=np.float32)
             aligned = []
-            for t, (id_col, logit_col, _, blended) in enumerate(sources):
+            for t, (id_col, logit_col, _, mask_col) in enumerate(sources):
                 tid, tlg = _fit(_stacked(batch[id_col][row]), _stacked(batch[logit_col][row]), k)
                 if tid.shape[0] != len(ids):
                     raise ValueError(f"row {row}: teacher {t} has {tid.shape[0]} positions, input_ids {len(ids)}")
                 valid = np.isfinite(tlg) & (tid >= 0)
-                is_fallback = (valid.sum(1) == 1) & (tid[:, 0] == ids) & valid[:, 0] if blended else \
-                    np.zeros(len(ids), dtype=bool)
+                # the base model's own top-k is its real distribution everywhere
+                matched = np.ones(len(ids), dtype=bool) if mask_col is None else \
+                    np.asarray(batch[mask_col][row], dtype=bool)
                 if fallback == "absent":
-                    valid[is_fallback] = False
+                    valid &= matched[:, None]
                 t_ids[:, t] = np.where(valid, tid, 0)
                 t_logits[:, t] = np.where(valid, tlg, -np.inf)
-                aligned.append(int((valid.any(1) & ~is_fallback).sum()))
+                empty = ~valid.any(1)
+                if fallback == "published" and empty.any():
+                    if not include_base_teacher:  # compat_soft with a vocab_map that leaves ids unmapped
+                        raise ValueError(f"row {row}: teacher {t} has an empty aligned list and there is no base "
+                                         "teacher (include_base_teacher=False) for fallback='published' to fall "
+                                         "back to; use fallback='absent'")
+                    t_ids[empty, t], t_logits[empty, t] = t_ids[empty, 0], t_logits[empty, 0]
+                aligned.append(int(matched.sum()))
             out["input_ids"].append(ids.astype(np.int32))
             out["teacher_ids"].append(t_ids)
             out["teacher_logits"].append(t_logits.astype(logits_dtype))

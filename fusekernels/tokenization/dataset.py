@@ -15,7 +15,10 @@ key                 default column                              content
 
 Added columns (``prefix`` default ``"aligned"``): ``{prefix}_topk_ids`` int32 ``Array2D`` [m, k]
 (padding -1), ``{prefix}_topk_logits`` float16 or float32 ``Array2D`` [m, k] (padding -inf) and
-``{prefix}_metric_ce`` float32 (the teacher's metric, carried along unchanged as in the spec).
+``{prefix}_metric_ce`` float32 (the teacher's metric, carried along unchanged as in the spec);
+with ``return_mask=True`` also ``{prefix}_matched`` bool [m]: True where the position got the
+teacher's distribution, False where it got the one-hot fallback or an empty list (the
+aligners' ``return_mask`` output).
 Rows are stored as numpy arrays, never as Python float lists. Work runs in
 ``Dataset.map(batched=True, num_proc=...)`` with the usual progress bar; the per-pair tables are
 built once in the calling process and shipped to the workers.
@@ -59,7 +62,8 @@ def _matrix(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def _align_batch(batch, *, base, blend, method, tables, columns, prefix, logits_dtype, k, match, threads):
+def _align_batch(batch, *, base, blend, method, tables, columns, prefix, logits_dtype, k, match, threads,
+                 check="length", return_mask=False):
     from .byte_span import byte_span_align
     from .compat import compat_align_batch
 
@@ -68,17 +72,24 @@ def _align_batch(batch, *, base, blend, method, tables, columns, prefix, logits_
             for b, a, tid, tlg in zip(batch[columns["base_ids"]], batch[columns["blend_ids"]],
                                       batch[columns["topk_ids"]], batch[columns["topk_logits"]])]
     if method == "byte_span":
-        results = [byte_span_align(*row, base, blend, id_map=tables, match=match,
+        results = [byte_span_align(*row, base, blend, id_map=tables, match=match, check=check, return_mask=return_mask,
                                    text=None if texts is None else texts[r]) for r, row in enumerate(rows)]
     else:
-        results = compat_align_batch(rows, base, blend, mode=method.split("_", 1)[1], tables=tables, threads=threads)
-    out_ids, out_logits = [], []
+        results = compat_align_batch(rows, base, blend, mode=method.split("_", 1)[1], tables=tables, threads=threads,
+                                     check=check, return_mask=return_mask)
+    out_ids, out_logits, out_masks = [], [], []
     for result in results:
+        if return_mask:
+            result, mask = result
+            out_masks.append(np.asarray(mask, dtype=bool))
         ids, logits = _fit_width(result.ids, result.logits, k)
         out_ids.append(ids)
         out_logits.append(logits.astype(logits_dtype))
     metric = np.asarray(batch[columns["metric_ce"]], dtype=np.float32)
-    return {f"{prefix}_topk_ids": out_ids, f"{prefix}_topk_logits": out_logits, f"{prefix}_metric_ce": metric}
+    out = {f"{prefix}_topk_ids": out_ids, f"{prefix}_topk_logits": out_logits, f"{prefix}_metric_ce": metric}
+    if return_mask:
+        out[f"{prefix}_matched"] = out_masks
+    return out
 
 
 def _fingerprint(dataset, parts) -> str:
@@ -91,7 +102,8 @@ def _fingerprint(dataset, parts) -> str:
 def align_dataset(dataset, base, blend, *, method: str = "byte_span", match: str = "span", k: int | None = None,
                   vocab_map=None,
                   columns: dict | None = None, prefix: str = "aligned", logits_dtype: str = "float16",
-                  batch_size: int = 64, num_proc: int | None = None, desc: str | None = None):
+                  batch_size: int = 64, num_proc: int | None = None, desc: str | None = None,
+                  check: str = "length", return_mask: bool = False):
     """Aligns every row's teacher top-k onto the base tokenization (see the module docstring).
 
     Args:
@@ -104,12 +116,15 @@ def align_dataset(dataset, base, blend, *, method: str = "byte_span", match: str
         columns: overrides of :data:`DEFAULT_COLUMNS`.
         logits_dtype: ``"float16"`` (as published) or ``"float32"``.
         batch_size, num_proc, desc: passed to ``Dataset.map``.
+        check: how the aligners verify that both sequences of a row cover the same text
+            (``"length"`` default, ``"bytes"``, ``"prefix"``, ``"none"``; see ``check_same_text``).
+        return_mask: also add the ``{prefix}_matched`` column (see the module docstring).
     Returns:
-        a new ``Dataset`` with the three added columns.
+        a new ``Dataset`` with the three (four with ``return_mask``) added columns.
     """
     import datasets
 
-    from .byte_span import build_byte_span_map
+    from .byte_span import CHECKS, build_byte_span_map
     from .compat import compat_tables
     from .vocab_map import _profile
 
@@ -117,6 +132,8 @@ def align_dataset(dataset, base, blend, *, method: str = "byte_span", match: str
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     if match not in ("span", "end"):
         raise ValueError(f"match must be 'span' or 'end', got {match!r}")
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
     if logits_dtype not in ("float16", "float32"):
         raise ValueError(f"logits_dtype must be 'float16' or 'float32', got {logits_dtype!r}")
     base, blend = _profile(base, "base"), _profile(blend, "blend")
@@ -141,12 +158,15 @@ def align_dataset(dataset, base, blend, *, method: str = "byte_span", match: str
     features[f"{prefix}_topk_ids"] = datasets.Array2D(shape=(None, k), dtype="int32")
     features[f"{prefix}_topk_logits"] = datasets.Array2D(shape=(None, k), dtype=logits_dtype)
     features[f"{prefix}_metric_ce"] = datasets.Value("float32")
+    if return_mask:
+        features[f"{prefix}_matched"] = datasets.List(datasets.Value("bool"))
     fingerprint = _fingerprint(dataset, (method, match, k, prefix, logits_dtype, sorted(cols.items()), base.name,
-                                         base.vocab_size, blend.name, blend.vocab_size, id(vocab_map)))
+                                         base.vocab_size, blend.name, blend.vocab_size, id(vocab_map))
+                               + (("return_mask",) if return_mask else ()) + ((check,) if check != "length" else ()))
     return dataset.map(
         _align_batch, batched=True, batch_size=batch_size, num_proc=num_proc, features=features,
         fn_kwargs=dict(base=base, blend=blend, method=method, tables=tables, columns=cols, prefix=prefix,
                        logits_dtype=np.dtype(logits_dtype), k=k, match=match,
-                       threads=1 if num_proc and num_proc > 1 else 0),
+                       threads=1 if num_proc and num_proc > 1 else 0, check=check, return_mask=return_mask),
         new_fingerprint=fingerprint, desc=desc or f"aligning top-k ({method})",
     )

@@ -40,7 +40,8 @@ def test_padded_batch_shapes_dtypes_and_padding_values():
         assert (batch["input_ids"][b, n:] == 7).all() and (batch["attention_mask"][b, n:] == 0).all()
         assert (batch["attention_mask"][b, :n] == 1).all()
         assert batch["labels"][b, :n].tolist() == ex["input_ids"] and (batch["labels"][b, n:] == -100).all()
-        assert torch.equal(batch["teacher_ids"][b, :n], torch.from_numpy(ex["teacher_ids"]))
+        padding = np.isneginf(ex["teacher_logits"])  # ids at -inf entries are normalised to 0
+        assert torch.equal(batch["teacher_ids"][b, :n], torch.from_numpy(np.where(padding, 0, ex["teacher_ids"])))
         assert torch.equal(batch["teacher_logits"][b, :n], torch.from_numpy(ex["teacher_logits"]))
         assert torch.isneginf(batch["teacher_logits"][b, n:]).all()
         # per-sequence metric broadcast to every token
@@ -150,3 +151,45 @@ def test_bad_arguments():
         FusionDataCollator(metric_level="batch")
     with pytest.raises(ValueError, match="max_length"):
         FusionDataCollator(max_length=2)(make_examples(lengths=(3,)))
+
+
+def test_ids_beyond_int32_are_rejected_without_a_vocab_size():
+    """int64 ids would wrap when written into the int32 batch buffer (2**32 + 5 -> 5)."""
+    examples = make_examples(lengths=(3, 5))
+    examples[1]["teacher_ids"] = examples[1]["teacher_ids"].astype(np.int64)
+    examples[1]["teacher_ids"][2, 0, 1] = 2**32 + 5
+    with pytest.raises(ValueError, match=r"example 1: teacher_ids contains id 4294967301 outside \[0, 2\*\*31 "
+                                         r".* at position 2, teacher 0, entry 1"):
+        FusionDataCollator()(examples)
+    examples[1]["teacher_ids"][2, 0, 1] = 2**31 - 1  # the largest id the int32 buffer holds
+    assert int(FusionDataCollator()(examples)["teacher_ids"][1, 2, 0, 1]) == 2**31 - 1
+    with pytest.raises(ValueError, match=r"id 2147483647 outside \[0, 512\)"):
+        FusionDataCollator(vocab_size=VOCAB)(examples)
+
+
+def test_padding_entries_may_hold_any_id_and_become_zero():
+    """Aligners pad their top-k with id -1 (logit -inf): accepted there and normalised to 0, while
+    the same id at a valid entry is an error."""
+    examples = make_examples(lengths=(3, 5))
+    ex = examples[1]
+    ex["teacher_logits"][1, 0, 2:] = -np.inf
+    ex["teacher_ids"][1, 0, 2:] = [-1, 10**6]
+    batch = FusionDataCollator(vocab_size=VOCAB)(examples)
+    assert batch["teacher_ids"][1, 1, 0].tolist() == [*ex["teacher_ids"][1, 0, :2].tolist(), 0, 0]
+    valid = torch.isfinite(batch["teacher_logits"])
+    assert torch.equal(batch["teacher_ids"][valid], torch.from_numpy(np.concatenate(
+        [e["teacher_ids"][np.isfinite(e["teacher_logits"])] for e in examples])))
+    packed = FusionDataCollator(vocab_size=VOCAB, packing=True)(examples)
+    assert packed["teacher_ids"][0, 3 + 1, 0].tolist()[2:] == [0, 0]
+    ex["teacher_ids"][1, 0, 1] = -1  # a valid entry (finite logit)
+    with pytest.raises(ValueError, match="example 1: teacher_ids contains id -1 .* position 1, teacher 0, entry 1"):
+        FusionDataCollator(vocab_size=VOCAB)(examples)
+
+
+def test_pad_token_id_must_be_chosen():
+    with pytest.raises(ValueError, match="pad_token_id is None.*eos_token_id"):
+        FusionDataCollator(pad_token_id=None)
+    with pytest.raises(TypeError, match="pad_token_id must be an int"):
+        FusionDataCollator(pad_token_id="0")
+    with pytest.raises(ValueError, match=r"pad_token_id=512 is outside \[0, 512\)"):
+        FusionDataCollator(pad_token_id=512, vocab_size=VOCAB)

@@ -193,7 +193,7 @@ def test_fused_head_falls_back_for_transformed_logits(tmp_path):
         trainer.compute_loss(model, FusionDataCollator()(synthetic_examples(2)))
 
 
-def _launch_ddp(out_file, positions, fused):
+def _launch_ddp(out_file, positions, fused, kind="fusion"):
     accelerate = shutil.which("accelerate")
     if accelerate is None:
         pytest.skip("the accelerate launcher is not on PATH")
@@ -201,7 +201,7 @@ def _launch_ddp(out_file, positions, fused):
     # torch.distributed.run launcher; use_cpu=True in the TrainingArguments makes it gloo on CPU
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           str(REPO / "tests" / "integration" / "ddp_worker.py"), str(out_file), positions, fused]
+           str(REPO / "tests" / "integration" / "ddp_worker.py"), str(out_file), positions, fused, kind]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return torch.load(out_file)

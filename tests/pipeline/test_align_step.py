@@ -83,7 +83,7 @@ def test_blending_teacher_only_with_compat_mode(tokenizers):
     teacher = _fake_extraction(blend_tok, 2)
     base = tokenize_texts(base_tok, datasets.Dataset.from_dict({"text": TEXTS}), max_length=512)
     out = align_teachers(base, [teacher], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok],
-                         method="compat_hard", include_base_teacher=False)
+                         method="compat_hard", include_base_teacher=False, fallback="absent")
     assert out.features["teacher_ids"].shape == (None, 1, K)
     assert out[0]["teacher_ce"] == pytest.approx([teacher[0]["metric_ce"]])
     stats = alignment_stats(out)
@@ -105,3 +105,18 @@ def test_bad_inputs(tokenizers):
         align_teachers(base, [teacher], base_tokenizer=base_tok, teacher_tokenizers=[])
     with pytest.raises(ValueError, match="fallback"):
         align_teachers(base, [teacher], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok], fallback="drop")
+
+
+def test_truncated_teacher_rows_align_as_prefixes(tokenizers):
+    """Extraction truncates each tokenization at its model's maximum length, so a teacher row may
+    cover only a prefix of the base row's text: accepted (check="prefix"), unlike different texts."""
+    base_tok, blend_tok = tokenizers
+    base, teacher = _fake_extraction(base_tok, 0), _fake_extraction(blend_tok, 1)
+    cut = {name: [row[:6] for row in teacher.with_format("numpy")[name]] for name in ("input_ids", "topk_ids",
+                                                                                       "topk_logits")}
+    truncated = datasets.Dataset.from_dict({**teacher.to_dict(), **cut}, features=teacher.features)
+    out = align_teachers(base, [truncated], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok])
+    stats = alignment_stats(out)
+    assert 0 < stats.aligned[1] <= 6 * len(TEXTS) and stats.positions == sum(len(x) for x in base["input_ids"])
+    with pytest.raises(ValueError, match="base_ids and blend_ids must tokenize the same text"):
+        align_teachers(base, [truncated], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok], check="length")

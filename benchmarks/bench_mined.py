@@ -29,6 +29,8 @@ import numpy as np
 import pytest
 
 from fusekernels.align import MinEDIndex, mined_map
+from fusekernels.tokenization.assets import AssetUnavailable, package_file
+from fusekernels.tokenization.profile import byte_alphabet
 
 N_VOCAB = 32000
 PUBLISHED_SAMPLE = 40  # queries timed with the pure-Python loop
@@ -36,24 +38,10 @@ RAPIDFUZZ_CPU_SAMPLE = 4000  # queries timed with single-threaded rapidfuzz (CPU
 
 
 def _package_file(package: str, relative: str) -> Path | None:
-    spec = importlib.util.find_spec(package)  # locate without importing the package
-    if spec is None or not spec.submodule_search_locations:
+    try:
+        return package_file(package, relative)
+    except AssetUnavailable:
         return None
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    return path if path.is_file() else None
-
-
-def byte_level_alphabet() -> dict[int, str]:
-    """GPT-2's printable stand-in character for every byte (space -> Ġ, newline -> Ċ)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
 
 
 def _generated_pieces(count: int, seed: int) -> list[str]:
@@ -95,7 +83,7 @@ def token_vocabularies(n: int = N_VOCAB) -> tuple[list[str], list[str], str]:
 
         sp = sentencepiece.SentencePieceProcessor(model_file=str(spm_path))
         queries = [sp.id_to_piece(i).replace("\u2581", "\u0120") for i in range(min(n, sp.get_piece_size()))]
-        alphabet = byte_level_alphabet()
+        alphabet = byte_alphabet()
         targets = []
         for line in qwen_path.read_bytes().splitlines():
             if len(targets) == n:

@@ -1,0 +1,194 @@
+"""Fingerprints, the user cache folder, output-folder checks and atomic writes.
+
+Shared by every step that writes to disk or reuses earlier work (pipeline commands, on-disk
+caches, resumable runs), so that they all agree on three rules:
+
+- a cache or a resume is keyed by *content* fingerprints (file bytes, the tokenizer's full
+  definition, the texts), never by object ids or paths alone, so identical runs reuse and any
+  change invalidates;
+- an output folder must be empty or absent, must not be or overlap an input, and must be
+  writable — checked *before* the work starts;
+- files and folders appear only once completely written (write to a temporary sibling, then
+  ``os.replace``), so an interrupted write never leaves a half file under the final name.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+_CHUNK = 1 << 20
+_FILE_DIGESTS: dict = {}  # (path, size, mtime_ns) -> digest, so a process hashes each file once
+
+
+def _hasher():
+    return hashlib.sha256()
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """Content hash (hex, 32 chars) of a file, or of a folder's files (relative names + bytes).
+
+    Cached in-process by ``(path, size, mtime)``; a 250 MB model file hashes in well under a second.
+    """
+    path = Path(path).resolve()
+    if path.is_dir():
+        h = _hasher()
+        for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(str(child.relative_to(path)).encode("utf-8", "surrogatepass") + b"\0")
+            h.update(file_fingerprint(child).encode())
+        return h.hexdigest()[:32]
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    digest = _FILE_DIGESTS.get(key)
+    if digest is None:
+        h = _hasher()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(_CHUNK), b""):
+                h.update(block)
+        digest = _FILE_DIGESTS[key] = h.hexdigest()[:32]
+    return digest
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Content hash (hex, 32 chars) of everything that decides how a tokenizer maps text to ids.
+
+    Fast tokenizers: their full serialised definition (vocabulary, merges, normaliser,
+    pre-tokeniser, post-processor, added tokens). Slow ones: class, vocabulary, special tokens and
+    the SentencePiece model proto when there is one.
+    """
+    h = _hasher()
+    h.update(type(tokenizer).__name__.encode() + b"\0")
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode("utf-8", "surrogatepass"))
+    else:
+        vocab = tokenizer.get_vocab()
+        for token, idx in sorted(vocab.items(), key=lambda item: item[1]):
+            h.update(f"{idx}\t".encode() + token.encode("utf-8", "surrogatepass") + b"\0")
+        sp_model = getattr(tokenizer, "sp_model", None)
+        if sp_model is not None and hasattr(sp_model, "serialized_model_proto"):
+            h.update(sp_model.serialized_model_proto())
+    special = {k: str(v) for k, v in sorted(getattr(tokenizer, "special_tokens_map", {}).items())}
+    h.update(json.dumps(special, sort_keys=True).encode())
+    for name in ("add_bos_token", "add_eos_token", "padding_side", "chat_template"):
+        h.update(f"{name}={getattr(tokenizer, name, None)!r}\0".encode("utf-8", "surrogatepass"))
+    return h.hexdigest()[:32]
+
+
+def texts_fingerprint(texts: Iterable) -> str:
+    """Content hash (hex, 32 chars) of a sequence of strings, order included."""
+    h = _hasher()
+    for text in texts:
+        h.update(str(text).encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def json_fingerprint(obj) -> str:
+    """Hash (hex, 32 chars) of a JSON-serialisable configuration (key order does not matter)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def cache_dir(*parts: str) -> Path:
+    """The user cache folder (created): ``$FUSEKERNELS_CACHE``, else ``$XDG_CACHE_HOME/fusekernels``,
+    else ``~/.cache/fusekernels``; ``parts`` name a subfolder."""
+    root = os.environ.get("FUSEKERNELS_CACHE")
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "fusekernels")
+    path = Path(root, *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_output_dir(out: str | os.PathLike, *, inputs: Iterable = (), arg: str = "--out") -> Path:
+    """Refuse an output folder that is non-empty, is a file, overlaps an input, or is not writable.
+
+    Call it before any work. ``inputs`` are the paths the command reads (files or folders); the
+    output may not be, contain or lie inside any of them. Raises ``ValueError`` /
+    ``PermissionError`` naming ``arg``. Returns the resolved path (not created).
+    """
+    path = Path(out).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{arg} {out} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        raise ValueError(f"{arg} {out} exists and is not empty")
+    for given in inputs:
+        if given is None:
+            continue
+        src = Path(given).expanduser().resolve()
+        if _overlaps(path, src):
+            raise ValueError(f"{arg} {out} overlaps the input {given}: write to a separate folder")
+    check_writable(path.parent if not path.exists() else path, arg=arg, target=out)
+    return path
+
+
+def check_writable(folder: str | os.PathLike, *, arg: str = "--out", target=None) -> None:
+    """Raise ``PermissionError`` naming ``arg`` unless a file can be created in ``folder``'s
+    nearest existing ancestor."""
+    folder = Path(folder)
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fusekernels-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PermissionError(f"{arg} {target if target is not None else folder}: cannot write in {folder} "
+                              f"({exc.strerror or exc})") from None
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``final`` (absent or empty) in one
+    rename, on failure it is removed and ``final`` is untouched."""
+    final = Path(final).resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        if final.is_dir() and not any(final.iterdir()):
+            final.rmdir()
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(final: str | os.PathLike, mode: str = "wb") -> Iterator:
+    """Open a temporary sibling of ``final`` for writing; on success it is fsynced and renamed to
+    ``final``, on failure removed (``final`` keeps its old content or stays absent)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(final: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``final`` atomically."""
+    with atomic_file(final, "w") as f:
+        f.write(text)
+
+
+def atomic_write_json(final: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as indented, key-sorted JSON to ``final`` atomically."""
+    atomic_write_text(final, json.dumps(obj, indent=2, sort_keys=True) + "\n")

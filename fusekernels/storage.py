@@ -192,3 +192,13 @@ def atomic_write_text(final: str | os.PathLike, text: str) -> None:
 def atomic_write_json(final: str | os.PathLike, obj) -> None:
     """Write ``obj`` as indented, key-sorted JSON to ``final`` atomically."""
     atomic_write_text(final, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def map_cache_file(dataset, fingerprint: str, label: str) -> str | None:
+    """Where ``Dataset.map`` on ``dataset`` should write its result: ``None`` (kept in memory) for
+    an in-memory dataset, else ``<cache_dir>/datasets/<label>-<fingerprint>.arrow``, never the
+    input's own folder (where ``datasets`` would put it). With a deterministic ``fingerprint`` a
+    repeated identical run finds and reuses the file."""
+    if not getattr(dataset, "cache_files", None):
+        return None
+    return str(cache_dir("datasets") / f"{label}-{fingerprint}.arrow")

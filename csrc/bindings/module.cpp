@@ -8,6 +8,7 @@ void bind_levenshtein(py::module_& m);
 void bind_mined(py::module_& m);
 void bind_dtw(py::module_& m);
 void bind_topk_transfer(py::module_& m);
+void bind_byte_span(py::module_& m);
 }  // namespace fk::bind
 
 PYBIND11_MODULE(_C, m) {
@@ -16,4 +17,5 @@ PYBIND11_MODULE(_C, m) {
   fk::bind::bind_mined(m);
   fk::bind::bind_dtw(m);
   fk::bind::bind_topk_transfer(m);
+  fk::bind::bind_byte_span(m);
 }

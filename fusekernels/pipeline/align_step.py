@@ -9,8 +9,11 @@ Inputs are row-aligned ``datasets.Dataset`` objects of the same texts (same orde
 - ``teachers``: one :func:`extract_teacher_topk` output per blending model, with that model's
   tokenizer in ``teacher_tokenizers``.
 
-Each blending teacher goes through :func:`fusekernels.tokenization.align_dataset` (``method``:
-``"byte_span"`` default, or the published ``"compat_hard"`` / ``"compat_soft"``). The result has
+Each blending teacher is aligned as :func:`fusekernels.tokenization.align_dataset` does it (``method``:
+``"byte_span"`` default, or the published ``"compat_hard"`` / ``"compat_soft"``), all teachers of a
+batch in the same ``Dataset.map`` call on Arrow batches: byte-span alignment runs as one native call
+per teacher and batch, stacking is vectorised over the batch's positions, and no Python list is
+built per row. The result has
 the columns :class:`fusekernels.integration.FusionDataCollator` and
 :func:`fusekernels.pipeline.pack.pack_sequences` take: ``input_ids`` [m] int32, ``teacher_ids``
 [m, T, k] int32, ``teacher_logits`` [m, T, k] (``-inf`` = padding, padded ids are 0) and
@@ -71,7 +74,6 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
     prefix of the other's text."""
     import datasets
 
-    from fusekernels.tokenization.dataset import align_dataset
     from fusekernels.tokenization.profile import TokenizerProfile
 
     teachers = list(teachers)
@@ -100,27 +102,33 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
         widths = [len(d[0]["topk_ids"][0]) for d in ([base] if include_base_teacher else []) + teachers]
         k = max(widths)
 
+    from fusekernels.storage import map_cache_file
+    from fusekernels.tokenization.batch import profile_fingerprint
+    from fusekernels.tokenization.byte_span import CHECKS, build_byte_span_map
+    from fusekernels.tokenization.compat import compat_tables
+    from fusekernels.tokenization.dataset import _METHODS, _fingerprint, _vocab_map_fingerprint
+
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
+    if logits_dtype not in ("float16", "float32"):
+        raise ValueError(f"logits_dtype must be 'float16' or 'float32', got {logits_dtype!r}")
     base_profile = TokenizerProfile.from_tokenizer(base_tokenizer)
+    profiles = [TokenizerProfile.from_tokenizer(tok) for tok in teacher_tokenizers]
+    maps = list(vocab_maps) if vocab_maps is not None else [None] * len(teachers)
+    if method == "byte_span":
+        tables = [build_byte_span_map(base_profile, p) for p in profiles]
+    else:
+        tables = [compat_tables(base_profile, p, mode=method.split("_", 1)[1], vocab_map=m)
+                  for p, m in zip(profiles, maps)]
     text_cols = [use_text] if use_text else []
     parts = [base.select_columns(["input_ids"] + text_cols + own)]
-    for t, (teacher, tokenizer) in enumerate(zip(teachers, teacher_tokenizers)):
-        renamed = teacher.select_columns(["input_ids", "topk_ids", "topk_logits", "metric_ce"]).rename_columns(
-            {"input_ids": "blend_input_ids", "topk_ids": "blend_topk_ids", "topk_logits": "blend_topk_logits",
-             "metric_ce": "blend_metric_ce"})
-        joined = datasets.concatenate_datasets([parts[0].select_columns(["input_ids"] + text_cols), renamed], axis=1)
-        aligned = align_dataset(joined, base_profile, TokenizerProfile.from_tokenizer(tokenizer), method=method, k=k,
-                                vocab_map=None if vocab_maps is None else vocab_maps[t],
-                                columns={"text": use_text}, prefix=f"teacher{t}", logits_dtype="float32",
-                                batch_size=batch_size, num_proc=num_proc, desc=f"align teacher {t + 1}",
-                                check=check, return_mask=True)
-        parts.append(aligned.select_columns([f"teacher{t}_topk_ids", f"teacher{t}_topk_logits",
-                                             f"teacher{t}_metric_ce", f"teacher{t}_matched"]))
-    combined = datasets.concatenate_datasets(parts, axis=1)
-    # (ids column, logits column, metric column, matched-mask column or None for the base model)
-    sources = [("topk_ids", "topk_logits", "metric_ce", None)] if include_base_teacher else []
-    sources += [(f"teacher{t}_topk_ids", f"teacher{t}_topk_logits", f"teacher{t}_metric_ce", f"teacher{t}_matched")
-                for t in range(len(teachers))]
-    n_teachers = len(sources)
+    for t, teacher in enumerate(teachers):
+        names = ["input_ids", "topk_ids", "topk_logits", "metric_ce"]
+        parts.append(teacher.select_columns(names).rename_columns({c: f"teacher{t}_{c}" for c in names}))
+    joined = datasets.concatenate_datasets(parts, axis=1) if len(parts) > 1 else parts[0]
+    n_teachers = len(teachers) + bool(include_base_teacher)
     features = datasets.Features({
         "input_ids": datasets.List(datasets.Value("int32")),
         "teacher_ids": datasets.Array3D(shape=(None, n_teachers, k), dtype="int32"),
@@ -129,46 +137,110 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
         "teacher_aligned": datasets.List(datasets.Value("int32")),
         **({use_text: base.features[use_text]} if use_text else {}),
     })
+    fingerprint = _fingerprint(joined, ("align_teachers", method, include_base_teacher, fallback, k, use_text,
+                                        logits_dtype, check, profile_fingerprint(base_profile),
+                                        [profile_fingerprint(p) for p in profiles],
+                                        [_vocab_map_fingerprint(m) if method == "compat_soft" else None
+                                         for m in maps]))
+    stacker = _Stacker(base=base_profile, profiles=profiles, tables=tables, method=method, k=k,
+                       include_base_teacher=include_base_teacher, fallback=fallback, use_text=use_text,
+                       logits_dtype=np.dtype(logits_dtype), check=check,
+                       threads=1 if num_proc and num_proc > 1 else 0)
+    return joined.with_format("arrow").map(
+        stacker, batched=True, with_indices=True, batch_size=batch_size, num_proc=num_proc,
+        remove_columns=joined.column_names, features=features, new_fingerprint=fingerprint,
+        cache_file_name=map_cache_file(joined, fingerprint, "align-teachers"),
+        desc="align teachers").with_format(None)
 
-    def stack(batch):
-        out = {"input_ids": [], "teacher_ids": [], "teacher_logits": [], "teacher_ce": [], "teacher_aligned": []}
-        for row, ids in enumerate(batch["input_ids"]):
-            ids = np.asarray(ids, dtype=np.int64)
-            t_ids = np.zeros((len(ids), n_teachers, k), dtype=np.int32)
-            t_logits = np.full((len(ids), n_teachers, k), -np.inf, dtype=np.float32)
-            aligned = []
-            for t, (id_col, logit_col, _, mask_col) in enumerate(sources):
-                tid, tlg = _fit(_stacked(batch[id_col][row]), _stacked(batch[logit_col][row]), k)
-                if tid.shape[0] != len(ids):
-                    raise ValueError(f"row {row}: teacher {t} has {tid.shape[0]} positions, input_ids {len(ids)}")
-                valid = np.isfinite(tlg) & (tid >= 0)
-                # the base model's own top-k is its real distribution everywhere
-                matched = np.ones(len(ids), dtype=bool) if mask_col is None else \
-                    np.asarray(batch[mask_col][row], dtype=bool)
-                if fallback == "absent":
-                    valid &= matched[:, None]
-                t_ids[:, t] = np.where(valid, tid, 0)
-                t_logits[:, t] = np.where(valid, tlg, -np.inf)
-                empty = ~valid.any(1)
-                if fallback == "published" and empty.any():
-                    if not include_base_teacher:  # compat_soft with a vocab_map that leaves ids unmapped
-                        raise ValueError(f"row {row}: teacher {t} has an empty aligned list and there is no base "
-                                         "teacher (include_base_teacher=False) for fallback='published' to fall "
-                                         "back to; use fallback='absent'")
-                    t_ids[empty, t], t_logits[empty, t] = t_ids[empty, 0], t_logits[empty, 0]
-                aligned.append(int(matched.sum()))
-            out["input_ids"].append(ids.astype(np.int32))
-            out["teacher_ids"].append(t_ids)
-            out["teacher_logits"].append(t_logits.astype(logits_dtype))
-            out["teacher_ce"].append(np.array([batch[ce][row] for _, _, ce, _ in sources], dtype=np.float32))
-            out["teacher_aligned"].append(np.array(aligned, dtype=np.int32))
-        if use_text:
-            out[use_text] = batch[use_text]
-        return out
 
-    return combined.with_format("numpy").map(stack, batched=True, batch_size=batch_size, num_proc=num_proc,
-                                             remove_columns=combined.column_names, features=features,
-                                             desc="stack teachers").with_format(None)
+@dataclass
+class _Stacker:
+    """One ``Dataset.map`` batch (Arrow in, Arrow out): align every blending teacher natively
+    and stack all teachers into ``[m, T, k]`` arrays, vectorised over the batch's positions."""
+
+    base: object
+    profiles: list
+    tables: list
+    method: str
+    k: int
+    include_base_teacher: bool
+    fallback: str
+    use_text: str | None
+    logits_dtype: np.dtype
+    check: str
+    threads: int
+
+    def __call__(self, table, indices):
+        import pyarrow as pa
+
+        from fusekernels.tokenization.batch import arrow_lists, arrow_matrix, list_array, nested_array
+        from fusekernels.tokenization.dataset import align_arrow_batch
+
+        k, own = self.k, self.include_base_teacher
+        ids, off = arrow_lists(table.column("input_ids"))
+        rows, positions = off.size - 1, ids.size
+        n_teachers = len(self.profiles) + own
+        row_of = np.repeat(np.arange(rows), np.diff(off))
+        t_ids = np.zeros((positions, n_teachers, k), dtype=np.int32)
+        t_logits = np.full((positions, n_teachers, k), -np.inf, dtype=np.float32)
+        aligned = np.zeros((rows, n_teachers), dtype=np.int32)
+        metrics = []
+        for t in range(n_teachers):
+            if own and t == 0:
+                tid, tlg = self._own_topk(table, off, indices, arrow_matrix)
+                matched = np.ones(positions, dtype=bool)
+                metrics.append(table.column("metric_ce"))
+            else:
+                i = t - own
+                cols = {"base_ids": "input_ids", "blend_ids": f"teacher{i}_input_ids",
+                        "topk_ids": f"teacher{i}_topk_ids", "topk_logits": f"teacher{i}_topk_logits",
+                        "metric_ce": f"teacher{i}_metric_ce", "text": self.use_text}
+                tid, tlg, matched, _ = align_arrow_batch(table, base=self.base, blend=self.profiles[i],
+                                                         method=self.method, tables=self.tables[i], columns=cols,
+                                                         k=k, threads=self.threads, check=self.check)
+                metrics.append(table.column(cols["metric_ce"]))
+            valid = np.isfinite(tlg) & (tid >= 0)
+            if self.fallback == "absent":
+                valid &= matched[:, None]
+            t_ids[:, t] = np.where(valid, tid, 0)
+            t_logits[:, t] = np.where(valid, tlg, -np.inf)
+            empty = ~valid.any(1)
+            if self.fallback == "published" and empty.any():
+                if not own:  # compat_soft with a vocab_map that leaves ids unmapped
+                    row = indices[int(row_of[np.flatnonzero(empty)[0]])]
+                    raise ValueError(f"row {row}: teacher {t} has an empty aligned list and there is no base "
+                                     "teacher (include_base_teacher=False) for fallback='published' to fall "
+                                     "back to; use fallback='absent'")
+                t_ids[empty, t], t_logits[empty, t] = t_ids[empty, 0], t_logits[empty, 0]
+            aligned[:, t] = np.bincount(row_of, weights=matched, minlength=rows).astype(np.int32)
+        ce = np.stack([m.to_numpy().astype(np.float32) for m in metrics], axis=1) if metrics else \
+            np.zeros((rows, 0), np.float32)
+        per_row = np.arange(rows + 1, dtype=np.int64) * n_teachers
+        out = {"input_ids": list_array(ids.astype(np.int32, copy=False), off),
+               "teacher_ids": nested_array(t_ids, off),
+               "teacher_logits": nested_array(t_logits.astype(self.logits_dtype, copy=False), off),
+               "teacher_ce": list_array(ce.reshape(-1), per_row),
+               "teacher_aligned": list_array(aligned.reshape(-1), per_row)}
+        if self.use_text:
+            out[self.use_text] = table.column(self.use_text)
+        return pa.table(out)
+
+    def _own_topk(self, table, off, indices, arrow_matrix):
+        """The base model's own top-k [M, k] (padded to k), checked against ``input_ids``."""
+        mats = [arrow_matrix(table.column(c)) for c in ("topk_ids", "topk_logits")]
+        if any(m is None for m in mats):  # ragged rows: stack them one by one
+            rows = [tuple(_stacked(v) for v in pair) for pair in zip(table.column("topk_ids").to_pylist(),
+                                                                     table.column("topk_logits").to_pylist())]
+            lengths = np.array([r[0].shape[0] for r in rows])
+            mats = [(np.concatenate([_fit(*r, self.k)[j] for r in rows]), np.r_[0, np.cumsum(lengths)])
+                    for j in (0, 1)]
+        (tid, tid_off), (tlg, tlg_off) = mats
+        for got in (tid_off, tlg_off):
+            if not np.array_equal(got, off):
+                bad = int(np.flatnonzero(np.diff(got) != np.diff(off))[0])
+                raise ValueError(f"row {indices[bad]}: teacher 0 has {got[bad + 1] - got[bad]} positions, "
+                                 f"input_ids {off[bad + 1] - off[bad]}")
+        return _fit(tid, tlg, self.k)
 
 
 def alignment_stats(aligned) -> AlignmentStats:
@@ -190,7 +262,7 @@ def _check_same_rows(base, teacher, t, text_column):
         raise ValueError(f"teachers[{t}] has {len(teacher)} rows but base has {len(base)}: both must hold the "
                          "same texts in the same order")
     if text_column and text_column in base.column_names and text_column in teacher.column_names:
-        if base[text_column] != teacher[text_column]:
+        if not base.with_format("arrow")[text_column].equals(teacher.with_format("arrow")[text_column]):
             raise ValueError(f"teachers[{t}] column {text_column!r} differs from base: rows are not the same texts")
 
 

@@ -143,10 +143,17 @@ def tokenize_texts(tokenizer, dataset, *, max_length: int, text_column: str = "t
         raise ValueError("tokenizer has no eos_token_id: the pipeline appends EOS to every text")
     if not isinstance(max_length, int) or max_length < 1:
         raise ValueError(f"max_length must be an int >= 1, got {max_length!r}")
+    from fusekernels import __version__
+    from fusekernels.storage import json_fingerprint, map_cache_file, tokenizer_fingerprint
+
     features = dataset.features.copy()
     features["input_ids"] = List(Value("int32"))
+    # deterministic, and written to the user cache (never next to the input dataset)
+    fingerprint = json_fingerprint(["tokenize", __version__, dataset._fingerprint, tokenizer_fingerprint(tokenizer),
+                                    max_length, text_column])[:16]
     return dataset.map(lambda batch: {"input_ids": tokenize_for_teacher(tokenizer, batch[text_column], max_length)},
-                       batched=True, batch_size=batch_size, num_proc=num_proc, features=features, desc="tokenize")
+                       batched=True, batch_size=batch_size, num_proc=num_proc, features=features, desc="tokenize",
+                       new_fingerprint=fingerprint, cache_file_name=map_cache_file(dataset, fingerprint, "tokenize"))
 
 
 class _ShardRunner:

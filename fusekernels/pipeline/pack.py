@@ -112,9 +112,16 @@ def pack_sequences(dataset, block_size: int, *, drop_last: bool = True, metric_l
         out["teacher_logits"] = [x.astype(logits_dtype) for x in out["teacher_logits"]]
         return out
 
+    from fusekernels import __version__
+    from fusekernels.storage import json_fingerprint, map_cache_file
+
     source = dataset.select_columns(list(PACKED_COLUMNS)).with_format("numpy")
+    # deterministic, and written to the user cache (never next to the input dataset)
+    fingerprint = json_fingerprint(["pack", __version__, source._fingerprint, int(block_size), drop_last,
+                                    metric_level, logits_dtype, batch_size])[:16]
     packed = source.map(pack_batch, batched=True, batch_size=batch_size, num_proc=num_proc,
-                        remove_columns=list(PACKED_COLUMNS), features=features, desc=desc)
+                        remove_columns=list(PACKED_COLUMNS), features=features, desc=desc,
+                        new_fingerprint=fingerprint, cache_file_name=map_cache_file(source, fingerprint, "pack"))
     return packed.with_format(None)
 
 

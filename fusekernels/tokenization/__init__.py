@@ -3,6 +3,7 @@
 - :class:`TokenizerProfile`: kind, space marker, token strings and exact token bytes of a tokenizer;
 - byte-span mode (default): :func:`byte_span_align` carries a teacher's top-k onto base positions
   whose byte span equals one blending token's, with an exact-bytes id map (:func:`build_byte_span_map`);
+  :func:`byte_span_align_flat` aligns a whole batch (flat arrays + row offsets) in one native call;
 - compatible mode: :func:`compat_align`, the published DTW + top-k transfer (hard / soft);
 - :func:`check_same_text`: both id sequences must cover the same text (every aligner checks it);
 - :func:`build_vocab_map`: the spec's MinED vocabulary map (+ co-occurrence refinement, npz / JSON);
@@ -11,6 +12,7 @@
 
 Needs the native core (``fusekernels.align``) for compatible mode and MinED.
 """
+from .batch import byte_span_align_flat
 from .byte_span import (ByteSpanMap, build_byte_span_map, byte_span_align, byte_span_align_batch,
                         byte_span_positions, check_same_text)
 from .compat import compat_align, compat_align_batch, compat_tables, compat_teacher_mask
@@ -25,6 +27,7 @@ __all__ = [
     "byte_span_positions",
     "byte_span_align",
     "byte_span_align_batch",
+    "byte_span_align_flat",
     "check_same_text",
     "compat_tables",
     "compat_align",

@@ -20,8 +20,15 @@ with ``return_mask=True`` also ``{prefix}_matched`` bool [m]: True where the pos
 teacher's distribution, False where it got the one-hot fallback or an empty list (the
 aligners' ``return_mask`` output).
 Rows are stored as numpy arrays, never as Python float lists. Work runs in
-``Dataset.map(batched=True, num_proc=...)`` with the usual progress bar; the per-pair tables are
-built once in the calling process and shipped to the workers.
+``Dataset.map(batched=True, num_proc=...)`` with the usual progress bar, on Arrow batches: with
+``method="byte_span"`` a whole batch is one native call (flat ids and row offsets straight from
+the Arrow columns, :func:`~fusekernels.tokenization.batch.byte_span_align_flat`), with results
+identical to :func:`byte_span_align` row by row; the compatible methods run row by row. The
+per-pair tables are built once in the calling process and shipped to the workers. The map's
+fingerprint is deterministic (content fingerprints of the tokenizers and options), and for a
+dataset backed by files its result goes to the user cache folder
+(:func:`fusekernels.storage.map_cache_file`), never next to the input; an identical later run
+reuses it.
 """
 from __future__ import annotations
 
@@ -62,48 +69,121 @@ def _matrix(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def _align_batch(batch, *, base, blend, method, tables, columns, prefix, logits_dtype, k, match, threads,
-                 check="length", return_mask=False):
+def _per_row(table, *, base, blend, method, tables, columns, k, match, threads, check):
+    """The row-by-row path: compatible methods, ragged top-k rows, and the error messages of bad
+    rows. Returns the flat ``(ids [M, k], logits float32 [M, k], matched [M])``."""
     from .byte_span import byte_span_align
     from .compat import compat_align_batch
 
-    texts = batch[columns["text"]] if columns.get("text") else None
+    texts = table.column(columns["text"]).to_pylist() if columns.get("text") else None
     rows = [(np.asarray(b), np.asarray(a), _matrix(tid), _matrix(tlg))
-            for b, a, tid, tlg in zip(batch[columns["base_ids"]], batch[columns["blend_ids"]],
-                                      batch[columns["topk_ids"]], batch[columns["topk_logits"]])]
+            for b, a, tid, tlg in zip(*(table.column(columns[c]).to_pylist()
+                                        for c in ("base_ids", "blend_ids", "topk_ids", "topk_logits")))]
     if method == "byte_span":
-        results = [byte_span_align(*row, base, blend, id_map=tables, match=match, check=check, return_mask=return_mask,
+        results = [byte_span_align(*row, base, blend, id_map=tables, match=match, check=check, return_mask=True,
                                    text=None if texts is None else texts[r]) for r, row in enumerate(rows)]
     else:
         results = compat_align_batch(rows, base, blend, mode=method.split("_", 1)[1], tables=tables, threads=threads,
-                                     check=check, return_mask=return_mask)
-    out_ids, out_logits, out_masks = [], [], []
-    for result in results:
-        if return_mask:
-            result, mask = result
-            out_masks.append(np.asarray(mask, dtype=bool))
-        ids, logits = _fit_width(result.ids, result.logits, k)
-        out_ids.append(ids)
-        out_logits.append(logits.astype(logits_dtype))
-    metric = np.asarray(batch[columns["metric_ce"]], dtype=np.float32)
-    out = {f"{prefix}_topk_ids": out_ids, f"{prefix}_topk_logits": out_logits, f"{prefix}_metric_ce": metric}
+                                     check=check, return_mask=True)
+    fitted = [_fit_width(result.ids, result.logits, k) for result, _ in results]
+    if not fitted:
+        return np.zeros((0, k), np.int32), np.zeros((0, k), np.float32), np.zeros(0, bool)
+    return (np.concatenate([ids for ids, _ in fitted]).astype(np.int32, copy=False),
+            np.concatenate([logits for _, logits in fitted]).astype(np.float32, copy=False),
+            np.concatenate([np.asarray(mask, dtype=bool) for _, mask in results]))
+
+
+def align_arrow_batch(table, *, base, blend, method, tables, columns, k, match="span", threads=1, check="length"):
+    """Align one Arrow batch (a ``pyarrow.Table`` with the input columns of the module docstring).
+
+    Byte-span batches whose top-k rows are all [n_r, k'] go through one native call
+    (:func:`~fusekernels.tokenization.batch.byte_span_align_flat`); other inputs row by row.
+    Returns ``(ids int32 [M, k], logits float32 [M, k], matched bool [M], offsets int64 [R + 1])``
+    over the M base positions of the R rows."""
+    from .batch import arrow_lists, arrow_matrix, byte_span_align_flat
+
+    b, b_off = arrow_lists(table.column(columns["base_ids"]))
+    if method == "byte_span":
+        a, a_off = arrow_lists(table.column(columns["blend_ids"]))
+        tid = arrow_matrix(table.column(columns["topk_ids"]))
+        tlg = arrow_matrix(table.column(columns["topk_logits"]))
+        if (tid is not None and tlg is not None and np.array_equal(tid[1], a_off) and np.array_equal(tlg[1], a_off)
+                and tid[0].shape == tlg[0].shape):
+            texts = None
+            if columns.get("text") and "unless_space" in (base.dummy_prefix, blend.dummy_prefix):
+                texts = table.column(columns["text"]).to_pylist()
+            try:
+                ids, logits, matched = byte_span_align_flat(b, b_off, a, a_off, tid[0], tlg[0], base, blend,
+                                                            id_map=tables, texts=texts, match=match, check=check,
+                                                            k=k, threads=threads)
+            except ValueError:
+                pass  # the per-row path below raises the per-row message (no "rows[r]" prefix)
+            else:
+                return ids, logits, matched, b_off
+    ids, logits, matched = _per_row(table, base=base, blend=blend, method=method, tables=tables, columns=columns,
+                                    k=k, match=match, threads=threads, check=check)
+    return ids, logits, matched, b_off
+
+
+def _align_batch(table, *, base, blend, method, tables, columns, prefix, logits_dtype, k, match, threads,
+                 check="length", return_mask=False):
+    import pyarrow as pa
+
+    from .batch import list_array, nested_array
+
+    ids, logits, matched, offsets = align_arrow_batch(table, base=base, blend=blend, method=method, tables=tables,
+                                                      columns=columns, k=k, match=match, threads=threads,
+                                                      check=check)
+    metric = table.column(columns["metric_ce"]).to_numpy().astype(np.float32)
+    out = {f"{prefix}_topk_ids": nested_array(ids, offsets),
+           f"{prefix}_topk_logits": nested_array(logits.astype(logits_dtype, copy=False), offsets),
+           f"{prefix}_metric_ce": pa.array(metric)}
     if return_mask:
-        out[f"{prefix}_matched"] = out_masks
-    return out
+        out[f"{prefix}_matched"] = list_array(matched, offsets)
+    for name, column in out.items():
+        where = table.schema.get_field_index(name)
+        table = table.set_column(where, name, column) if where >= 0 else table.append_column(name, column)
+    return table
+
+
+def _vocab_map_fingerprint(vocab_map) -> str:
+    from fusekernels.storage import json_fingerprint
+
+    if vocab_map is None:
+        return "none"
+    if isinstance(vocab_map, dict):
+        return json_fingerprint(sorted(vocab_map.items()))
+    return hashlib.sha256(np.ascontiguousarray(vocab_map.base_ids, dtype=np.int32).tobytes()
+                          + str(getattr(vocab_map, "method", "")).encode()).hexdigest()[:32]
 
 
 def _fingerprint(dataset, parts) -> str:
-    h = hashlib.sha256(str(getattr(dataset, "_fingerprint", id(dataset))).encode())
+    """Deterministic: the input's own fingerprint, every output-shaping option and the content
+    fingerprints of both tokenizers and of the vocabulary map (never object ids)."""
+    from fusekernels import __version__
+
+    h = hashlib.sha256(str(dataset._fingerprint).encode())
+    h.update(f"fusekernels {__version__} align-arrow-1".encode())
     for p in parts:
         h.update(repr(p).encode("utf-8", "surrogatepass"))
     return h.hexdigest()[:16]
+
+
+def _restore_format(result, dataset, added):
+    """``result`` in ``dataset``'s output format (the map itself runs on Arrow batches)."""
+    fmt = dataset.format
+    columns = fmt.get("columns")
+    if columns is not None:
+        columns = list(columns) + [c for c in added if c not in columns]
+    return result.with_format(fmt.get("type"), columns=columns, output_all_columns=fmt.get("output_all_columns", False),
+                              **(fmt.get("format_kwargs") or {}))
 
 
 def align_dataset(dataset, base, blend, *, method: str = "byte_span", match: str = "span", k: int | None = None,
                   vocab_map=None,
                   columns: dict | None = None, prefix: str = "aligned", logits_dtype: str = "float16",
                   batch_size: int = 64, num_proc: int | None = None, desc: str | None = None,
-                  check: str = "length", return_mask: bool = False):
+                  check: str = "length", return_mask: bool = False, threads: int | None = None):
     """Aligns every row's teacher top-k onto the base tokenization (see the module docstring).
 
     Args:
@@ -119,6 +199,7 @@ def align_dataset(dataset, base, blend, *, method: str = "byte_span", match: str
         check: how the aligners verify that both sequences of a row cover the same text
             (``"length"`` default, ``"bytes"``, ``"prefix"``, ``"none"``; see ``check_same_text``).
         return_mask: also add the ``{prefix}_matched`` column (see the module docstring).
+        threads: native threads per batch (default: all cores, 1 with ``num_proc > 1``).
     Returns:
         a new ``Dataset`` with the three (four with ``return_mask``) added columns.
     """
@@ -160,13 +241,22 @@ def align_dataset(dataset, base, blend, *, method: str = "byte_span", match: str
     features[f"{prefix}_metric_ce"] = datasets.Value("float32")
     if return_mask:
         features[f"{prefix}_matched"] = datasets.List(datasets.Value("bool"))
-    fingerprint = _fingerprint(dataset, (method, match, k, prefix, logits_dtype, sorted(cols.items()), base.name,
-                                         base.vocab_size, blend.name, blend.vocab_size, id(vocab_map))
-                               + (("return_mask",) if return_mask else ()) + ((check,) if check != "length" else ()))
-    return dataset.map(
+    from fusekernels.storage import map_cache_file
+
+    from .batch import profile_fingerprint
+
+    fingerprint = _fingerprint(dataset, (method, match, k, prefix, logits_dtype, sorted(cols.items()),
+                                         profile_fingerprint(base), profile_fingerprint(blend),
+                                         _vocab_map_fingerprint(vocab_map) if method == "compat_soft" else None,
+                                         return_mask, check))
+    added = list(features)[len(dataset.features):]
+    result = dataset.with_format("arrow").map(
         _align_batch, batched=True, batch_size=batch_size, num_proc=num_proc, features=features,
         fn_kwargs=dict(base=base, blend=blend, method=method, tables=tables, columns=cols, prefix=prefix,
                        logits_dtype=np.dtype(logits_dtype), k=k, match=match,
-                       threads=1 if num_proc and num_proc > 1 else 0, check=check, return_mask=return_mask),
-        new_fingerprint=fingerprint, desc=desc or f"aligning top-k ({method})",
+                       threads=threads if threads is not None else (1 if num_proc and num_proc > 1 else 0),
+                       check=check, return_mask=return_mask),
+        new_fingerprint=fingerprint, cache_file_name=map_cache_file(dataset, fingerprint, "align"),
+        desc=desc or f"aligning top-k ({method})",
     )
+    return _restore_format(result, dataset, added)

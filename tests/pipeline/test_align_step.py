@@ -120,3 +120,92 @@ def test_truncated_teacher_rows_align_as_prefixes(tokenizers):
     assert 0 < stats.aligned[1] <= 6 * len(TEXTS) and stats.positions == sum(len(x) for x in base["input_ids"])
     with pytest.raises(ValueError, match="base_ids and blend_ids must tokenize the same text"):
         align_teachers(base, [truncated], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok], check="length")
+
+
+def _reference(base, teachers, base_tok, teacher_toks, *, method, fallback, include_base, k, check="prefix"):
+    """The per-row pipeline: one aligner call per row and teacher, stacked row by row."""
+    from fusekernels.tokenization.byte_span import byte_span_align
+    from fusekernels.tokenization.compat import compat_align
+    from fusekernels.tokenization.profile import TokenizerProfile
+
+    bp = TokenizerProfile.from_tokenizer(base_tok)
+    profiles = [TokenizerProfile.from_tokenizer(t) for t in teacher_toks]
+    out = []
+    for r in range(len(base)):
+        b = base.with_format("numpy")[r]
+        ids = b["input_ids"].astype(np.int64)
+        sources = []
+        if include_base:
+            tid = np.pad(b["topk_ids"], ((0, 0), (0, k - b["topk_ids"].shape[1])), constant_values=-1)
+            tlg = np.pad(b["topk_logits"].astype(np.float32), ((0, 0), (0, k - b["topk_ids"].shape[1])),
+                         constant_values=-np.inf)
+            sources.append((tid, tlg, np.ones(len(ids), bool), b["metric_ce"]))
+        for teacher, ap in zip(teachers, profiles):
+            t = teacher.with_format("numpy")[r]
+            args = (ids, t["input_ids"], t["topk_ids"], t["topk_logits"], bp, ap)
+            res, mask = (byte_span_align(*args, text=b.get("text"), check=check, return_mask=True)
+                         if method == "byte_span" else
+                         compat_align(*args, mode=method.split("_")[1], check=check, return_mask=True))
+            pad = k - res.ids.shape[1]
+            sources.append((np.pad(res.ids, ((0, 0), (0, pad)), constant_values=-1),
+                            np.pad(res.logits, ((0, 0), (0, pad)), constant_values=-np.inf), mask, t["metric_ce"]))
+        t_ids = np.zeros((len(ids), len(sources), k), np.int32)
+        t_logits = np.full((len(ids), len(sources), k), -np.inf, np.float32)
+        for s, (tid, tlg, mask, _) in enumerate(sources):
+            valid = np.isfinite(tlg) & (tid >= 0)
+            if fallback == "absent":
+                valid &= mask[:, None]
+            t_ids[:, s], t_logits[:, s] = np.where(valid, tid, 0), np.where(valid, tlg, -np.inf)
+            empty = ~valid.any(1)
+            if fallback == "published":
+                t_ids[empty, s], t_logits[empty, s] = t_ids[empty, 0], t_logits[empty, 0]
+        out.append({"input_ids": ids, "teacher_ids": t_ids, "teacher_logits": t_logits.astype(np.float16),
+                    "teacher_ce": np.array([x[3] for x in sources], np.float32),
+                    "teacher_aligned": np.array([x[2].sum() for x in sources], np.int32)})
+    return out
+
+
+@pytest.mark.parametrize("method,fallback,include_base", [("byte_span", "published", True),
+                                                          ("byte_span", "absent", False),
+                                                          ("compat_hard", "published", True),
+                                                          ("compat_soft", "absent", True)])
+def test_two_teachers_equal_per_row_pipeline(tokenizers, method, fallback, include_base):
+    base_tok, llama = tokenizers
+    gpt2 = _tokenizer("gpt2")
+    base = _fake_extraction(base_tok, 0, k=3)  # narrower than the teachers: padded to k
+    teachers = [_fake_extraction(llama, 1), _fake_extraction(gpt2, 2)]
+    # truncated teacher rows (check="prefix", the default) and a ragged batch split
+    teachers[0] = teachers[0].map(lambda row: {"input_ids": row["input_ids"][:-3], "topk_ids": row["topk_ids"][:-3],
+                                               "topk_logits": row["topk_logits"][:-3]}, features=teachers[0].features)
+    out = align_teachers(base, teachers, base_tokenizer=base_tok, teacher_tokenizers=[llama, gpt2], method=method,
+                         fallback=fallback, include_base_teacher=include_base, batch_size=2)
+    want = _reference(base, teachers, base_tok, [llama, gpt2], method=method, fallback=fallback,
+                      include_base=include_base, k=K)
+    rows = out.with_format("numpy")
+    for r, expected in enumerate(want):
+        for name, value in expected.items():
+            got = rows[r][name]
+            assert got.shape == value.shape and np.array_equal(got, value.astype(got.dtype)), (r, name)
+
+
+def test_nothing_written_into_inputs_and_cache_reused(tokenizers, tmp_path, monkeypatch):
+    base_tok, blend_tok = tokenizers
+    monkeypatch.setenv("FUSEKERNELS_CACHE", str(tmp_path / "cache"))
+    for name, seed, tok in (("base", 0, base_tok), ("teacher", 1, blend_tok)):
+        _fake_extraction(tok, seed).save_to_disk(str(tmp_path / name))
+    before = sorted(p.name for p in (tmp_path / "base").iterdir()) + sorted(p.name for p in (tmp_path / "teacher").iterdir())
+
+    def run():
+        return align_teachers(datasets.load_from_disk(str(tmp_path / "base")),
+                              [datasets.load_from_disk(str(tmp_path / "teacher"))],
+                              base_tokenizer=base_tok, teacher_tokenizers=[blend_tok])
+
+    first = run()
+    cached = sorted((tmp_path / "cache").rglob("*.arrow"))
+    assert len(cached) == 1  # the result went to the user cache, under a deterministic name
+    stamp = cached[0].stat().st_mtime_ns
+    second = run()
+    assert sorted((tmp_path / "cache").rglob("*.arrow")) == cached and cached[0].stat().st_mtime_ns == stamp
+    after = sorted(p.name for p in (tmp_path / "base").iterdir()) + sorted(p.name for p in (tmp_path / "teacher").iterdir())
+    assert after == before
+    assert first[:] == second[:]

@@ -56,16 +56,20 @@ def _fusion_loss_rows_kernel(
     e_in = e < n_entries
     t_logit = tl.load(teacher_logits_ptr + row * n_entries + e, mask=e_in, other=neg_inf)
     ids = tl.load(teacher_ids_ptr + row * n_entries + e, mask=e_in, other=0)
-    scaled = t_logit / temperature
     # Out-of-range ids are dropped (never dereferenced); the functional layer rejects them.
     # (scalar conditions enter block masks through tl.where: the CPU interpreter mistypes a
     # splatted scalar comparison, so `block & scalar_bool` fails there)
-    valid = tl.where(active, e_in & (scaled > neg_inf) & (ids >= 0) & (ids < V), False)
+    valid = tl.where(active, e_in & (t_logit > neg_inf) & (ids >= 0) & (ids < V), False)
     teacher_of = e // K
     member = (teacher_of[:, None] == tl.arange(0, BLOCK_T)[None, :]) & valid[:, None]  # [E, T]
-    t_max = tl.max(tl.where(member, scaled[:, None], neg_inf), axis=0)                 # [T]
+    t_max = tl.max(tl.where(member, t_logit[:, None], neg_inf), axis=0)                # [T]
     e_max = tl.max(tl.where(member, t_max[None, :], neg_inf), axis=1)                  # [E]
-    expd = tl.where(valid, tl.exp(scaled - tl.where(valid, e_max, 0.0)), 0.0)
+    # The max is subtracted BEFORE dividing by the temperature: logits / T overflows to inf
+    # for tiny T (inf - inf = NaN), (logit - max) / T <= 0 never does. The maximum itself
+    # gives exactly 0 even if T flushes to 0 (no 0 / 0).
+    diff = t_logit - tl.where(valid, e_max, 0.0)
+    scaled = tl.where(diff == 0.0, 0.0, diff / temperature)
+    expd = tl.where(valid, tl.exp(scaled), 0.0)
     t_sum = tl.sum(tl.where(member, expd[:, None], 0.0), axis=0)                       # [T]
     e_sum = tl.sum(tl.where(member, t_sum[None, :], 0.0), axis=1)                      # [E]
     weight = tl.load(teacher_weights_ptr + row * T + teacher_of, mask=valid, other=0.0)

@@ -38,11 +38,14 @@ def teacher_probabilities(teacher_logits: torch.Tensor, teacher_weights: torch.T
     -> [N, T, k] in ``dtype``, 0 at padding entries and for teachers without a valid entry.
     """
     teacher_weights = teacher_weights.to(dtype)
-    scaled = teacher_logits.to(dtype) / temperature
-    top = scaled.amax(dim=-1, keepdim=True)
+    logits = teacher_logits.to(dtype)
+    top = logits.amax(dim=-1, keepdim=True)
     # A teacher with only padding has max -inf; subtracting 0 keeps exp(-inf) = 0 instead of NaN.
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    expd = torch.exp(scaled - top)
+    # Max subtracted before the division: logits / T overflows for tiny T, (logit - max) / T <= 0
+    # does not; the maximum gives exactly 0 (no 0 / 0 if T underflows in the working dtype).
+    diff = logits - top
+    expd = torch.exp(torch.where(diff == 0, torch.zeros_like(diff), diff / temperature))
     total = expd.sum(dim=-1, keepdim=True)
     norm = torch.where(total > 0, teacher_weights.unsqueeze(-1) / total.clamp_min(_tiny(total)),
                        torch.zeros_like(total))

@@ -18,11 +18,14 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
+
+from ..storage import atomic_dir, check_output_dir, check_writable
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -110,6 +113,8 @@ def merge_models(targets: Sequence[str | os.PathLike], output: str | os.PathLike
         weights: linear merge weights, one per target (normalised to sum 1); default uniform.
         temperature: VaRM softmax temperature; ``None`` = plain normalisation (published).
         max_shard_size: bytes per output shard (folder output only).
+    The output must not exist (or be an empty folder) and must not be, contain or lie inside
+    an input; it is written under a temporary name and renamed when complete.
     Floating tensors are combined in float32 and written in the first target's dtype; other
     tensors (integer buffers) must be identical in every target and are copied.
     """
@@ -127,12 +132,17 @@ def merge_models(targets: Sequence[str | os.PathLike], output: str | os.PathLike
     if max_shard_size <= 0:
         raise ValueError(f"max_shard_size must be > 0, got {max_shard_size}")
 
+    check_merge_output(output, [*targets, base])
     report = MergeReport(method=method)
     with contextlib.ExitStack() as stack:
         models = [stack.enter_context(SafetensorsCheckpoint(p)) for p in targets]
         base_model = stack.enter_context(SafetensorsCheckpoint(base)) if method == "varm" else None
         keys = _check_same_layout(models, base_model, [str(p) for p in targets], base)
-        writer = _ShardWriter(Path(output), max_shard_size)
+        final = Path(output)
+        # Everything is written under a temporary sibling and renamed into place at the end:
+        # an interrupted merge leaves no half-written output.
+        staging = Path(stack.enter_context(_atomic_output(final)))
+        writer = _ShardWriter(staging, max_shard_size)
         for key in _progress(keys, progress, "merge"):
             tensors = [m.get(key) for m in models]  # one tensor of each model at a time
             first = tensors[0]
@@ -155,10 +165,54 @@ def merge_models(targets: Sequence[str | os.PathLike], output: str | os.PathLike
             report.weights[key] = list(w)
             report.num_parameters += merged.numel()
             writer.add(key, merged.to(first.dtype))
-        report.files = writer.close()
-    if copy_side_files and not str(output).endswith(".safetensors"):
-        _copy_side_files(Path(targets[0]), Path(output))
+        written = writer.close()
+        if copy_side_files and not _is_file_output(final):
+            _copy_side_files(Path(targets[0]), staging)
+    report.files = [str(final) if _is_file_output(final) else str(final / Path(f).name) for f in written]
     return report
+
+
+def _is_file_output(output: Path) -> bool:
+    return str(output).endswith(".safetensors")
+
+
+def check_merge_output(output: str | os.PathLike, inputs: Sequence) -> Path:
+    """Refuse, before any work, an output that exists non-empty (a folder with files, or an
+    existing ``.safetensors`` file), that is, contains or lies inside an input checkpoint, or
+    that cannot be written. Raises ValueError / PermissionError naming ``output``."""
+    out = Path(output)
+    if _is_file_output(out):
+        resolved = out.expanduser().resolve()
+        if resolved.exists():
+            raise ValueError(f"output {output} already exists; merges never overwrite a file")
+        for given in inputs:
+            if given is not None and _path_overlaps(resolved, Path(given).expanduser().resolve()):
+                raise ValueError(f"output {output} overlaps the input {given}: write to a separate path")
+        check_writable(resolved.parent, arg="output", target=output)
+        return resolved
+    return check_output_dir(out, inputs=[i for i in inputs if i is not None], arg="output")
+
+
+def _path_overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+@contextlib.contextmanager
+def _atomic_output(final: Path):
+    """Staging location of a merge output: a temporary folder renamed to ``final`` on success,
+    or, for a ``.safetensors`` file output, a temporary folder whose single file is renamed."""
+    if not _is_file_output(final):
+        with atomic_dir(final) as tmp:
+            yield tmp
+        return
+    final = final.expanduser().resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp / final.name
+        os.replace(tmp / final.name, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _mean_squared_change(tensor: torch.Tensor, reference: torch.Tensor) -> float:
@@ -284,12 +338,9 @@ class _ShardWriter:
         for (tmp, keys), dest in zip(self.shards, final):
             os.replace(tmp, dest)
             weight_map.update({k: dest.name for k in keys})
-        index_path = self.output / INDEX_NAME
         if n > 1:
             index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
-            index_path.write_text(json.dumps(index, indent=2, sort_keys=True))
-        elif index_path.exists():  # stale index of an earlier sharded merge into the same folder
-            index_path.unlink()
+            (self.output / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True))
         return [str(p) for p in final]
 
 

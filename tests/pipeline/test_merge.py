@@ -173,3 +173,65 @@ def test_bad_inputs(checkpoints, tmp_path):
         merge_models([tmp_path / "garbage.safetensors"], tmp_path / "o8", method="linear", progress=False)
     with pytest.raises(ValueError, match="method must be"):
         merge_models(paths, tmp_path / "o9", method="ties", progress=False)
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_merge_never_writes_into_an_input(checkpoints, tmp_path, capsys):
+    """Issue 10.1: --out equal to, inside, or containing an input, or non-empty, is refused before
+    any work, with a one-line CLI error; the inputs are untouched."""
+    from fusekernels.cli import main
+
+    _, _, paths, base_path = checkpoints
+    before = {p: _snapshot(p) for p in paths}
+    a, b = (str(p) for p in paths[:2])
+    (paths[0] / INDEX_NAME_STALE).write_text("{}")  # an extra file the old code deleted
+    before[paths[0]] = _snapshot(paths[0])
+    for out, why in ((a, "not empty|overlaps"), (str(paths[0] / "sub"), "overlaps"),
+                     (str(tmp_path), "not empty|overlaps"), (str(paths[0] / "m.safetensors"), "overlaps"),
+                     (str(paths[1] / "model-00001-of-00002.safetensors"), "already exists|overlaps")):
+        code = main(["merge", "--targets", a, b, "--method", "linear", "--weights", "0.5", "0.5", "--out", out])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "error:" in err, (out, err)
+        assert any(w in err for w in why.split("|")), err
+    for p in paths:
+        assert _snapshot(p) == before[p]
+    assert not (paths[0] / "sub").exists()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    with pytest.raises(ValueError, match="not empty"):
+        merge_models(paths, tmp_path / "full", method="linear", progress=False)
+    with pytest.raises(ValueError, match="overlaps"):
+        merge_models(paths, tmp_path / "x", base=tmp_path / "x" / "base.safetensors", progress=False)
+    # an empty existing folder is fine
+    (tmp_path / "empty").mkdir()
+    merge_models(paths, tmp_path / "empty", method="linear", progress=False)
+    assert (tmp_path / "empty" / "model.safetensors").is_file()
+
+
+INDEX_NAME_STALE = "model.safetensors.index.json.bak"
+
+
+@pytest.mark.parametrize("out_name", ["merged", "merged.safetensors"])
+def test_interrupted_merge_leaves_no_output(checkpoints, tmp_path, monkeypatch, out_name):
+    """The output appears only complete: a failure mid-merge leaves neither it nor temporaries."""
+    from fusekernels.pipeline import merge as merge_mod
+
+    _, _, paths, base_path = checkpoints
+    calls = {"n": 0}
+    real_add = merge_mod._ShardWriter.add
+
+    def failing_add(self, key, tensor):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("disk full")
+        real_add(self, key, tensor)
+
+    monkeypatch.setattr(merge_mod._ShardWriter, "add", failing_add)
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(RuntimeError, match="disk full"):
+        merge_models(paths, work / out_name, base=base_path, max_shard_size=16, progress=False)
+    assert list(work.iterdir()) == []

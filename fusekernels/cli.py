@@ -62,7 +62,8 @@ def cmd_extract(args):
     out = extract_teacher_topk(model, tokenizer, data, k=args.k, batch_size=args.batch_size,
                                max_length=args.max_length, text_column=args.text_column,
                                per_token_ce=args.per_token_ce, logits_dtype=args.logits_dtype,
-                               output_dir=args.out, shard_size=args.shard_size, device=args.device)
+                               output_dir=args.out, shard_size=args.shard_size, device=args.device,
+                               precision=args.precision)
     tokens = sum(len(x) for x in out["input_ids"])
     print(f"extract: {len(out)} sequences, {tokens} tokens, top-{args.k} stored in {args.out}")
 
@@ -152,7 +153,7 @@ def cmd_train(args):
     tokenizer = load_tokenizer(args.tokenizer or args.model)
     fusion = FusionArguments(fusion=args.fusion, loss_type=args.loss_type, temperature=args.temperature, lam=args.lam,
                              lam_schedule=args.lam_schedule, metric_level=args.metric_level,
-                             fusion_positions=args.fusion_positions)
+                             fusion_positions=args.fusion_positions, precision=args.precision)
     training = TrainingArguments(output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
                                  gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr,
                                  warmup_steps=args.warmup_steps, logging_steps=args.logging_steps, seed=args.seed,
@@ -268,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="storage dtype of the top-k logits")
     p.add_argument("--device", help="e.g. cuda, cpu (default: CUDA when available, else CPU)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model weights (default: as saved)")
+    p.add_argument("--precision", choices=["fp32", "published"], default="fp32",
+                   help="top-k and CE of the fp32 logits, or of fp16 logits with fp16 CE as published")
     _common(p, out_help="output folder (shards; rerun to resume)", num_proc=False)
 
     p = command("vocab-map", cmd_vocab_map, "Blending -> base vocabulary map (spec section 3).")
@@ -317,8 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logging-steps", type=_positive_int, default=10, help="log every N steps")
     p.add_argument("--seed", type=int, default=42, help="random seed")
     p.add_argument("--lam", type=float, default=0.9, help="weight of the CLM term (0.9 as published)")
-    p.add_argument("--lam-schedule", choices=["hard", "hard_and_decay"], default="hard",
-                   help="constant lam, or lam rising linearly to 1 over training")
+    p.add_argument("--lam-schedule", choices=["hard", "hard_and_decay", "soft"], default="hard",
+                   help="constant lam, lam rising linearly to 1 over training, or per-sample lam = 1 - best "
+                        "teacher reward exp(-CE) (soft)")
+    p.add_argument("--precision", choices=["fp32", "published"], default="fp32",
+                   help="fusion weights, soft lam and targets in fp32, or rounded exactly as the published code")
     p.add_argument("--fusion", choices=["mince", "avgce"], default="mince",
                    help="MinCE: the teacher with the smallest CE; AvgCE: softmax of exp(-CE) weights")
     p.add_argument("--loss-type", choices=["kl", "ce"], default="kl", help="fusion term")

@@ -98,6 +98,8 @@ class FusionLossFunction(TrainerCallback):
         config = self.fusion_args
         if config.lam_schedule == "hard":
             return config.lam
+        if config.lam_schedule == "soft":
+            return "soft"  # per row, from the teachers' rewards
         if self._state is None:
             raise ValueError(f"lam_schedule={config.lam_schedule!r} follows the training step: pass the loss "
                              "function as a callback too, Trainer(compute_loss_func=loss_fn, callbacks=[loss_fn])")

@@ -2,13 +2,13 @@
 
 FuseLLM publishes three: "hard" (constant), "hard_and_decay" (lam grows linearly from its
 initial value to 1 over training, so the fusion term fades out) and "soft" (per-sample lam from
-the best teacher reward; not provided here). Both schedules below are pure functions of the
-optimizer step so that every micro-batch of one accumulation step, and every process, uses the
-same value.
+the best teacher reward: ``lam = 1 - max exp(-ce)``, computed per row by the loss itself,
+``fusion_loss(lam="soft")``). The first two are pure functions of the optimizer step so that
+every micro-batch of one accumulation step, and every process, uses the same value.
 """
 from __future__ import annotations
 
-LAM_SCHEDULES = ("hard", "hard_and_decay")
+LAM_SCHEDULES = ("hard", "hard_and_decay", "soft")
 
 
 def check_lam(lam: float, name: str = "lam") -> float:
@@ -22,10 +22,13 @@ def check_lam(lam: float, name: str = "lam") -> float:
 def lam_at_step(schedule: str, lam: float, step: int, max_steps: int) -> float:
     """``lam`` to use at optimizer step ``step`` (0-based) of ``max_steps``.
 
-    "hard": ``lam`` at every step. "hard_and_decay": ``lam + (1 - lam) * step / max_steps``,
+    "hard": ``lam`` at every step. "soft": the string "soft" (the loss sets lam per row).
+    "hard_and_decay": ``lam + (1 - lam) * step / max_steps``,
     i.e. ``lam`` at the first step, growing linearly towards 1 (reached after the last step).
     """
     lam = check_lam(lam)
+    if schedule == "soft":
+        return "soft"  # per row, from the rewards: fusion_loss(lam="soft")
     if schedule == "hard":
         return lam
     if schedule != "hard_and_decay":

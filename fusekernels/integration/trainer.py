@@ -63,7 +63,8 @@ class FusionArguments:
     loss_type: str = field(default="kl", metadata={"help": "kl | ce."})
     temperature: float = field(default=1.0, metadata={"help": "Teacher temperature."})
     lam: float = field(default=0.9, metadata={"help": "Weight of the CLM term (published 0.9)."})
-    lam_schedule: str = field(default="hard", metadata={"help": "hard (constant) | hard_and_decay (lam -> 1)."})
+    lam_schedule: str = field(default="hard", metadata={
+        "help": "hard (constant) | hard_and_decay (lam -> 1) | soft (per sample: lam = 1 - best reward exp(-ce))."})
     fusion_positions: str = field(default="labels", metadata={
         "help": "labels: fusion on rows with a CLM label | attention: every attended row (published)."})
     fused_lm_head: str = field(default="auto", metadata={
@@ -71,11 +72,16 @@ class FusionArguments:
     chunk_rows: int | None = field(default=None, metadata={"help": "Rows per chunk of the fused LM-head loss."})
     backend: str = field(default="auto", metadata={"help": "auto | triton | torch."})
     log_components: bool = field(default=True, metadata={"help": "Log clm_loss / fusion_loss / lam."})
+    precision: str = field(default="fp32", metadata={
+        "help": "fp32 | published: MinCE / AvgCE weights, soft lam and targets rounded as the published code."})
+    base_teacher: bool = field(default=True, metadata={
+        "help": "Teacher 0 is the base model's own distribution (published precision: tie rule)."})
 
     def __post_init__(self):
         for name, allowed in (("fusion", FUSIONS), ("metric_level", METRIC_LEVELS), ("loss_type", LOSS_TYPES),
                               ("lam_schedule", LAM_SCHEDULES), ("fusion_positions", FUSION_POSITIONS),
-                              ("fused_lm_head", FUSED_LM_HEAD), ("backend", ("auto", "triton", "torch"))):
+                              ("fused_lm_head", FUSED_LM_HEAD), ("backend", ("auto", "triton", "torch")),
+                              ("precision", ("fp32", "published"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"FusionArguments.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         self.lam = check_lam(self.lam, "FusionArguments.lam")
@@ -135,9 +141,10 @@ def fusion_compute_loss(outputs, labels, num_items_in_batch=None, *, teacher_ids
     return fusion_loss(
         logits, shift_labels(labels), teacher_ids, teacher_logits, teacher_ce=teacher_ce,
         fusion=config.fusion, loss_type=config.loss_type, temperature=config.temperature,
-        lam=config.lam if lam is None else lam, fusion_mask=_fusion_rows_mask(config, labels, attention_mask),
+        lam=lam if lam is not None else "soft" if config.lam_schedule == "soft" else config.lam, fusion_mask=_fusion_rows_mask(config, labels, attention_mask),
         reduction="mean", num_items_in_batch=num_items_in_batch, num_fusion_items=num_fusion_items,
-        backend=config.backend, return_components=return_components)
+        backend=config.backend, return_components=return_components, precision=config.precision,
+        base_teacher=config.base_teacher)
 
 
 def fused_head_supported(model: nn.Module) -> tuple[bool, str]:
@@ -323,7 +330,8 @@ class FusionTrainer(Trainer):
                 fusion=config.fusion, loss_type=config.loss_type, temperature=config.temperature, lam=lam,
                 fusion_mask=_fusion_rows_mask(config, labels, attention_mask), reduction="mean",
                 num_items_in_batch=num_items_in_batch, num_fusion_items=num_fusion, backend=config.backend,
-                return_components=want_components, chunk_rows=config.chunk_rows)
+                return_components=want_components, chunk_rows=config.chunk_rows,
+                precision=config.precision, base_teacher=config.base_teacher)
         else:
             outputs = model(**inputs)
             result = fusion_compute_loss(outputs, labels, num_items_in_batch, **teacher,
@@ -353,7 +361,8 @@ class FusionTrainer(Trainer):
                 sums = self.accelerator.reduce(sums, reduction="mean")
             logs["clm_loss"] = round(float(sums[0]) / steps, 6)
             logs["fusion_loss"] = round(float(sums[1]) / steps, 6)
-            logs["lam"] = round(self._last_lam, 6)
+            if not isinstance(self._last_lam, str):  # "soft": lam differs per row
+                logs["lam"] = round(self._last_lam, 6)
             self._component_sums = None
             self._components_logged_at = self.state.global_step
         super().log(logs, *args, **kwargs)

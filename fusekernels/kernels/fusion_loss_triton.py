@@ -36,7 +36,7 @@ def _fusion_loss_rows_kernel(
     logits_ptr, grad_ptr, labels_ptr, teacher_ids_ptr, teacher_logits_ptr, teacher_weights_ptr,
     clm_scale_ptr, fusion_scale_ptr, loss_ptr,
     V, T, K, ignore_index, temperature,
-    IS_KL: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
+    IS_KL: tl.constexpr, COMPUTE_GRAD: tl.constexpr, PROBS_GIVEN: tl.constexpr,
     BLOCK_V: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -73,7 +73,10 @@ def _fusion_loss_rows_kernel(
     t_sum = tl.sum(tl.where(member, expd[:, None], 0.0), axis=0)                       # [T]
     e_sum = tl.sum(tl.where(member, t_sum[None, :], 0.0), axis=1)                      # [E]
     weight = tl.load(teacher_weights_ptr + row * T + teacher_of, mask=valid, other=0.0)
-    prob = tl.where(valid, weight * expd / tl.where(valid, e_sum, 1.0), 0.0)
+    if PROBS_GIVEN:  # the entries are target probabilities already (precision="published")
+        prob = tl.where(valid, weight * t_logit, 0.0)
+    else:
+        prob = tl.where(valid, weight * expd / tl.where(valid, e_sum, 1.0), 0.0)
 
     # ---- duplicate ids: q per distinct id, kept on the first entry carrying it ---------------
     same = (ids[:, None] == ids[None, :]) & valid[:, None] & valid[None, :]           # [E, E]
@@ -155,7 +158,7 @@ def default_launch_config(vocab_size: int, logits_dtype: torch.dtype) -> tuple[i
 
 def fusion_loss_rows_triton(logits, labels, teacher_ids, teacher_logits, teacher_weights, clm_scale,
                             fusion_scale, *, temperature: float, loss_type: str, ignore_index: int,
-                            compute_grad: bool, grad_inplace: bool):
+                            compute_grad: bool, grad_inplace: bool, probs_given: bool = False):
     """Fused sparse fusion loss per row (Triton). See the module docstring for the math.
 
     logits [N, V] contiguous fp32/bf16/fp16 (may contain -inf); labels [N] int64 (ignore_index =
@@ -165,17 +168,18 @@ def fusion_loss_rows_triton(logits, labels, teacher_ids, teacher_logits, teacher
 
     Returns (row_loss [N] float32 already scaled, grad [N, V] in logits.dtype or None). With
     ``grad_inplace`` the gradient overwrites ``logits`` and ``logits`` itself is returned.
+    ``probs_given``: teacher_logits hold target probabilities (-inf = padding), not logits.
     """
     return launch_fusion_loss_rows(
         logits, labels, teacher_ids, teacher_logits, teacher_weights, clm_scale, fusion_scale,
         temperature=temperature, loss_type=loss_type, ignore_index=ignore_index,
-        compute_grad=compute_grad, grad_inplace=grad_inplace)
+        compute_grad=compute_grad, grad_inplace=grad_inplace, probs_given=probs_given)
 
 
 def launch_fusion_loss_rows(logits, labels, teacher_ids, teacher_logits, teacher_weights, clm_scale,
                             fusion_scale, *, temperature: float, loss_type: str, ignore_index: int,
                             compute_grad: bool, grad_inplace: bool, block_v: int | None = None,
-                            num_warps: int | None = None):
+                            num_warps: int | None = None, probs_given: bool = False):
     """``fusion_loss_rows_triton`` with an explicit launch configuration (tests, tuning).
 
     block_v: power of two, logits chunk per loop iteration; num_warps: warps per row program.
@@ -221,7 +225,7 @@ def launch_fusion_loss_rows(logits, labels, teacher_ids, teacher_logits, teacher
         logits, grad if grad is not None else logits, labels, teacher_ids, teacher_logits,
         teacher_weights, clm_scale, fusion_scale, row_loss,
         vocab, n_teachers if n_teachers * top_k else 0, max(top_k, 1), int(ignore_index), temperature,
-        IS_KL=loss_type == "kl", COMPUTE_GRAD=bool(compute_grad),
+        IS_KL=loss_type == "kl", COMPUTE_GRAD=bool(compute_grad), PROBS_GIVEN=bool(probs_given),
         BLOCK_V=block_v, BLOCK_E=next_power_of_2(n_teachers * top_k), BLOCK_T=next_power_of_2(n_teachers),
         num_warps=default_warps if num_warps is None else int(num_warps),
     )

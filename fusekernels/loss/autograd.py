@@ -23,6 +23,7 @@ class RowOptions:
     reduce: bool          # True: sum rows to a scalar ("mean" / "sum"); False: per-row losses
     components: bool      # also return the unit-scaled CLM / fusion components
     compute_grad: bool
+    probs_given: bool = False  # teacher_logits hold target probabilities (precision="published")
 
 
 class FusionLossFunction(torch.autograd.Function):
@@ -40,7 +41,8 @@ class FusionLossFunction(torch.autograd.Function):
                 fusion_scale, clm_unit, fusion_unit, options: RowOptions):
         kwargs = dict(temperature=options.temperature, loss_type=options.loss_type,
                       ignore_index=options.ignore_index, compute_grad=options.compute_grad,
-                      grad_inplace=options.grad_inplace, backend=options.backend)
+                      grad_inplace=options.grad_inplace, backend=options.backend,
+                      probs_given=options.probs_given)
         head = (logits, labels, teacher_ids, teacher_logits, teacher_weights, clm_scale, fusion_scale)
         if options.components:
             row_loss, grad, clm_rows, fus_rows = fusion_loss_rows_with_terms(*head, clm_unit, fusion_unit, **kwargs)

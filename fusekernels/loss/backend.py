@@ -80,15 +80,16 @@ def _use_triton_fusion(backend: str, logits, teacher_ids) -> bool:
 
 def fusion_loss_rows(logits, labels, teacher_ids, teacher_logits, teacher_weights, clm_scale,
                      fusion_scale, *, temperature: float, loss_type: str, ignore_index: int,
-                     compute_grad: bool, grad_inplace: bool, backend: str = "auto"):
+                     compute_grad: bool, grad_inplace: bool, backend: str = "auto", probs_given: bool = False):
     """Row-level contract on the chosen backend (inputs already validated; see module doc).
 
     logits [N, V] contiguous fp32/bf16/fp16; labels [N] int64; teacher_ids [N, T, k] int32 in
     [0, V); teacher_logits [N, T, k] float32 (-inf padding); teacher_weights [N, T] float32;
     clm_scale / fusion_scale [N] float32. Returns (row_loss [N] float32, grad [N, V] or None).
+    ``probs_given``: teacher_logits hold target probabilities (-inf = padding), not logits.
     """
     kwargs = dict(temperature=float(temperature), loss_type=loss_type, ignore_index=int(ignore_index),
-                  compute_grad=compute_grad, grad_inplace=grad_inplace)
+                  compute_grad=compute_grad, grad_inplace=grad_inplace, probs_given=bool(probs_given))
     args = (logits, labels, teacher_ids, teacher_logits, teacher_weights, clm_scale, fusion_scale)
     if _use_triton_fusion(backend, logits, teacher_ids):
         return _triton_fusion_rows()(*args, **kwargs)
@@ -97,14 +98,16 @@ def fusion_loss_rows(logits, labels, teacher_ids, teacher_logits, teacher_weight
 
 def fusion_loss_rows_with_terms(logits, labels, teacher_ids, teacher_logits, teacher_weights,
                                 clm_scale, fusion_scale, clm_unit, fusion_unit, *, temperature,
-                                loss_type, ignore_index, compute_grad, grad_inplace, backend="auto"):
+                                loss_type, ignore_index, compute_grad, grad_inplace, backend="auto",
+                                probs_given=False):
     """Like ``fusion_loss_rows`` and also the unit-scaled components (for logging).
 
     Returns (row_loss, grad, clm_rows, fusion_rows) where clm_rows = clm_unit * clm and
     fusion_rows = fusion_unit * fus per row ([N] float32). The torch backend gets them from the
     same pass; other backends run two extra forward-only passes.
     """
-    kwargs = dict(temperature=float(temperature), loss_type=loss_type, ignore_index=int(ignore_index))
+    kwargs = dict(temperature=float(temperature), loss_type=loss_type, ignore_index=int(ignore_index),
+                  probs_given=bool(probs_given))
     if not _use_triton_fusion(backend, logits, teacher_ids):
         row_loss, grad, clm, fus = fusion_loss_terms_torch(
             logits, labels, teacher_ids, teacher_logits, teacher_weights, clm_scale, fusion_scale,

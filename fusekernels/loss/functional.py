@@ -13,7 +13,8 @@ import torch
 from .autograd import FusionLossFunction, RowOptions
 from .backend import BACKENDS
 from .inputs import broadcast_per_teacher, check_no_nan, flatten_inputs, flatten_mask
-from .weights import FUSIONS, REDUCTIONS, fusion_weights, unit_scales
+from .published import PRECISIONS, published_entropy, published_target, published_weights
+from .weights import FUSIONS, REDUCTIONS, fusion_weights, soft_lam, unit_scales
 
 LOSS_TYPES = ("kl", "ce")
 
@@ -27,7 +28,9 @@ class FusionLossOutput(NamedTuple):
     fusion_loss: torch.Tensor
 
 
-def _check_options(fusion, loss_type, temperature, lam, reduction, backend, labels):
+def _check_options(fusion, loss_type, temperature, lam, reduction, backend, labels, precision="fp32"):
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
     if loss_type not in LOSS_TYPES:
@@ -38,8 +41,16 @@ def _check_options(fusion, loss_type, temperature, lam, reduction, backend, labe
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if not (isinstance(temperature, numbers.Real) and 0 < temperature < float("inf")):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if isinstance(lam, str):
+        if lam != "soft":
+            raise ValueError(f"lam must be a number in [0, 1] or 'soft', got {lam!r}")
+        if fusion == "weights":
+            raise ValueError("lam='soft' takes lam from the teachers' rewards: it needs fusion 'mince' or 'avgce'")
+        if labels is None:
+            raise ValueError("labels is None, so there is no CLM term: lam='soft' needs labels")
+        return
     if not (isinstance(lam, numbers.Real) and 0.0 <= lam <= 1.0):
-        raise ValueError(f"lam must be a number in [0, 1], got {lam!r}")
+        raise ValueError(f"lam must be a number in [0, 1] or 'soft', got {lam!r}")
     if labels is None and lam > 0:
         raise ValueError(f"labels is None, so lam must be 0 (no CLM term), got lam={lam}")
 
@@ -65,6 +76,8 @@ def fusion_loss(
     inplace_backward: bool = False,
     backend: str = "auto",
     return_components: bool = False,
+    precision: str = "fp32",
+    base_teacher: bool = True,
 ):
     """Total loss ``lam * CLM + (1 - lam) * fusion`` of student logits against sparse teachers.
 
@@ -84,7 +97,9 @@ def fusion_loss(
             are absent there; a row with no teacher present has no fusion term.
         loss_type: "kl" (sum q (log q - log p)) or "ce" (-sum q log p); same gradient.
         temperature: teacher temperature, targets are softmax(teacher_logits / temperature).
-        lam: weight of the CLM term, in [0, 1].
+        lam: weight of the CLM term, in [0, 1], or "soft" (FuseLLM's per-sample schedule): each
+            row's CLM term weighs ``1 - r`` and its fusion term ``r``, with r the best reward
+            exp(-ce) of the teachers present there ("mince") or their mean reward ("avgce").
         fusion_mask: [...] bool/int rows where the fusion term counts (the published recipe uses
             the attention mask); default: rows whose label is not ignore_index.
         reduction: "mean" | "sum" | "none" (per-row [...] loss in float32, fp64 for fp64 logits).
@@ -95,12 +110,19 @@ def fusion_loss(
             buffer; the logits' values are gone after the call).
         backend: "auto" (Triton for CUDA tensors when triton imports, else torch), "triton", "torch".
         return_components: return FusionLossOutput(loss, clm_loss, fusion_loss).
+        precision: "fp32" (default: weights and targets in fp32) or "published": the weights,
+            the soft lam and the targets are rounded exactly as the published trainer and
+            collator round them (bf16 rewards and MinCE ties, bf16 AvgCE softmax, bf16
+            targets; see :mod:`fusekernels.loss.published`). Needs "mince" or "avgce".
+        base_teacher: teacher 0 is the base model's own distribution (only read by
+            ``precision="published"``: without it, two teachers follow the published
+            ``where(r0 > r1, d0, d1)``, which gives exact ties to the second).
 
     Returns:
         The loss (0-d, or [...] for "none"), or a FusionLossOutput. Only ``logits`` receives a
         gradient: teacher targets are constants.
     """
-    _check_options(fusion, loss_type, temperature, lam, reduction, backend, labels)
+    _check_options(fusion, loss_type, temperature, lam, reduction, backend, labels, precision)
     flat = flatten_inputs(logits, labels, teacher_ids, teacher_logits, teacher_counts, ignore_index)
     n_teachers = flat.teacher_ids.shape[1]
     lead, device = flat.lead_shape, logits.device
@@ -118,7 +140,22 @@ def fusion_loss(
     check_no_nan("teacher_weights", explicit)
     if explicit is not None and bool((explicit < 0).any() | torch.isinf(explicit).any()):
         raise ValueError("teacher_weights must be finite and >= 0")
-    weights = fusion_weights(fusion, flat.present, ce, explicit, dtype=work)
+    t_ids, t_logits, probs_given = flat.teacher_ids, flat.teacher_logits, False
+    if precision == "published":
+        if ce is None:
+            raise ValueError(f"precision='published' with fusion={fusion!r} needs teacher_ce")
+        weights = published_weights(fusion, flat.present, ce, base_teacher=bool(base_teacher))
+        # the fused target, merged per id and rounded as published, enters as given probabilities
+        t_ids, t_logits, row_weight = published_target(t_ids, t_logits, weights, float(temperature))
+        t_logits, probs_given = t_logits.to(work), True
+    else:
+        weights = fusion_weights(fusion, flat.present, ce, explicit, dtype=work)
+    if isinstance(lam, str):  # "soft": per-row weights of the two terms from the rewards
+        clm_weight, fusion_weight = soft_lam(fusion, flat.present, ce, precision, dtype=work)
+    else:
+        clm_weight, fusion_weight = lam, 1.0 - lam
+    if probs_given:
+        weights = row_weight.to(work)
 
     clm_rows = flat.labels != ignore_index
     counted = (flatten_mask("fusion_mask", fusion_mask, lead, device) if fusion_mask is not None
@@ -128,13 +165,26 @@ def fusion_loss(
                                         num_fusion_items, fusion_mask is not None, dtype=work)
 
     compute_grad = torch.is_grad_enabled() and logits.requires_grad
+    entropy = None
+    if probs_given and loss_type == "kl":
+        # The published kl_div adds xlogy(q, q) rounded to bf16 per entry: that constant (no
+        # gradient) is added here; the backend computes the student-dependent "ce" part.
+        entropy = published_entropy(t_logits, dtype=work)
+        loss_type = "ce"
     options = RowOptions(
         temperature=float(temperature), loss_type=loss_type, ignore_index=int(ignore_index),
         grad_inplace=bool(inplace_backward) and compute_grad, backend=backend,
-        reduce=reduction != "none", components=bool(return_components), compute_grad=compute_grad)
+        reduce=reduction != "none", components=bool(return_components), compute_grad=compute_grad,
+        probs_given=probs_given)
     loss, clm_part, fusion_part = FusionLossFunction.apply(
-        flat.logits, flat.labels, flat.teacher_ids, flat.teacher_logits, weights,
-        lam * clm_unit, (1.0 - lam) * fusion_unit, clm_unit, fusion_unit, options)
+        flat.logits, flat.labels, t_ids.contiguous(), t_logits.contiguous(), weights.contiguous(),
+        clm_weight * clm_unit, fusion_weight * fusion_unit, clm_unit, fusion_unit, options)
+    if entropy is not None:
+        extra = torch.where(entropy != 0, fusion_weight * fusion_unit * entropy, torch.zeros_like(entropy))
+        loss = loss + (extra.sum() if reduction != "none" else extra.to(loss.dtype))
+        if return_components:
+            extra = torch.where(entropy != 0, fusion_unit * entropy, torch.zeros_like(entropy))
+            fusion_part = fusion_part + (extra.sum() if reduction != "none" else extra.to(fusion_part.dtype))
     if reduction == "none":
         loss = loss.reshape(lead)
         if return_components:

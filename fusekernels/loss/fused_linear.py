@@ -83,7 +83,7 @@ def fused_linear_fusion_loss(
     hidden, weight, labels, teacher_ids, teacher_logits, *, bias=None, teacher_counts=None, teacher_ce=None,
     teacher_weights=None, fusion="mince", loss_type="kl", temperature=1.0, lam=0.9, ignore_index=-100,
     fusion_mask=None, reduction="mean", num_items_in_batch=None, num_fusion_items=None, backend="auto",
-    return_components=False, chunk_rows=None,
+    return_components=False, chunk_rows=None, precision="fp32", base_teacher=True,
 ):
     """Fusion loss of the logits ``hidden @ weight.T (+ bias)`` computed chunk by chunk.
 
@@ -137,7 +137,8 @@ def fused_linear_fusion_loss(
             num_fusion_items = hidden.numel() // hidden.shape[-1]  # no labels: every row counts
     options = dict(fusion=fusion, loss_type=loss_type, temperature=temperature, lam=lam, ignore_index=ignore_index,
                    reduction=reduction, num_items_in_batch=num_items_in_batch, num_fusion_items=num_fusion_items,
-                   backend=backend, return_components=return_components)
+                   backend=backend, return_components=return_components, precision=precision,
+                   base_teacher=base_teacher)
     n_rows, vocab = hidden.numel() // hidden.shape[-1], weight.shape[0]
     if n_rows == 0:
         raise ValueError("hidden has no rows (empty sequence)")

@@ -18,12 +18,14 @@ class FusionLoss(nn.Module):
 
     def __init__(self, fusion: str = "mince", loss_type: str = "kl", temperature: float = 1.0,
                  lam: float = 0.9, ignore_index: int = -100, reduction: str = "mean",
-                 inplace_backward: bool = False, backend: str = "auto", return_components: bool = False):
+                 inplace_backward: bool = False, backend: str = "auto", return_components: bool = False,
+                 precision: str = "fp32", base_teacher: bool = True):
         super().__init__()
         self.options = dict(fusion=fusion, loss_type=loss_type, temperature=temperature, lam=lam,
                             ignore_index=ignore_index, reduction=reduction,
                             inplace_backward=inplace_backward, backend=backend,
-                            return_components=return_components)
+                            return_components=return_components, precision=precision,
+                            base_teacher=base_teacher)
 
     def forward(self, logits: torch.Tensor, labels, teacher_ids: torch.Tensor, teacher_logits: torch.Tensor,
                 *, teacher_counts=None, teacher_ce=None, teacher_weights=None, fusion_mask=None,

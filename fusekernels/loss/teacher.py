@@ -24,12 +24,17 @@ class TeacherTopK(NamedTuple):
 
 
 def teacher_topk(logits: torch.Tensor, labels: Optional[torch.Tensor] = None, k: int = 10, *,
-                 ignore_index: int = -100, backend: str = "auto") -> TeacherTopK:
+                 ignore_index: int = -100, backend: str = "auto", precision: str = "fp32") -> TeacherTopK:
     """Top-k (id, logit) pairs, logsumexp and next-token CE of every row of teacher logits.
 
     logits [..., V] fp32/bf16/fp16; labels [...] int next-token labels (already shifted) or None;
-    k in [1, V]. Ties within the top-k may come in any order. Logits are not rounded to fp16.
+    k in [1, V]. Ties within the top-k may come in any order. ``precision="fp32"`` (default):
+    logits are not rounded to fp16. ``precision="published"``: as the published extraction,
+    the logits are cast to fp16 first (top-k and lse of the fp16 values) and the CE is rounded
+    to fp16 (values stay float32 tensors holding fp16 values).
     """
+    if precision not in ("fp32", "published"):
+        raise ValueError(f"precision must be 'fp32' or 'published', got {precision!r}")
     if not isinstance(logits, torch.Tensor) or logits.dtype not in LOGIT_DTYPES:
         raise TypeError("logits must be a float32/bfloat16/float16/float64 tensor")
     if logits.dim() < 1 or logits.shape[-1] == 0:
@@ -54,18 +59,30 @@ def teacher_topk(logits: torch.Tensor, labels: Optional[torch.Tensor] = None, k:
     if logits.dtype == torch.float64 and backend == "auto":
         backend = "torch"  # the kernel takes fp32/bf16/fp16 only
     rows = logits.reshape(-1, vocab).contiguous()
+    if precision == "published":
+        rows = rows.to(torch.float16)  # logits.to(torch.float16) before top-k and cross-entropy
     ids, values, lse, ce = teacher_topk_rows(rows, flat_labels, k, ignore_index, backend=backend)
+    if precision == "published":
+        ce = ce.to(torch.float16).float()  # F.cross_entropy of fp16 logits returns fp16
     return TeacherTopK(ids.reshape(*lead, k), values.reshape(*lead, k), lse.reshape(lead), ce.reshape(lead))
 
 
-def sequence_ce(token_ce: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def sequence_ce(token_ce: torch.Tensor, mask: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """Per-sequence ``metric_ce`` of spec section 2: mean token CE over the masked positions.
 
     token_ce [B, L] float, mask [B, L] bool/0-1 -> [B] float32 (0 for a sequence with no position).
+    ``precision="published"``: the published fp16 arithmetic, ``(ce16 * mask).sum(-1) / count``
+    with fp16 token CEs (torch's CPU fp16 sum and division); the result holds fp16 values.
     """
     if token_ce.shape != mask.shape or token_ce.dim() != 2:
         raise ValueError(f"token_ce and mask must both have shape [B, L], got {tuple(token_ce.shape)} "
                          f"and {tuple(mask.shape)}")
+    if precision == "published":
+        ce16 = token_ce.detach().cpu().to(torch.float16)
+        m = (mask != 0).cpu().to(torch.int64)
+        return ((ce16 * m).sum(dim=-1) / m.sum(dim=-1)).float().nan_to_num(0.0).to(token_ce.device)
+    if precision != "fp32":
+        raise ValueError(f"precision must be 'fp32' or 'published', got {precision!r}")
     weight = (mask != 0).to(torch.float32)
     count = weight.sum(-1)
     return (token_ce.float() * weight).sum(-1) / count.clamp_min(1.0)

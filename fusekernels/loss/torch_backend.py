@@ -31,13 +31,19 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def teacher_probabilities(teacher_logits: torch.Tensor, teacher_weights: torch.Tensor,
-                          temperature: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                          temperature: float, dtype: torch.dtype = torch.float32,
+                          probs_given: bool = False) -> torch.Tensor:
     """Weighted per-teacher softmax ``w_t * softmax(l_t / temperature)`` over the valid entries.
 
     teacher_logits [N, T, k] float (-inf = padding), teacher_weights [N, T] float
     -> [N, T, k] in ``dtype``, 0 at padding entries and for teachers without a valid entry.
+    ``probs_given``: teacher_logits already hold probabilities (``w_t * p`` is returned as is).
     """
     teacher_weights = teacher_weights.to(dtype)
+    if probs_given:
+        given = teacher_logits.to(dtype)
+        given = torch.where(given > float("-inf"), given, torch.zeros_like(given))
+        return given * teacher_weights.unsqueeze(-1)
     logits = teacher_logits.to(dtype)
     top = logits.amax(dim=-1, keepdim=True)
     # A teacher with only padding has max -inf; subtracting 0 keeps exp(-inf) = 0 instead of NaN.
@@ -126,7 +132,7 @@ def _chunk_rows(z, buf, labels, ids, probs, clm_scale, fusion_scale, *, loss_typ
 @torch.no_grad()
 def fusion_loss_terms_torch(logits, labels, teacher_ids, teacher_logits, teacher_weights, clm_scale,
                             fusion_scale, *, temperature, loss_type, ignore_index, compute_grad,
-                            grad_inplace, chunk_bytes=CHUNK_BYTES):
+                            grad_inplace, chunk_bytes=CHUNK_BYTES, probs_given=False):
     """Backend contract plus the unscaled per-row terms (see ``fusion_loss_rows_torch``).
 
     Returns (row_loss [N] f32, grad [N, V] logits.dtype or None, clm [N] f32, fusion [N] f32) where
@@ -135,7 +141,8 @@ def fusion_loss_terms_torch(logits, labels, teacher_ids, teacher_logits, teacher
     n, vocab = logits.shape
     ids = teacher_ids.reshape(n, teacher_ids.shape[1] * teacher_ids.shape[2]).long()
     work = work_dtype(logits.dtype)
-    probs = teacher_probabilities(teacher_logits, teacher_weights, temperature, work).reshape(ids.shape)
+    probs = teacher_probabilities(teacher_logits, teacher_weights, temperature, work,
+                                  probs_given).reshape(ids.shape)
     clm_scale, fusion_scale = clm_scale.to(work), fusion_scale.to(work)
     grad = None
     if compute_grad:
@@ -165,7 +172,7 @@ def fusion_loss_terms_torch(logits, labels, teacher_ids, teacher_logits, teacher
 
 def fusion_loss_rows_torch(logits, labels, teacher_ids, teacher_logits, teacher_weights, clm_scale,
                            fusion_scale, *, temperature, loss_type, ignore_index, compute_grad,
-                           grad_inplace):
+                           grad_inplace, probs_given=False):
     """Fusion-loss backend contract in torch.
 
     logits [N, V] fp32/bf16/fp16 contiguous; labels [N] int64; teacher_ids [N, T, k] int32 in
@@ -174,11 +181,13 @@ def fusion_loss_rows_torch(logits, labels, teacher_ids, teacher_logits, teacher_
     Returns (row_loss [N] float32, already scaled; grad [N, V] in logits.dtype or None). With
     ``grad_inplace`` the gradient is written into ``logits`` and ``logits`` is returned.
     float64 logits (beyond the contract, for gradcheck) give a float64 row_loss.
+    ``probs_given``: teacher_logits hold target probabilities (>= 0; -inf = padding) instead of
+    logits; the temperature is then not used.
     """
     row_loss, grad, _, _ = fusion_loss_terms_torch(
         logits, labels, teacher_ids, teacher_logits, teacher_weights, clm_scale, fusion_scale,
         temperature=temperature, loss_type=loss_type, ignore_index=ignore_index,
-        compute_grad=compute_grad, grad_inplace=grad_inplace)
+        compute_grad=compute_grad, grad_inplace=grad_inplace, probs_given=probs_given)
     return row_loss, grad
 
 

@@ -47,6 +47,29 @@ def fusion_weights(fusion: str, present: torch.Tensor, teacher_ce=None, teacher_
     raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
 
 
+def soft_lam(fusion: str, present: torch.Tensor, teacher_ce, precision: str = "fp32", dtype=torch.float32):
+    """Per-row weights ([N], [N]) of the CLM and fusion terms under FuseLLM's "soft" schedule.
+
+    The fusion term weighs r and the CLM term 1 - r, where r is the largest reward exp(-ce) of
+    the teachers present at the row ("mince") or their mean reward ("avgce"), as in the
+    published trainer (which computes it per sample, with batches of one). Rows without a
+    teacher weigh the CLM term 1. ``precision="published"``: rewards and ``1 - r`` in bf16.
+    """
+    if teacher_ce is None:
+        raise ValueError("lam='soft' needs teacher_ce (the rewards exp(-ce) set each row's lam)")
+    if precision == "published":
+        from .published import published_soft_lam
+
+        clm, best = published_soft_lam(fusion, present, teacher_ce)
+        return clm.to(dtype), best.to(dtype)
+    reward = torch.where(present, torch.exp(-teacher_ce.to(dtype)), torch.zeros((), dtype=dtype, device=present.device))
+    if fusion == "avgce":
+        best = reward.sum(-1) / present.sum(-1).clamp_min(1).to(dtype)
+    else:
+        best = reward.amax(-1)
+    return 1.0 - best, best
+
+
 def _denominator(value, fallback: torch.Tensor, name: str, dtype) -> torch.Tensor:
     """Count used by "mean": an explicit int / 0-d tensor, else the fallback count."""
     if value is None:

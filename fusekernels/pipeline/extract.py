@@ -47,7 +47,7 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
                          per_token_ce: bool = False, logits_dtype: str = "float16",
                          output_dir: str | os.PathLike | None = None, shard_size: int = 1024,
                          device: str | torch.device | None = None, keep_columns: bool = True,
-                         progress: bool = True):
+                         progress: bool = True, precision: str = "fp32"):
     """Run ``model`` over ``dataset[text_column]`` and return a ``datasets.Dataset`` of its top-k.
 
     Args:
@@ -59,10 +59,14 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
             model.config.max_position_embeddings)``.
         device: where the forward pass runs; default CUDA when available, else the model's device.
         output_dir: makes the run resumable (see module docstring); ``None`` keeps it in memory.
+        precision: "fp32" (default) or "published": logits cast to fp16 before the top-k and the
+            CE, token CE rounded to fp16 and ``metric_ce`` computed in fp16, as published.
     """
     import datasets
 
     _validate(dataset, text_column, k, batch_size, shard_size, logits_dtype, tokenizer)
+    if precision not in ("fp32", "published"):
+        raise ValueError(f"precision must be 'fp32' or 'published', got {precision!r}")
     max_length = _max_length(model, tokenizer, max_length)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if isinstance(vocab, int) and k > vocab:
@@ -74,12 +78,13 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
         model = model.to(device)
     model.eval()
     config = {"k": k, "max_length": max_length, "per_token_ce": per_token_ce, "logits_dtype": logits_dtype,
-              "shard_size": shard_size, "num_rows": len(dataset), "text_column": text_column,
+              "precision": precision, "shard_size": shard_size, "num_rows": len(dataset), "text_column": text_column,
               "keep_columns": keep_columns, "texts_sha256": _texts_digest(dataset[text_column]),
               "model": getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)}
     shards = [(start, min(start + shard_size, len(dataset))) for start in range(0, len(dataset), shard_size)]
     runner = _ShardRunner(model, tokenizer, k, batch_size, max_length, text_column, per_token_ce,
                           logits_dtype, device, keep_columns)
+    runner.precision = precision
     if output_dir is None:
         return datasets.concatenate_datasets([runner(dataset.select(range(a, b)), progress) for a, b in shards])
 
@@ -162,6 +167,7 @@ class _ShardRunner:
         self.model, self.tokenizer, self.k, self.batch_size = model, tokenizer, k, batch_size
         self.max_length, self.text_column, self.per_token_ce = max_length, text_column, per_token_ce
         self.logits_dtype, self.device, self.keep_columns = logits_dtype, device, keep_columns
+        self.precision = "fp32"
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def features(self, dataset):
@@ -217,7 +223,7 @@ class _ShardRunner:
             raise ValueError(f"k={self.k} is larger than the model's vocabulary ({logits.shape[-1]})")
         # all rows at once (padding rows included: no [N, V] copy of the real rows); results are small
         flat_mask = mask.to(logits.device)
-        ids, values, _, ce = teacher_topk(logits, labels.to(logits.device), self.k)
+        ids, values, _, ce = teacher_topk(logits, labels.to(logits.device), self.k, precision=self.precision)
         del logits
         ids, values, ce = ids[flat_mask], values[flat_mask], ce[flat_mask]
         ids, values, ce = ids.cpu().numpy().astype(np.int32), values.float().cpu().numpy(), ce.float().cpu().numpy()
@@ -227,10 +233,14 @@ class _ShardRunner:
             offset += length
             seq_ce = ce[seq]
             labelled = length - 1
+            if self.precision == "published":  # fp16 sum of fp16 token CEs / count, in fp16
+                metric = np.float32((torch.from_numpy(seq_ce[:labelled]).half().sum() / max(labelled, 1)).half())
+            else:
+                metric = np.float32(seq_ce[:labelled].sum(dtype=np.float64) / max(labelled, 1))
             row = {"input_ids": np.asarray(batch_ids[n], dtype=np.int32),
                    "topk_ids": ids[seq],
                    "topk_logits": values[seq].astype(self.logits_dtype),
-                   "metric_ce": np.float32(seq_ce[:labelled].sum(dtype=np.float64) / max(labelled, 1))}
+                   "metric_ce": metric}
             if self.per_token_ce:
                 row["per_step_metric_ce"] = seq_ce.astype(np.float32)
             rows.append(row)

@@ -132,7 +132,7 @@ def test_lam_schedule_hard_and_decay(tmp_path):
     assert lam_at_step("hard", 0.9, 5, 10) == 0.9
     assert [lam_at_step("hard_and_decay", 0.6, s, 4) for s in range(5)] == pytest.approx([0.6, 0.7, 0.8, 0.9, 1.0])
     with pytest.raises(ValueError, match="lam_schedule"):
-        lam_at_step("soft", 0.9, 0, 1)
+        lam_at_step("bogus", 0.9, 0, 1)
     trainer = FusionTrainer(model=tiny_llama(), args=training_args(tmp_path, max_steps=4),
                             train_dataset=Dataset.from_list(synthetic_examples(8, seed=7)),
                             fusion_args=FusionArguments(lam=0.6, lam_schedule="hard_and_decay"))

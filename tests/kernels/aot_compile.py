@@ -23,7 +23,7 @@ FUSION_SIGNATURE = {
     "teacher_logits_ptr": "*fp32", "teacher_weights_ptr": "*fp32", "clm_scale_ptr": "*fp32",
     "fusion_scale_ptr": "*fp32", "loss_ptr": "*fp32", "V": "i32", "T": "i32", "K": "i32",
     "ignore_index": "i32", "temperature": "fp32", "IS_KL": "constexpr", "COMPUTE_GRAD": "constexpr",
-    "BLOCK_V": "constexpr", "BLOCK_E": "constexpr", "BLOCK_T": "constexpr",
+    "PROBS_GIVEN": "constexpr", "BLOCK_V": "constexpr", "BLOCK_E": "constexpr", "BLOCK_T": "constexpr",
 }
 TEACHER_SIGNATURE = {
     "logits_ptr": "*bf16", "labels_ptr": "*i64", "ids_out_ptr": "*i32", "values_out_ptr": "*fp32",
@@ -47,7 +47,7 @@ def main():
     for loss_type in ("kl", "ce"):
         results[f"fusion_{loss_type}"] = compile_for_h100(
             fusion_loss_triton._fusion_loss_rows_kernel, FUSION_SIGNATURE,
-            {"IS_KL": loss_type == "kl", "COMPUTE_GRAD": True, "BLOCK_V": block_v, "BLOCK_E": 32, "BLOCK_T": 4},
+            {"IS_KL": loss_type == "kl", "COMPUTE_GRAD": True, "PROBS_GIVEN": False, "BLOCK_V": block_v, "BLOCK_E": 32, "BLOCK_T": 4},
             warps)
     block_v, warps = teacher_topk_triton.default_launch_config(VOCAB)
     results["teacher"] = compile_for_h100(

@@ -100,3 +100,119 @@ def published_fusion_loss(student_logits, labels, attention_mask, teachers, *, m
     used = shifted_labels != -100
     clm = -shifted_logp[used].gather(1, shifted_labels[used][:, None]).mean()
     return lam * clm + (1 - lam) * fusion, clm, fusion
+
+
+# ---------------------------------------------------------------------------------------------
+# Published PRECISION: the same recipe with the published code's own dtypes, step by step (bf16
+# dense targets built position by position in the collator, bf16 rewards, the trainer's
+# branches). Independent of the library; used to check precision="published" bit for bit.
+# ---------------------------------------------------------------------------------------------
+
+def bf16_reward(metric):
+    """``1 / torch.exp(torch.tensor(metric, dtype=torch.bfloat16))`` as the trainer writes it."""
+    return 1 / torch.exp(torch.tensor(metric, dtype=torch.bfloat16))
+
+
+def collate_bf16(base, aligned, vocab_size, length, temperature, pad_token_id):
+    """The collator: dense bf16 [B, L, V] targets of the base model and of each aligned teacher.
+
+    base / aligned[i]: {"indices": [seq][pos][ids], "logits": [seq][pos][logits]}; an aligned
+    position with an empty list takes the base model's target ("bad case"); positions past a
+    sequence are one-hot on the pad id.
+    """
+    batch = len(base["logits"])
+    base_dist = torch.zeros(batch, length, vocab_size).to(torch.bfloat16)
+    dists = [torch.zeros(batch, length, vocab_size).to(torch.bfloat16) for _ in aligned]
+    for i in range(batch):
+        seq_len = len(base["logits"][i])
+        for j in range(length):
+            if j < seq_len:
+                prob = torch.softmax(torch.tensor(base["logits"][i][j], dtype=torch.bfloat16) / temperature, -1)
+                base_dist[i][j] = base_dist[i][j].scatter_(-1, torch.tensor(base["indices"][i][j]), prob)
+                for teacher, dist in zip(aligned, dists):
+                    if len(teacher["indices"][i][j]) > 0:
+                        prob = torch.softmax(torch.tensor(teacher["logits"][i][j], dtype=torch.bfloat16)
+                                             / temperature, -1)
+                        dist[i][j] = dist[i][j].scatter_(-1, torch.tensor(teacher["indices"][i][j]), prob)
+                    else:
+                        dist[i][j] = base_dist[i][j]
+            else:
+                base_dist[i][j][pad_token_id] = 1.0
+                for dist in dists:
+                    dist[i][j][pad_token_id] = 1.0
+    return base_dist, dists
+
+
+def fused_target_bf16(base_dist, base_metric, dists, metrics, mode, use_base):
+    """The trainer's fused target (bf16 [B, L, V]) and its soft-schedule reward [B] (bf16).
+
+    base_metric [B] and metrics[i] [B] are the per-sequence metric_ce lists. ``use_base``: the
+    base distribution is one of the fused ones (at most two aligned teachers, as published).
+    """
+    base_reward = bf16_reward(base_metric) if use_base else None
+    rewards = [bf16_reward(m) for m in metrics]
+    if mode == "mince":
+        if not use_base:
+            expand = [r.unsqueeze(-1).unsqueeze(-1).expand_as(d) for r, d in zip(rewards, dists)]
+            target = torch.where(expand[0] > expand[1], dists[0], dists[1]) if len(dists) == 2 else dists[0]
+            soft = torch.max(torch.stack(rewards, dim=-1), dim=-1)[0]
+        else:
+            dist_list = [base_dist] + list(dists)
+            reward_list = [r.unsqueeze(-1).unsqueeze(-1).expand_as(d)
+                           for r, d in zip([base_reward] + rewards, dist_list)]
+            stacked_dists = torch.stack(dist_list, dim=-1)
+            index = torch.argmax(torch.stack(reward_list, dim=-1), dim=-1, keepdim=True)
+            target = torch.gather(stacked_dists, -1, index).squeeze(-1)
+            soft = torch.max(torch.stack([base_reward] + rewards, dim=-1), dim=-1)[0]
+        return target, soft
+    weights = torch.stack(([base_reward] if use_base else []) + rewards, dim=1)
+    normalized = torch.softmax(weights, dim=1)
+    dist_list = ([base_dist] if use_base else []) + list(dists)
+    target = normalized[:, 0].unsqueeze(1).unsqueeze(2) * dist_list[0]
+    for t in range(1, len(dist_list)):
+        target = target + normalized[:, t].unsqueeze(1).unsqueeze(2) * dist_list[t]
+    return target, weights.mean(dim=1)
+
+
+def published_precision_loss(student_logits, labels, attention_mask, base, aligned, *, mode="mince",
+                             loss_type="kl", temperature=1.0, lam=0.9, schedule="hard", use_base=True,
+                             pad_token_id=0):
+    """Total published loss in the published dtypes (fp32 logits, bf16 targets and rewards).
+
+    base: {"indices", "logits", "metric_ce": [B]}; aligned: list of the same (<= 2 without base).
+    Returns (total, clm, fusion, target) with the bf16 dense fused target [B, L, V].
+    """
+    z = student_logits.float()
+    batch, length, vocab = z.shape
+    base_dist, dists = collate_bf16(base, aligned, vocab, length, temperature, pad_token_id)
+    target, reward = fused_target_bf16(base_dist, base["metric_ce"], dists, [a["metric_ce"] for a in aligned],
+                                       mode, use_base)
+    if loss_type == "ce":
+        per_pos = torch.nn.functional.cross_entropy(z.view(-1, vocab), target.view(-1, vocab),
+                                                    reduction="none").view(batch, -1)
+    else:
+        per_pos = torch.nn.functional.kl_div(torch.log_softmax(z, dim=-1), target, log_target=False,
+                                             reduction="none").sum(dim=-1)
+    fusion = (per_pos * attention_mask).sum() / attention_mask.sum()
+    clm = torch.nn.functional.cross_entropy(z[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1),
+                                            ignore_index=-100)
+    if schedule == "soft":
+        assert batch == 1
+        total = (1.0 - reward[0]) * clm + reward[0] * fusion
+    else:
+        total = lam * clm + (1.0 - lam) * fusion
+    return total, clm, fusion, target
+
+
+def published_extract(logits, labels, attention_mask, k):
+    """The published extraction of one batch: logits [B, L, V] cast to fp16, per-token CE in fp16,
+    metric_ce = fp16 mean over attention_mask[..., 1:], top-k of the fp16 logits.
+    labels [B, L] unshifted (-100 at padding). Returns (topk values fp16, topk ids, metric fp16 [B],
+    token ce fp16 [B, L-1])."""
+    logits = logits.to(torch.float16)
+    token_ce = torch.nn.functional.cross_entropy(
+        logits[..., :-1, :].contiguous().view(-1, logits.size(-1)).float(), labels[..., 1:].contiguous().view(-1),
+        reduction="none").view(logits.size(0), -1).to(torch.float16)
+    metric = (token_ce * attention_mask[..., 1:]).sum(dim=-1) / attention_mask[..., 1:].sum(dim=-1)
+    values, ids = torch.topk(logits, k=k)
+    return values, ids, metric, token_ce

@@ -176,7 +176,7 @@ def test_bad_input_fails_before_training(tmp_path):
         FusionTrainer(model=model, args=args, eval_dataset=Dataset.from_list(no_ce))
     with pytest.raises(ValueError, match="do not pass compute_loss_func"):
         FusionTrainer(model=model, args=args, compute_loss_func=lambda *a, **k: 0)
-    for bad in (dict(fusion="max"), dict(lam=1.5), dict(loss_type="mse"), dict(lam_schedule="soft"),
+    for bad in (dict(fusion="max"), dict(lam=1.5), dict(loss_type="mse"), dict(lam_schedule="sof"), dict(precision="bf16"),
                 dict(fusion_positions="all"), dict(temperature=0.0), dict(fused_lm_head="yes")):
         with pytest.raises(ValueError, match="FusionArguments"):
             FusionArguments(**bad)

@@ -11,8 +11,12 @@ alignment core and the alignment without importing torch:
 - ``fusekernels.pipeline``: data pipeline steps and model merging
 """
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("fusekernels")
+except PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
 
 _SUBMODULES = ("align", "tokenization", "loss", "kernels", "integration", "pipeline")
 

@@ -21,6 +21,8 @@ import json
 import sys
 from pathlib import Path
 
+from ._optional import extra_hint
+
 EXIT_USER_ERROR = 2
 
 
@@ -247,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = command("split", cmd_split, "Split documents too long for any tokenizer (spec section 1).")
+    p = command("split", cmd_split, "Split documents too long for any tokenizer into windows that fit every one.")
     p.add_argument("--data", required=True, help="texts: .jsonl/.json/.parquet/.csv/.txt file or saved dataset")
     p.add_argument("--tokenizer", required=True, nargs="+",
                    help="every model's tokenizer (folder, .gguf, .model or packaged name)")
@@ -256,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", type=int, default=48, help="tokens kept free below the block size")
     _common(p, out_help="output dataset folder")
 
-    p = command("extract", cmd_extract, "Top-k logits and CE metric of one model (spec section 2), resumable.")
+    p = command("extract", cmd_extract, "Top-k logits and per-sequence CE metric of one model, resumable.")
     p.add_argument("--model", required=True, help="model folder or .gguf file")
     p.add_argument("--tokenizer", help="tokenizer (default: the model's)")
     p.add_argument("--data", required=True, help="texts (file or saved dataset)")
@@ -273,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="top-k and CE of the fp32 logits, or of fp16 logits with fp16 CE as published")
     _common(p, out_help="output folder (shards; rerun to resume)", num_proc=False)
 
-    p = command("vocab-map", cmd_vocab_map, "Blending -> base vocabulary map (spec section 3).")
+    p = command("vocab-map", cmd_vocab_map, "Blending -> base vocabulary map (nearest base token by edit distance).")
     p.add_argument("--base-tokenizer", required=True, help="base (target) tokenizer")
     p.add_argument("--blend-tokenizer", required=True, help="blending (teacher) tokenizer")
     p.add_argument("--mode", choices=["default", "co_occurrence"], default="default",
@@ -298,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=_positive_int, help="tokenize raw base texts to this length")
     _common(p, out_help="output dataset folder")
 
-    p = command("pack", cmd_pack, "Pack aligned sequences into training blocks (spec section 6).")
+    p = command("pack", cmd_pack, "Pack aligned sequences into fixed-length training blocks.")
     p.add_argument("--data", required=True, help="align output folder")
     p.add_argument("--block-size", required=True, type=_positive_int, help="tokens per training block")
     p.add_argument("--keep-tail", action="store_true", help="keep the last, shorter block of each map batch")
@@ -382,7 +384,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        with extra_hint():
+            args.func(args)
     except _user_errors() as err:
         if args.debug:
             raise

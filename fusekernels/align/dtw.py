@@ -1,6 +1,6 @@
 """Dynamic time warping token alignment, compatible with the published FuseLLM recipe.
 
-Spec section 4: the cost of pairing blending token ``a[i]`` with base token ``b[j]`` is the
+Published FuseLLM alignment: the cost of pairing blending token ``a[i]`` with base token ``b[j]`` is the
 Levenshtein distance (Unicode code points) between the two strings with each tokenizer's space
 marker removed; the DTW path is traced back from the last pair with ties broken diag > up > left.
 The native core computes exactly the published result with integer costs, two DP rows and

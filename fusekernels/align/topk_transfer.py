@@ -1,4 +1,4 @@
-"""Top-k transfer from a blending vocabulary into the base vocabulary (spec section 5).
+"""Top-k transfer from a blending vocabulary into the base vocabulary (FuseLLM's published rule).
 
 Compatible with the published FuseLLM ``transform_step_logits``, "hard" and "soft" vocabulary
 alignment, including its byte-level-BPE special case at the first base position. Every string
@@ -113,7 +113,7 @@ def build_transfer_tables(blend_vocab: Sequence[str], base_vocab: Sequence[str],
     blend_vocab / base_vocab: token strings indexed by id (``convert_ids_to_tokens(range(V))``).
     blend_marker / base_marker: the tokenizers' space markers (``"▁"``, ``"Ġ"``; ``""`` = none,
         an empty blend_marker means no replacement).
-    vocab_map: the spec's blending -> base map keyed by x' (needed for mode "soft"); it must have
+    vocab_map: the MinED blending -> base map keyed by x' (needed for mode "soft"); it must have
         a key for every x' (the published code raises KeyError otherwise).
     byte_level_blend: the blending tokenizer is byte-level BPE (GPT-2, GPT-NeoX, MPT class).
     """

@@ -6,6 +6,7 @@ trainer names are imported lazily because they need ``transformers`` (the ``hf``
 """
 import importlib
 
+from .._optional import extra_hint
 from .collator import TEACHER_COLUMNS, FusionDataCollator
 from .schedules import LAM_SCHEDULES, lam_at_step
 
@@ -17,8 +18,8 @@ __all__ = ["FusionDataCollator", "TEACHER_COLUMNS", "LAM_SCHEDULES", "lam_at_ste
 
 
 def __getattr__(name):
-    if name in _TRAINER_NAMES:
-        return getattr(importlib.import_module(f"{__name__}.trainer"), name)
-    if name in _LOSS_FUNCTION_NAMES:
-        return getattr(importlib.import_module(f"{__name__}.loss_function"), name)
+    if name in _TRAINER_NAMES or name in _LOSS_FUNCTION_NAMES:
+        module = "trainer" if name in _TRAINER_NAMES else "loss_function"
+        with extra_hint(f"fusekernels.integration.{name}"):
+            return getattr(importlib.import_module(f"{__name__}.{module}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

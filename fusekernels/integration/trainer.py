@@ -1,7 +1,7 @@
 """Hugging Face ``Trainer`` integration of the sparse fusion loss (FuseLLM / FuseChat training).
 
 ``FusionTrainer`` trains a causal LM on batches from :class:`FusionDataCollator` with
-``lam * CLM + (1 - lam) * fusion`` (spec section 7). How the pieces fit Hugging Face's loop:
+``lam * CLM + (1 - lam) * fusion``. How the pieces fit Hugging Face's loop:
 
 - The teacher columns (``teacher_ids``, ``teacher_logits``, ``teacher_ce``) are kept by
   ``remove_unused_columns`` and popped from the inputs before the model runs; the model never
@@ -120,8 +120,10 @@ def fusion_compute_loss(outputs, labels, num_items_in_batch=None, *, teacher_ids
         labels: [B, T] int64 unshifted labels (-100 = ignored), as in the collator's batch.
         num_items_in_batch: label tokens (after the shift) of the whole accumulated batch, as
             the Trainer passes it; None = this batch's count.
-        teacher_ids, teacher_logits, teacher_ce, attention_mask: the collator's tensors
-            ([B, T, n, k], [B, T, n, k], [B, T, n], [B, T]).
+        teacher_ids: the collator's int32 [B, T, n, k] teacher top-k ids.
+        teacher_logits: the collator's float [B, T, n, k] teacher top-k logits.
+        teacher_ce: the collator's float [B, T, n] teacher CE metric.
+        attention_mask: the collator's [B, T] mask (or None).
         num_fusion_items: denominator of the fusion term for ``fusion_positions="attention"``
             (attended tokens of the accumulated batch); None = this batch's count.
         config: :class:`FusionArguments` (default values when None); ``lam`` overrides its lam

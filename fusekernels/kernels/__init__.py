@@ -14,6 +14,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
+from .._optional import extra_hint
+
 _EXPORTS = {
     "fusion_loss_rows_triton": "fusion_loss_triton",
     "launch_fusion_loss_rows": "fusion_loss_triton",
@@ -31,6 +33,7 @@ def triton_available() -> bool:
 
 def __getattr__(name):
     if name in _EXPORTS:
-        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        with extra_hint(f"fusekernels.kernels.{name}"):
+            module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
         return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

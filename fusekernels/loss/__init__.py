@@ -1,4 +1,4 @@
-"""Sparse top-k fusion loss for FuseLLM / FuseChat (spec section 7) and teacher-side top-k.
+"""Sparse top-k fusion loss for FuseLLM / FuseChat and teacher-side top-k.
 
 - :func:`fusion_loss` / :class:`FusionLoss`: ``lam * CLM + (1 - lam) * fusion`` against teachers'
   sparse top-k distributions, gradient computed in the forward, Triton on CUDA, torch elsewhere.

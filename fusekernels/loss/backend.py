@@ -17,6 +17,7 @@ import os
 
 import torch
 
+from .._optional import MissingExtraError
 from .torch_backend import fusion_loss_rows_torch, fusion_loss_terms_torch, teacher_topk_rows_torch
 
 BACKENDS = ("auto", "triton", "torch")
@@ -47,7 +48,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             f"backend='triton' needs CUDA tensors (got device {device}); on CPU it only runs under "
             "the Triton interpreter (TRITON_INTERPRET=1 set before triton is imported)")
     if not _triton_importable():
-        raise ImportError("backend='triton' needs the 'triton' package (pip install fusekernels[triton])")
+        raise MissingExtraError("backend='triton' needs the 'triton' package: pip install 'fusekernels[triton]'",
+                                name="triton")
     return "triton"
 
 

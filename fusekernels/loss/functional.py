@@ -1,4 +1,4 @@
-"""Public functional API of the sparse top-k fusion loss (FuseLLM / FuseChat, spec section 7).
+"""Public functional API of the sparse top-k fusion loss (FuseLLM / FuseChat).
 
 The fused target of each row is a mixture of the teachers' top-k distributions, each a softmax
 over at most k (base-vocabulary id, logit) pairs; it is never expanded to the vocabulary.

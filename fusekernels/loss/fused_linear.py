@@ -87,13 +87,14 @@ def fused_linear_fusion_loss(
 ):
     """Fusion loss of the logits ``hidden @ weight.T (+ bias)`` computed chunk by chunk.
 
+    ``labels``, ``teacher_ids``, ``teacher_logits`` and every keyword shared with
+    :func:`fusekernels.loss.fusion_loss` have the same meaning and shapes there, with the leading
+    dims ``...`` of ``hidden``.
+
     Args:
         hidden: [..., H] student hidden states (what the LM head consumes), fp32/bf16/fp16.
         weight: [V, H] LM-head weight, same dtype as ``hidden``.
         bias: optional [V] LM-head bias.
-        labels, teacher_ids, teacher_logits and every keyword shared with
-            :func:`fusekernels.loss.fusion_loss`: the same meaning and shapes, with the leading
-            dims ``...`` of ``hidden``.
         reduction: "mean" or "sum" (a scalar; see the module docstring).
         chunk_rows: rows per chunk (default: a ~64 MB fp32 ``[chunk, V]`` buffer on CPU,
             ~256 MB on GPUs; see ``default_chunk_rows``).

@@ -68,7 +68,7 @@ def teacher_topk(logits: torch.Tensor, labels: Optional[torch.Tensor] = None, k:
 
 
 def sequence_ce(token_ce: torch.Tensor, mask: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-    """Per-sequence ``metric_ce`` of spec section 2: mean token CE over the masked positions.
+    """Per-sequence ``metric_ce`` (how FuseLLM ranks teachers): mean token CE over the masked positions.
 
     token_ce [B, L] float, mask [B, L] bool/0-1 -> [B] float32 (0 for a sequence with no position).
     ``precision="published"``: the published fp16 arithmetic, ``(ce16 * mask).sum(-1) / count``

@@ -2,15 +2,15 @@
 
 Steps (each takes and returns a ``datasets.Dataset``; the CLI chains them through folders):
 
-1. :func:`split_long_texts` - split documents too long for any tokenizer (spec section 1);
+1. :func:`split_long_texts` - split documents too long for any tokenizer;
 2. :func:`extract_teacher_topk` - each model's top-k logits and CE metric, resumable and
-   sharded across processes (spec section 2); :func:`tokenize_texts` for a base model that is
+   sharded across processes; :func:`tokenize_texts` for a base model that is
    not a teacher;
 3. :func:`align_teachers` - every teacher's top-k on the base tokenization, stacked into the
-   columns :class:`fusekernels.integration.FusionDataCollator` takes (spec sections 3-5);
-4. :func:`pack_sequences` - fixed-length training blocks with per-block metrics (spec section 6).
+   columns :class:`fusekernels.integration.FusionDataCollator` takes;
+4. :func:`pack_sequences` - fixed-length training blocks with per-block metrics.
 
-:func:`merge_models` merges trained target models (FuseChat VaRM or linear, spec section 8)
+:func:`merge_models` merges trained target models (FuseChat VaRM or linear)
 tensor by tensor from safetensors files.
 """
 import importlib

@@ -23,7 +23,7 @@ positions whose target is that teacher's real distribution.
 Positions where a teacher's distribution does not reach the base tokenization, and what each
 ``fallback`` makes of them:
 
-- ``"published"`` (spec sections 5 and 7, the published result end to end): a position the
+- ``"published"`` (the published FuseLLM result end to end): a position the
   aligner cannot serve keeps the aligner's one-hot pair (current base token id, logit 1.0); a
   position whose aligned list is empty (compatible mode: the step matched but none of the
   teacher's top-k ids exists in the base vocabulary) takes the base model's own distribution,
@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+from .._optional import require
 
 FALLBACKS = ("published", "absent")
 
@@ -72,6 +74,7 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
     (see :func:`fusekernels.tokenization.check_same_text`): ``"prefix"`` by default because
     extraction truncates every tokenization at its model's maximum length, so one row may cover a
     prefix of the other's text."""
+    require("datasets", "align_teachers")
     import datasets
 
     from fusekernels.tokenization.profile import TokenizerProfile

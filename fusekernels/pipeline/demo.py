@@ -23,6 +23,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .._optional import require
+
 TEACHER_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -109,6 +111,8 @@ def build_student(config: DemoConfig, tokenizer, seed: int):
 
 def run_demo(config: DemoConfig | None = None, parts: DemoParts | None = None, *, verbose: bool = True) -> dict:
     """Run the demo; returns the results dict (also written to ``config.out/demo_results.json``)."""
+    require("transformers", "the demo")
+    require("datasets", "the demo")
     import datasets
 
     config = config or DemoConfig()

@@ -1,6 +1,6 @@
 """Step 2 of the pipeline: each model's top-k next-token distribution over a text dataset.
 
-Per text (spec section 2): ``text`` is tokenized without special tokens, the EOS id appended and
+Per text: ``text`` is tokenized without special tokens, the EOS id appended and
 the ids truncated to ``max_length`` (the published recipe tokenizes ``text + eos_token``; adding
 the id avoids the EOS string merging with the preceding text). Labels are the input ids. One
 forward pass gives logits ``[B, T, V]``; per position t the top-k (default 10) logits and their
@@ -11,13 +11,13 @@ fp16 first, which loses precision and can tie distinct logits).
 Output columns (one row per input row, order kept; other input columns are kept unless
 ``keep_columns=False``):
 
-=====================  ==========================  ==============================================
-``input_ids``          list[int32] [L]             the model's token ids (text + EOS, truncated)
-``topk_ids``           Array2D int32 [L, k]        top-k token ids per position, logits descending
-``topk_logits``        Array2D float16 [L, k]      their logits (``logits_dtype`` selects float32)
-``metric_ce``          float32                     mean next-token CE over the L-1 labelled positions
-``per_step_metric_ce`` list[float32] [L]           optional (``per_token_ce=True``); last entry 0
-=====================  ==========================  ==============================================
+| column | type | content |
+|---|---|---|
+| ``input_ids`` | ``list[int32] [L]`` | the model's token ids (text + EOS, truncated) |
+| ``topk_ids`` | ``Array2D int32 [L, k]`` | top-k token ids per position, logits descending |
+| ``topk_logits`` | ``Array2D float16 [L, k]`` | their logits (``logits_dtype`` selects float32) |
+| ``metric_ce`` | ``float32`` | mean next-token CE over the L-1 labelled positions |
+| ``per_step_metric_ce`` | ``list[float32] [L]`` | optional (``per_token_ce=True``); last entry 0 |
 
 A text giving a single id (empty text) has no labelled position: its ``metric_ce`` is 0.
 
@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .._optional import require
 
 META_NAME = "extract_meta.json"
 
@@ -62,6 +64,7 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
         precision: "fp32" (default) or "published": logits cast to fp16 before the top-k and the
             CE, token CE rounded to fp16 and ``metric_ce`` computed in fp16, as published.
     """
+    require("datasets", "extract_teacher_topk")
     import datasets
 
     _validate(dataset, text_column, k, batch_size, shard_size, logits_dtype, tokenizer)
@@ -111,6 +114,7 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
 
 def load_extracted(output_dir: str | os.PathLike):
     """Load (and concatenate) the shards written by :func:`extract_teacher_topk`."""
+    require("datasets", "load_extracted")
     import datasets
 
     out = Path(output_dir)
@@ -129,7 +133,7 @@ def load_extracted(output_dir: str | os.PathLike):
 
 
 def tokenize_for_teacher(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
-    """Text + EOS ids, no special tokens, truncated to ``max_length`` (spec section 2)."""
+    """Text + EOS ids, no special tokens, truncated to ``max_length``."""
     eos = tokenizer.eos_token_id
     encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     return [(ids + [eos])[:max_length] for ids in encoded]
@@ -140,6 +144,7 @@ def tokenize_texts(tokenizer, dataset, *, max_length: int, text_column: str = "t
     """Add ``input_ids`` (int32, text + EOS, truncated; the ids :func:`extract_teacher_topk` stores)
     to ``dataset``: the base rows of :func:`fusekernels.pipeline.align_step.align_teachers` when the
     base model is not one of the teachers."""
+    require("datasets", "tokenize_texts")
     from datasets import List, Value
 
     if text_column not in dataset.column_names:

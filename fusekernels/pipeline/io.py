@@ -14,11 +14,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .._optional import require
+
 TEXT_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 
 
 def load_tokenizer(spec: str | os.PathLike):
     """A ``PreTrainedTokenizerBase`` from a path or an asset name (see module docstring)."""
+    require("transformers", "load_tokenizer")
     from transformers import AutoTokenizer
 
     path = Path(spec)
@@ -44,6 +47,7 @@ def load_tokenizer(spec: str | os.PathLike):
 
 def load_model(spec: str | os.PathLike, **kwargs):
     """``AutoModelForCausalLM`` from a folder or a ``.gguf`` file."""
+    require("transformers", "load_model")
     from transformers import AutoModelForCausalLM
 
     path = Path(spec)
@@ -58,6 +62,7 @@ def load_model(spec: str | os.PathLike, **kwargs):
 
 def load_rows(spec: str | os.PathLike):
     """A ``datasets.Dataset`` from a saved folder, an extraction output or a data file."""
+    require("datasets", "load_rows")
     import datasets
 
     path = Path(spec)

@@ -1,4 +1,4 @@
-"""Parameter-space merging of target models (FuseChat, spec section 8), streamed from safetensors.
+"""Parameter-space merging of target models (FuseChat VaRM), streamed from safetensors.
 
 VaRM (variation-ratio merge): for each tensor name ``p`` and target model ``m`` the variation
 ``v[m] = mean((theta_m[p] - theta_base[p]) ** 2)`` is its mean squared change relative to the
@@ -25,6 +25,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from .._optional import require
 from ..storage import atomic_dir, check_output_dir, check_writable
 
 WEIGHTS_NAME = "model.safetensors"
@@ -237,6 +238,7 @@ def _linear_weights(weights, n: int) -> list[float]:
 
 def _index_checkpoint(path: Path) -> dict[str, tuple[Path, tuple[int, ...], str]]:
     """Map tensor name -> (file, shape, dtype name) for a safetensors file or folder."""
+    require("safetensors", "merge_models")
     from safetensors import SafetensorError, safe_open
 
     if not path.exists():

@@ -1,4 +1,4 @@
-"""Step 4 of the pipeline: pack aligned sequences into fixed-length training blocks (spec section 6).
+"""Step 4 of the pipeline: pack aligned sequences into fixed-length training blocks.
 
 Input rows hold the columns :class:`fusekernels.integration.FusionDataCollator` takes:
 ``input_ids`` [L] int, ``teacher_ids`` [L, T, k] int32 (base-vocabulary ids of every teacher's
@@ -16,6 +16,8 @@ are kept as ``[block, T]`` (``metric_level="token"``). Output rows have the same
 from __future__ import annotations
 
 import numpy as np
+
+from .._optional import require
 
 PACKED_COLUMNS = ("input_ids", "teacher_ids", "teacher_logits", "teacher_ce")
 
@@ -85,6 +87,7 @@ def pack_sequences(dataset, block_size: int, *, drop_last: bool = True, metric_l
     Other columns are dropped (they cannot be packed). Returns a ``datasets.Dataset`` whose rows
     :class:`fusekernels.integration.FusionDataCollator` takes directly.
     """
+    require("datasets", "pack_sequences")
     from datasets import Array2D, Array3D, Features, List, Value
 
     _check_options(block_size, metric_level)

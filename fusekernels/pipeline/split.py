@@ -1,6 +1,6 @@
 """Step 1 of the FuseLLM data pipeline: split documents that are too long for any tokenizer.
 
-Published rule (spec section 1): every document is tokenized by every tokenizer without special
+Published rule: every document is tokenized by every tokenizer without special
 tokens. When some tokenization is longer than ``block_size - margin`` ids (margin 48), the
 *longest* tokenization (first tokenizer on ties) is cut into consecutive windows of
 ``block_size - margin`` ids and each window is decoded back to text (special tokens skipped);

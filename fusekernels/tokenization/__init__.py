@@ -6,7 +6,7 @@
   :func:`byte_span_align_flat` aligns a whole batch (flat arrays + row offsets) in one native call;
 - compatible mode: :func:`compat_align`, the published DTW + top-k transfer (hard / soft);
 - :func:`check_same_text`: both id sequences must cover the same text (every aligner checks it);
-- :func:`build_vocab_map`: the spec's MinED vocabulary map (+ co-occurrence refinement, npz / JSON);
+- :func:`build_vocab_map`: the MinED vocabulary map (nearest base token by edit distance) (+ co-occurrence refinement, npz / JSON);
 - :func:`align_dataset`: all of it over a ``datasets.Dataset`` of teacher outputs;
 - :mod:`~fusekernels.tokenization.assets`: real tokenizers and text from optional asset packages.
 

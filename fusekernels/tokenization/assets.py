@@ -33,6 +33,8 @@ import os
 import shutil
 from pathlib import Path
 
+from .._optional import require
+
 __all__ = [
     "AssetUnavailable",
     "TOKENIZER_NAMES",
@@ -204,6 +206,7 @@ def load_tokenizer(name: str):
     ``name`` is one of :data:`TOKENIZER_NAMES`. Raises :class:`AssetUnavailable` when the package
     (or a library needed to read it) is missing, ``ValueError`` for an unknown name.
     """
+    require("transformers", "load_tokenizer")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if name == "mistral-v1":
         return _spm_tokenizer(package_file("mistral_common", "data/tokenizer.model.v1", pip_name="mistral-common"), "v1")

@@ -31,7 +31,7 @@ Both sequences must cover the same text; ``check`` (see :func:`check_same_text`)
 the token bytes (default ``"length"``: equal byte lengths, free from the cumulative offsets) and
 raises ``ValueError`` instead of aligning two different texts.
 
-Positions without a 1:1 span (and matched positions whose top-k maps to nothing) get the spec's
+Positions without a 1:1 span (and matched positions whose top-k maps to nothing) get the published
 one-hot fallback: (base id, logit 1.0). Everything is vectorised numpy: O(n + m) offsets,
 ``searchsorted`` matching, table lookups and a per-row de-duplication of the k ids.
 """
@@ -396,7 +396,8 @@ def byte_span_align(base_ids, blend_ids, topk_ids, topk_logits, base: TokenizerP
         topk_ids: int [n, k] blending ids of the teacher's top-k at every blending position.
         topk_logits: float [n, k] their logits (any float dtype, no NaN).
         id_map: the :class:`ByteSpanMap` (default: ``build_byte_span_map(base, blend)``, cached).
-        text, match: see :func:`byte_span_positions`.
+        text: the text itself, optional (see :func:`byte_span_positions`).
+        match: ``"span"`` or ``"end"`` (see :func:`byte_span_positions`).
         check: ``"length"`` (default), ``"bytes"``, ``"prefix"`` or ``"none"``: how to verify
             that both sequences cover the same text (:func:`check_same_text`).
         return_mask: also return bool [m], True where the position got the teacher's distribution.

@@ -1,7 +1,7 @@
-"""Compatible mode end to end: the published FuseLLM alignment (spec sections 4-5) on token ids.
+"""Compatible mode end to end: the published FuseLLM alignment (DTW + top-k transfer) on token ids.
 
 Given the base and blending token ids of one text and the blending model's top-k, this runs the
-spec's DTW over the tokenizers' ``convert_ids_to_tokens`` strings (markers from the profiles) and
+published DTW over the tokenizers' ``convert_ids_to_tokens`` strings (markers from the profiles) and
 carries the top-k into the base vocabulary, "hard" or "soft", including the published byte-level
 BPE special case at the first base position. The results equal the pure-Python reference of the
 published code (ids, logits and order); the work is native (``fusekernels.align``) and the
@@ -31,7 +31,7 @@ def compat_tables(base: TokenizerProfile, blend: TokenizerProfile, *, mode: str 
     """``TransferTables`` of the pair (cached per profile pair, mode and vocab map object).
 
     ``vocab_map`` (soft mode): a :class:`~fusekernels.tokenization.vocab_map.VocabMap` or the
-    spec's ``{x': base token string}`` dict; default ``build_vocab_map(base, blend)``.
+    published ``{x': base token string}`` dict; default ``build_vocab_map(base, blend)``.
     """
     from fusekernels.align.topk_transfer import build_transfer_tables
 
@@ -92,7 +92,7 @@ def compat_align(base_ids, blend_ids, topk_ids, topk_logits, base: TokenizerProf
     Args:
         base_ids: int [m]; blend_ids: int [n] token ids of the same text.
         topk_ids: int [n, k] blending top-k ids; topk_logits: float [n, k] their logits.
-        mode: "hard" or "soft" (soft uses ``vocab_map``, default the spec's MinED map).
+        mode: "hard" or "soft" (soft uses ``vocab_map``, default the MinED map of ``build_vocab_map``).
         tables: prebuilt :func:`compat_tables` of the pair (else looked up in the cache).
         check: ``"length"`` (default), ``"bytes"``, ``"prefix"`` (one sequence truncated) or
             ``"none"``: how to verify that both sequences cover the same text (``check_same_text``;

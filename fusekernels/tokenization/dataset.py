@@ -15,7 +15,7 @@ key                 default column                              content
 
 Added columns (``prefix`` default ``"aligned"``): ``{prefix}_topk_ids`` int32 ``Array2D`` [m, k]
 (padding -1), ``{prefix}_topk_logits`` float16 or float32 ``Array2D`` [m, k] (padding -inf) and
-``{prefix}_metric_ce`` float32 (the teacher's metric, carried along unchanged as in the spec);
+``{prefix}_metric_ce`` float32 (the teacher's metric, carried along unchanged, as published);
 with ``return_mask=True`` also ``{prefix}_matched`` bool [m]: True where the position got the
 teacher's distribution, False where it got the one-hot fallback or an empty list (the
 aligners' ``return_mask`` output).
@@ -36,6 +36,7 @@ import hashlib
 
 import numpy as np
 
+from .._optional import require
 from .profile import TokenizerProfile
 
 __all__ = ["align_dataset", "DEFAULT_COLUMNS"]
@@ -188,14 +189,17 @@ def align_dataset(dataset, base, blend, *, method: str = "byte_span", match: str
 
     Args:
         dataset: a ``datasets.Dataset`` with the input columns.
-        base, blend: :class:`TokenizerProfile` (or tokenizers) of the base and blending model.
+        base: :class:`TokenizerProfile` (or tokenizer) of the base model.
+        blend: :class:`TokenizerProfile` (or tokenizer) of the blending model.
         method: ``"byte_span"`` (default), ``"compat_hard"`` or ``"compat_soft"`` (published).
         match: byte-span rule, ``"span"`` or ``"end"`` (see ``byte_span_positions``).
         k: top-k width of the stored arrays (default: taken from the first row).
-        vocab_map: soft-mode map (default: the spec's MinED map).
+        vocab_map: soft-mode map (default: the MinED map of ``build_vocab_map``).
         columns: overrides of :data:`DEFAULT_COLUMNS`.
         logits_dtype: ``"float16"`` (as published) or ``"float32"``.
-        batch_size, num_proc, desc: passed to ``Dataset.map``.
+        batch_size: rows per ``Dataset.map`` batch.
+        num_proc: worker processes of ``Dataset.map`` (None: this process).
+        desc: progress-bar label of ``Dataset.map``.
         check: how the aligners verify that both sequences of a row cover the same text
             (``"length"`` default, ``"bytes"``, ``"prefix"``, ``"none"``; see ``check_same_text``).
         return_mask: also add the ``{prefix}_matched`` column (see the module docstring).
@@ -203,6 +207,7 @@ def align_dataset(dataset, base, blend, *, method: str = "byte_span", match: str
     Returns:
         a new ``Dataset`` with the three (four with ``return_mask``) added columns.
     """
+    require("datasets", "align_dataset")
     import datasets
 
     from .byte_span import CHECKS, build_byte_span_map

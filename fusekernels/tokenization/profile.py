@@ -64,7 +64,7 @@ class TokenizerProfile:
     Attributes:
         name: free-form label (the tokenizer's ``name_or_path``).
         kind: ``"sentencepiece" | "byte_level" | "wordpiece" | "other"``.
-        marker: the space marker used by the spec's compatible mode (``▁``, ``Ġ`` or ``""``).
+        marker: the space marker used by the compatible (published) mode (``▁``, ``Ġ`` or ``""``).
         tokens: ``list[str]`` of length V, the ``convert_ids_to_tokens`` string of every id
             (``""`` for ids the tokenizer does not define).
         token_bytes: ``list[bytes]`` of length V, the exact UTF-8 bytes each token stands for.

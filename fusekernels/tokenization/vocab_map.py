@@ -1,4 +1,4 @@
-"""The spec's blending -> base vocabulary map (section 3), over the native MinED search.
+"""The blending -> base vocabulary map of FuseLLM's soft alignment (MinED), over the native MinED search.
 
 For every blending token x (in id order) ``x'`` is x with the blending space marker replaced by
 the base marker; ``x'`` maps to itself when it is a base token, else to the base token at the
@@ -242,7 +242,7 @@ def _refine_with_cooccurrence(ids, ties, keys, base, blend, base_tok, blend_tok,
 def build_vocab_map(base, blend, *, mode: str = "default", corpus: Iterable[str] | None = None,
                     corpus_ids: tuple[Sequence, Sequence] | None = None, window: int = _WINDOW,
                     threads: int = 0) -> VocabMap:
-    """The spec's vocabulary map from ``blend`` to ``base`` (tokenizers or profiles).
+    """The MinED vocabulary map from ``blend`` to ``base`` (tokenizers or profiles).
 
     Args:
         mode: ``"default"`` (MinED, ties to the lowest base id) or ``"co_occurrence"``.

@@ -1,6 +1,7 @@
 """``precision="published"``: the fusion weights and targets exactly as the published code rounds them.
 
-The published FuseLLM / FuseChat trainer and data collator compute in low precision (bf16 / fp16), and a few of its choices follow from that rounding:
+The published FuseLLM / FuseChat trainer and data collator compute in low precision (bf16 /
+fp16), and a few of its choices follow from that rounding:
 
 - rewards are ``1 / exp(bf16(ce))`` in bf16, so CEs that round to the same bf16 value tie; MinCE
   takes the argmax, i.e. the FIRST tied teacher (the base model's distribution comes first);

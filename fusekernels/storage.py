@@ -202,3 +202,31 @@ def map_cache_file(dataset, fingerprint: str, label: str) -> str | None:
     if not getattr(dataset, "cache_files", None):
         return None
     return str(cache_dir("datasets") / f"{label}-{fingerprint}.arrow")
+
+
+def cached_arrays(kind: str, key: str, build) -> dict:
+    """``build()`` (a dict of numpy arrays), stored once as ``<cache_dir>/maps/<kind>-<key>.npz``
+    and loaded from there by every later call, in any process.
+
+    ``key`` must be a content fingerprint of everything the arrays depend on. The file is
+    written atomically; an unreadable file is rebuilt, and an unwritable cache folder only
+    costs the rebuild next time.
+    """
+    import zipfile
+
+    import numpy as np
+
+    path = cache_dir("maps") / f"{kind}-{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {name: data[name] for name in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            pass  # damaged: rebuilt and replaced below
+    arrays = build()
+    try:
+        with atomic_file(path) as f:
+            np.savez(f, **arrays)
+    except OSError:
+        pass
+    return arrays

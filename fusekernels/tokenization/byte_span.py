@@ -113,7 +113,11 @@ _MAP_LOCK = threading.Lock()
 
 def build_byte_span_map(base: TokenizerProfile, blend: TokenizerProfile, *, fallback: str = "mined",
                         threads: int = 0, cache: bool = True) -> ByteSpanMap:
-    """The blending -> base id table of byte-span mode (cached per profile pair and fallback)."""
+    """The blending -> base id table of byte-span mode.
+
+    With ``cache`` (default) the table is kept per profile pair and fallback in this process and
+    on disk in the user cache folder (``fusekernels.storage.cached_arrays``, keyed by content
+    fingerprints of both vocabularies), so only the first process ever runs the MinED search."""
     if fallback not in _FALLBACKS:
         raise ValueError(f"fallback must be one of {_FALLBACKS}, got {fallback!r}")
     key = (id(base), id(blend), fallback)
@@ -122,37 +126,52 @@ def build_byte_span_map(base: TokenizerProfile, blend: TokenizerProfile, *, fall
             hit = _MAP_CACHE.get(key)
             if hit is not None and hit[0] is base and hit[1] is blend:
                 return hit[2]
-    ids = np.full(blend.vocab_size, -1, dtype=np.int32)
-    exact = np.zeros(blend.vocab_size, dtype=bool)
-    by_bytes = base.bytes_to_id
-    tb = blend.token_bytes
-    for i in np.flatnonzero(~blend.is_special).tolist():
-        hit = by_bytes.get(tb[i])
-        if hit is not None:
-            ids[i] = hit
-            exact[i] = True
-    for role, blend_id in blend.special_ids.items():
-        base_id = base.special_ids.get(role)
-        if base_id is not None and ids[blend_id] < 0:
-            ids[blend_id] = base_id
-            exact[blend_id] = True
-    if fallback == "mined":
-        missing = np.flatnonzero((ids < 0) & ~blend.is_special & (blend.byte_lengths > 0))
-        targets = np.flatnonzero(~base.is_special & (base.byte_lengths > 0))
-        if missing.size and targets.size:
-            from fusekernels.align.mined import mined_map
 
-            result = mined_map(decoded_token_strings(blend, missing.tolist()),
-                               decoded_token_strings(base, targets.tolist()), threads=threads)
-            ids[missing] = targets[np.asarray(result.ids, dtype=np.int64)].astype(np.int32)
-    elif fallback == "prefix":
-        for i in np.flatnonzero((ids < 0) & ~blend.is_special & (blend.byte_lengths > 1)).tolist():
-            data = tb[i]
-            for cut in range(len(data) - 1, 0, -1):
-                hit = by_bytes.get(data[:cut])
-                if hit is not None:
-                    ids[i] = hit
-                    break
+    def build() -> dict:
+        ids = np.full(blend.vocab_size, -1, dtype=np.int32)
+        exact = np.zeros(blend.vocab_size, dtype=bool)
+        by_bytes = base.bytes_to_id
+        tb = blend.token_bytes
+        for i in np.flatnonzero(~blend.is_special).tolist():
+            hit = by_bytes.get(tb[i])
+            if hit is not None:
+                ids[i] = hit
+                exact[i] = True
+        for role, blend_id in blend.special_ids.items():
+            base_id = base.special_ids.get(role)
+            if base_id is not None and ids[blend_id] < 0:
+                ids[blend_id] = base_id
+                exact[blend_id] = True
+        if fallback == "mined":
+            missing = np.flatnonzero((ids < 0) & ~blend.is_special & (blend.byte_lengths > 0))
+            targets = np.flatnonzero(~base.is_special & (base.byte_lengths > 0))
+            if missing.size and targets.size:
+                from fusekernels.align.mined import mined_map
+
+                result = mined_map(decoded_token_strings(blend, missing.tolist()),
+                                   decoded_token_strings(base, targets.tolist()), threads=threads)
+                ids[missing] = targets[np.asarray(result.ids, dtype=np.int64)].astype(np.int32)
+        elif fallback == "prefix":
+            for i in np.flatnonzero((ids < 0) & ~blend.is_special & (blend.byte_lengths > 1)).tolist():
+                data = tb[i]
+                for cut in range(len(data) - 1, 0, -1):
+                    hit = by_bytes.get(data[:cut])
+                    if hit is not None:
+                        ids[i] = hit
+                        break
+        return {"ids": ids, "exact": exact}
+
+    if cache:
+        from fusekernels.storage import cached_arrays
+
+        from .batch import profile_fingerprint
+
+        # on disk, keyed by both vocabularies' content: later processes skip the MinED search
+        arrays = cached_arrays(f"byte-span-{fallback}", f"{profile_fingerprint(base)}-{profile_fingerprint(blend)}",
+                               build)
+    else:
+        arrays = build()
+    ids, exact = arrays["ids"].astype(np.int32, copy=False), arrays["exact"].astype(bool, copy=False)
     table = ByteSpanMap(ids=ids, exact=exact, fallback=fallback, base_fingerprint=_bytes_fingerprint(base),
                         blend_fingerprint=_bytes_fingerprint(blend))
     if cache:

@@ -250,7 +250,8 @@ def build_vocab_map(base, blend, *, mode: str = "default", corpus: Iterable[str]
             or ``corpus_ids = (base id sequences, blending id sequences)`` of the same texts.
         window: co-occurrence window (tokens either side), 5 as published.
         threads: MinED threads (0 = all cores).
-    The default-mode map of a profile pair is cached (same object returned).
+    The default-mode map of a profile pair is cached (same object returned) and stored on disk in
+    the user cache folder, keyed by content fingerprints of both vocabularies, for later processes.
     """
     if mode not in ("default", "co_occurrence"):
         raise ValueError(f"mode must be 'default' or 'co_occurrence', got {mode!r}")
@@ -268,7 +269,17 @@ def build_vocab_map(base, blend, *, mode: str = "default", corpus: Iterable[str]
             if hit is not None and hit[0] is base and hit[1] is blend:
                 return hit[2]
     keys = marker_replaced(blend, base)
-    ids, dist, ties = _mined(keys, base, threads, return_ties=mode == "co_occurrence")
+    if mode == "default":
+        from fusekernels.storage import cached_arrays
+
+        from .batch import profile_fingerprint
+
+        # on disk, keyed by both vocabularies' content: later processes skip the MinED search
+        arrays = cached_arrays("vocab-map", f"{profile_fingerprint(base)}-{profile_fingerprint(blend)}",
+                               lambda: dict(zip(("ids", "distances"), _mined(keys, base, threads, False)[:2])))
+        ids, dist, ties = arrays["ids"].astype(np.int32), arrays["distances"].astype(np.int32), {}
+    else:
+        ids, dist, ties = _mined(keys, base, threads, return_ties=True)
     if mode == "co_occurrence" and ties:
         ids = _refine_with_cooccurrence(ids, ties, keys, base, blend, base_tok, blend_tok, corpus, corpus_ids, window)
     result = VocabMap(keys=keys, base_ids=ids, distances=dist, base_tokens=base.tokens, method=mode)

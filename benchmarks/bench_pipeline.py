@@ -10,6 +10,17 @@ Run: python -m pytest benchmarks/bench_pipeline.py -q -s
 2. Storage of the teacher top-k (``extract_teacher_topk`` columns: int32 ids, float16 logits,
    float32 metric) vs the published layout (nested Python lists per position: int64 ids, float64
    logits), both written with ``Dataset.save_to_disk``: bytes per token position, k = 10.
+3. Alignment, end to end (``-k alignment``; about 3 minutes): about 200k Mistral-v1 base tokens of
+   KJV text, a SmolLM2 teacher (the demo's pair), teacher top-k k = 10 in the extraction format
+   (random ids, float16 logits), rows of about 2048 and of about 128 base tokens. On the same rows,
+   pinned to one core: the published algorithm (the pure-Python reference, on a subsample), the
+   bare kernel (``byte_span_align``, one call per row, rows already in memory), the batched kernel
+   (``byte_span_align_flat``, all rows in one call), the Python API end to end
+   (``align_teachers`` from the saved datasets to the stacked result) and the CLI end to end
+   (``fusekernels align``, a fresh process: imports, tokenizers, maps, alignment, writing the
+   output). Cold: empty user cache folder (maps are built, nothing reused); warm: maps cached on
+   disk, alignment results not (each warm run recomputes them); "repeat": the identical command
+   again, which reuses its cached result. Throughput = base tokens / wall seconds.
 """
 from __future__ import annotations
 
@@ -129,3 +140,201 @@ def test_topk_storage_vs_published_layout(tmp_path):
     print(f"  ratio: {sizes['published'] / sizes['fusekernels']:.2f}x smaller")
     print(json.dumps({k: round(v, 1) for k, v in sizes.items()}))
     assert sizes["fusekernels"] < sizes["published"]
+
+
+# ---------------------------------------------------------------------- 3. alignment end to end
+ALIGN_TOKENS, ALIGN_K = 200_000, 10
+
+_API_RUN = textwrap.dedent("""
+    import shutil, sys, time
+    import datasets
+    from fusekernels.pipeline.align_step import align_teachers
+    from fusekernels.pipeline.io import load_tokenizer
+    from fusekernels.storage import cache_dir
+    datasets.disable_progress_bars()
+    base_tok, blend_tok = load_tokenizer(sys.argv[3]), load_tokenizer(sys.argv[4])
+    times = []
+    for run in range(3):
+        shutil.rmtree(cache_dir("datasets"))  # never reuse an alignment result
+        start = time.perf_counter()
+        base, teacher = datasets.load_from_disk(sys.argv[1]), datasets.load_from_disk(sys.argv[2])
+        out = align_teachers(base, [teacher], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok])
+        times.append(time.perf_counter() - start)
+    print("TIMES", *times)
+""")
+
+
+def _kjv_rows(base_tok, length: int, tokens: int) -> list[str]:
+    """KJV text cut into texts of about ``length`` base tokens, ``tokens`` in total."""
+    from fusekernels.tokenization import assets
+
+    try:
+        verses = assets.kjv_verses()
+    except assets.AssetUnavailable as exc:
+        pytest.skip(str(exc))
+    text = " ".join(verses)
+    ids = base_tok(text[:200_000], add_special_tokens=False)["input_ids"]
+    chars = max(1, int(0.97 * (length - 1) * 200_000 / len(ids)))  # EOS is appended
+    texts, count, pos = [], 0, 0
+    while count < tokens:
+        cut = text.rfind(" ", pos, pos + chars)
+        cut = pos + chars if cut <= pos else cut
+        texts.append(text[pos:cut])
+        count += len(base_tok(texts[-1], add_special_tokens=False)["input_ids"]) + 1
+        pos = cut
+    return texts
+
+
+def _extraction(tok, texts, length, seed):
+    """What ``extract_teacher_topk`` stores (text + EOS ids, top-k int32 / float16), random top-k."""
+    import datasets
+
+    from fusekernels.pipeline.extract import tokenize_for_teacher
+
+    rng = np.random.default_rng(seed)
+    ids = tokenize_for_teacher(tok, texts, 4 * length)
+    topk = [rng.integers(0, len(tok), size=(len(x), ALIGN_K)).astype(np.int32) for x in ids]
+    logits = [-np.sort(rng.exponential(2.0, size=(len(x), ALIGN_K)), axis=1).astype(np.float16) for x in ids]
+    features = datasets.Features({"text": datasets.Value("string"), "input_ids": datasets.List(datasets.Value("int32")),
+                                  "topk_ids": datasets.Array2D((None, ALIGN_K), "int32"),
+                                  "topk_logits": datasets.Array2D((None, ALIGN_K), "float16"),
+                                  "metric_ce": datasets.Value("float32")})
+    return datasets.Dataset.from_dict({"text": texts, "input_ids": [np.asarray(x, np.int32) for x in ids],
+                                       "topk_ids": topk, "topk_logits": logits,
+                                       "metric_ce": rng.uniform(1, 3, len(ids)).astype(np.float32)}, features=features)
+
+
+def _best(fn, repeat=3) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _timed(cmd, env) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return time.perf_counter() - start
+
+
+@pytest.mark.parametrize("length", [2048, 128])
+def test_alignment_end_to_end(tmp_path, length):
+    import os
+    import shutil
+
+    from fusekernels.pipeline.align_step import align_teachers
+    from fusekernels.pipeline.io import load_tokenizer
+    from fusekernels.tokenization import TokenizerProfile, byte_span_align, byte_span_align_flat
+    from fusekernels.tokenization.byte_span import build_byte_span_map
+    from tests.reference import fusellm_spec as ref
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        base_tok, blend_tok = load_tokenizer("mistral-v1"), load_tokenizer("smollm2")
+    except Exception as exc:  # asset packages missing
+        pytest.skip(str(exc))
+    texts = _kjv_rows(base_tok, length, ALIGN_TOKENS)
+    # tokenizer folders, as a user has them (the asset loader's own conversion cache stays out of it)
+    base_tok.save_pretrained(str(tmp_path / "base_tokenizer"))
+    blend_tok.save_pretrained(str(tmp_path / "teacher_tokenizer"))
+    base_tok, blend_tok = load_tokenizer(tmp_path / "base_tokenizer"), load_tokenizer(tmp_path / "teacher_tokenizer")
+    _extraction(base_tok, texts, length, 0).save_to_disk(str(tmp_path / "base"))
+    _extraction(blend_tok, texts, length, 1).save_to_disk(str(tmp_path / "teacher"))
+    base_ds, teacher_ds = datasets.load_from_disk(str(tmp_path / "base")), datasets.load_from_disk(str(tmp_path / "teacher"))
+    rows = [(np.asarray(b["input_ids"]), np.asarray(t["input_ids"]), t["topk_ids"], t["topk_logits"], b["text"])
+            for b, t in zip(base_ds.with_format("numpy"), teacher_ds.with_format("numpy"))]
+    tokens = sum(len(r[0]) for r in rows)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "FUSEKERNELS_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    saved_cache, saved_affinity = os.environ.get("FUSEKERNELS_CACHE"), os.sched_getaffinity(0)
+    os.environ["FUSEKERNELS_CACHE"] = str(cache)
+    os.sched_setaffinity(0, {min(saved_affinity)})  # one core, for this process and its children
+    try:
+        base, blend = TokenizerProfile.from_tokenizer(base_tok), TokenizerProfile.from_tokenizer(blend_tok)
+        table = build_byte_span_map(base, blend)
+
+        # published algorithm (pure-Python DTW + transfer), on the first rows (>= 2048 base tokens)
+        sample, done, start = [], 0, time.perf_counter()
+        for b, a, tid, tlg, _ in rows:
+            bt, at = base.tokens_of(b), blend.tokens_of(a)
+            groups = ref.dtw_base_to_blending(at, bt, blend.marker, base.marker)
+            ref.transfer_topk(bt, at, groups, tid.tolist(), tlg.astype(np.float32).tolist(), blend.tokens, base.tokens,
+                              blend_marker=blend.marker, base_marker=base.marker, mode="hard", byte_level_blend=True)
+            done += len(b)
+            if done >= 2048:
+                break
+        published = done / (time.perf_counter() - start)
+
+        def per_row():
+            for b, a, tid, tlg, text in rows:
+                byte_span_align(b, a, tid, tlg, base, blend, id_map=table, text=text, check="prefix")
+
+        offsets = [np.r_[0, np.cumsum([len(r[i]) for r in rows])] for i in (0, 1)]
+        flat = [np.concatenate([r[i] for r in rows]) for i in range(4)]
+        bare = tokens / _best(per_row)
+        batched = tokens / _best(lambda: byte_span_align_flat(flat[0], offsets[0], flat[1], offsets[1], flat[2],
+                                                              flat[3], base, blend, id_map=table,
+                                                              texts=[r[4] for r in rows], check="prefix", k=ALIGN_K))
+
+        def api():
+            shutil.rmtree(cache / "datasets", ignore_errors=True)
+            base_rows = datasets.load_from_disk(str(tmp_path / "base"))
+            teacher_rows = datasets.load_from_disk(str(tmp_path / "teacher"))
+            align_teachers(base_rows, [teacher_rows], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok])
+
+        api_warm = tokens / _best(api)
+
+        # fresh processes: cold (empty cache folder), then warm (maps cached, results not)
+        shutil.rmtree(cache, ignore_errors=True)
+        api_script = [sys.executable, "-c", _API_RUN, str(tmp_path / "base"), str(tmp_path / "teacher"),
+                      str(tmp_path / "base_tokenizer"), str(tmp_path / "teacher_tokenizer")]
+        done = subprocess.run(api_script, capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        api_times = [float(x) for x in done.stdout.split("TIMES")[-1].split()]
+        shutil.rmtree(cache, ignore_errors=True)
+        cli = [sys.executable, "-m", "fusekernels", "align", "--base", str(tmp_path / "base"), "--base-tokenizer",
+               str(tmp_path / "base_tokenizer"), "--teacher", str(tmp_path / "teacher"), "--teacher-tokenizer",
+               str(tmp_path / "teacher_tokenizer")]
+        cli_cold = _timed(cli + ["--out", str(tmp_path / "out0")], env)
+        warm_runs = []
+        for run in range(1, 4):
+            shutil.rmtree(cache / "datasets", ignore_errors=True)
+            warm_runs.append(_timed(cli + ["--out", str(tmp_path / f"out{run}")], env))
+        cli_warm = min(warm_runs)
+        cli_repeat = _timed(cli + ["--out", str(tmp_path / "out9")], env)
+        imports = _timed([sys.executable, "-c", "import fusekernels.cli, fusekernels.pipeline.align_step, "
+                          "fusekernels.pipeline.io, datasets, transformers"], env)
+        input_files = sorted(p.name for d in ("base", "teacher") for p in (tmp_path / d).iterdir())
+        assert not [n for n in input_files if n.startswith("cache-")]  # nothing written into the inputs
+    finally:
+        os.sched_setaffinity(0, saved_affinity)
+        if saved_cache is None:
+            os.environ.pop("FUSEKERNELS_CACHE", None)
+        else:
+            os.environ["FUSEKERNELS_CACHE"] = saved_cache
+
+    rates = {
+        "published (Python reference, per row)": published,
+        "bare kernel byte_span_align (per call)": bare,
+        "batched kernel byte_span_align_flat (per call)": batched,
+        "Python API align_teachers, warm (end to end)": api_warm,
+        "Python API, fresh process, cold (end to end)": tokens / api_times[0],
+        "Python API, fresh process, warm (end to end)": tokens / min(api_times[1:]),
+        "CLI fusekernels align, cold (end to end)": tokens / cli_cold,
+        "CLI fusekernels align, warm (end to end)": tokens / cli_warm,
+        "CLI, identical repeat (cached result)": tokens / cli_repeat,
+    }
+    print(f"\nalignment end to end: {len(rows)} rows of ~{length} Mistral-v1 base tokens ({tokens} in all), "
+          f"SmolLM2 teacher, k={ALIGN_K}, check='prefix', one core")
+    for name, rate in rates.items():
+        print(f"  {name:50s}: {rate / 1e3:9.1f} k tokens/s   {rate / bare:7.3f}x bare kernel")
+    print(f"  CLI cold / warm wall time: {cli_cold:.2f} s / {cli_warm:.2f} s = {cli_cold / cli_warm:.2f}x "
+          f"(imports alone {imports:.2f} s); warm runs {', '.join(f'{t:.2f}' for t in warm_runs)} s")
+    print(json.dumps({"length": length, "rows": len(rows), "tokens": tokens, "cli_cold_s": round(cli_cold, 3),
+                      "cli_warm_s": round(cli_warm, 3), "imports_s": round(imports, 3),
+                      **{k: round(v) for k, v in rates.items()}}))

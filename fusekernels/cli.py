@@ -92,7 +92,6 @@ def cmd_vocab_map(args):
 
 def cmd_align(args):
     from .pipeline.align_step import align_teachers, alignment_stats
-    from .pipeline.extract import tokenize_texts
     from .pipeline.io import load_rows, load_tokenizer
 
     if len(args.teacher) != len(args.teacher_tokenizer):
@@ -104,6 +103,8 @@ def cmd_align(args):
             raise UserError(f"{args.base} has no top-k columns; extract the base model first or pass --no-base-teacher")
         if args.max_length is None:
             raise UserError("--base holds raw texts: pass --max-length to tokenize them")
+        from .pipeline.extract import tokenize_texts
+
         base = tokenize_texts(base_tok, base, max_length=args.max_length, text_column=args.text_column)
     teacher_toks = [load_tokenizer(t) for t in args.teacher_tokenizer]
     maps = None

@@ -204,13 +204,13 @@ def map_cache_file(dataset, fingerprint: str, label: str) -> str | None:
     return str(cache_dir("datasets") / f"{label}-{fingerprint}.arrow")
 
 
-def cached_arrays(kind: str, key: str, build) -> dict:
+def cached_arrays(kind: str, key: str, build, *, keys: Iterable[str] = ()) -> dict:
     """``build()`` (a dict of numpy arrays), stored once as ``<cache_dir>/maps/<kind>-<key>.npz``
     and loaded from there by every later call, in any process.
 
     ``key`` must be a content fingerprint of everything the arrays depend on. The file is
-    written atomically; an unreadable file is rebuilt, and an unwritable cache folder only
-    costs the rebuild next time.
+    written atomically; an unreadable file, or one lacking any of ``keys``, is rebuilt, and an
+    unwritable cache folder only costs the rebuild next time.
     """
     import zipfile
 
@@ -220,7 +220,8 @@ def cached_arrays(kind: str, key: str, build) -> dict:
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as data:
-                return {name: data[name] for name in data.files}
+                if set(keys) <= set(data.files):
+                    return {name: data[name] for name in data.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile):
             pass  # damaged: rebuilt and replaced below
     arrays = build()

@@ -248,10 +248,17 @@ class _Stacker:
 
 def alignment_stats(aligned) -> AlignmentStats:
     """Totals of the ``teacher_aligned`` column of :func:`align_teachers` output."""
+    from fusekernels.tokenization.batch import arrow_lists
+
     _require(aligned, ["input_ids", "teacher_aligned"], "aligned dataset")
-    positions = sum(len(x) for x in aligned["input_ids"])
-    counts = np.asarray(aligned["teacher_aligned"], dtype=np.int64).sum(0)
-    return AlignmentStats(positions=positions, aligned=counts.tolist())
+    table = aligned.with_format("arrow")[:]  # Arrow columns: no Python list per row
+    _, offsets = arrow_lists(table.column("input_ids"))
+    values, per_row = arrow_lists(table.column("teacher_aligned"))
+    widths = np.diff(per_row)
+    if widths.size and (widths != widths[0]).any():
+        raise ValueError("aligned dataset: teacher_aligned rows have different numbers of teachers")
+    counts = values.astype(np.int64).reshape(len(widths), -1).sum(0) if widths.size else np.zeros(0, np.int64)
+    return AlignmentStats(positions=int(offsets[-1]), aligned=counts.tolist())
 
 
 def _require(dataset, columns, what):

@@ -37,7 +37,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .._optional import require
 
@@ -66,6 +65,7 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
     """
     require("datasets", "extract_teacher_topk")
     import datasets
+    import torch
 
     _validate(dataset, text_column, k, batch_size, shard_size, logits_dtype, tokenizer)
     if precision not in ("fp32", "published"):
@@ -209,8 +209,13 @@ class _ShardRunner:
             columns[name] = [r[name] for r in rows]
         return datasets.Dataset.from_dict(columns, features=self.features(dataset))
 
-    @torch.inference_mode()
     def _forward(self, batch_ids: list[list[int]]) -> list[dict]:
+        import torch
+
+        with torch.inference_mode():
+            return self._forward_batch(torch, batch_ids)
+
+    def _forward_batch(self, torch, batch_ids: list[list[int]]) -> list[dict]:
         from fusekernels.loss import teacher_topk
 
         lengths = torch.tensor([len(x) for x in batch_ids])
@@ -283,6 +288,8 @@ def _max_length(model, tokenizer, max_length):
 
 
 def _default_device(model) -> torch.device:
+    import torch
+
     if torch.cuda.is_available():
         return _partial_state().device  # this process's GPU under a multi-process launch
     try:
@@ -320,6 +327,7 @@ def _write_meta(out: Path, config: dict):
 
 
 def _partial_state():
+    import torch
     from accelerate import PartialState
 
     # accelerate treats a CPU-only torchrun launch as one process unless told cpu=True

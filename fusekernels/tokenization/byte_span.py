@@ -159,7 +159,8 @@ def build_byte_span_map(base: TokenizerProfile, blend: TokenizerProfile, *, fall
                     if hit is not None:
                         ids[i] = hit
                         break
-        return {"ids": ids, "exact": exact}
+        return {"ids": ids, "exact": exact, "base_fingerprint": np.array(_bytes_fingerprint(base)),
+                "blend_fingerprint": np.array(_bytes_fingerprint(blend))}
 
     if cache:
         from fusekernels.storage import cached_arrays
@@ -168,12 +169,12 @@ def build_byte_span_map(base: TokenizerProfile, blend: TokenizerProfile, *, fall
 
         # on disk, keyed by both vocabularies' content: later processes skip the MinED search
         arrays = cached_arrays(f"byte-span-{fallback}", f"{profile_fingerprint(base)}-{profile_fingerprint(blend)}",
-                               build)
+                               build, keys=("ids", "exact", "base_fingerprint", "blend_fingerprint"))
     else:
         arrays = build()
     ids, exact = arrays["ids"].astype(np.int32, copy=False), arrays["exact"].astype(bool, copy=False)
-    table = ByteSpanMap(ids=ids, exact=exact, fallback=fallback, base_fingerprint=_bytes_fingerprint(base),
-                        blend_fingerprint=_bytes_fingerprint(blend))
+    table = ByteSpanMap(ids=ids, exact=exact, fallback=fallback, base_fingerprint=str(arrays["base_fingerprint"]),
+                        blend_fingerprint=str(arrays["blend_fingerprint"]))
     if cache:
         with _MAP_LOCK:
             _MAP_CACHE[key] = (base, blend, table)

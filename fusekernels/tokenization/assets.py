@@ -80,7 +80,7 @@ def package_file(package: str, relative: str, *, pip_name: str | None = None) ->
 
 def _require(module: str, why: str) -> None:
     if importlib.util.find_spec(module) is None:
-        raise AssetUnavailable(f"{why} needs the {module!r} package")
+        raise AssetUnavailable(f"{why} needs the {module!r} package: pip install 'fusekernels[assets]'")
 
 
 def _fast_from_tokenizers(tk, *, eos: str | None = None, bos: str | None = None):

@@ -22,6 +22,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "sentencepiece": "assets",
     "tiktoken": "assets",
     "mistral_common": "assets",
+    "matplotlib": "plot",
     "mkdocs": "docs",
     "mkdocstrings": "docs",
 }

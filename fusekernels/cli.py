@@ -145,6 +145,28 @@ def cmd_pack(args):
     print(f"pack: {len(data)} sequences -> {len(out)} blocks of {args.block_size} tokens in {args.out}")
 
 
+def cmd_prepare(args):
+    from .pipeline.api import build_fusion_dataset
+    from .pipeline.io import load_rows, load_tokenizer
+    from .storage import check_output_dir
+
+    tokenizers = args.teacher_tokenizer or list(args.teacher)
+    if len(tokenizers) != len(args.teacher):
+        raise UserError(f"{len(args.teacher)} --teacher but {len(tokenizers)} --teacher-tokenizer")
+    check_output_dir(args.out, inputs=[args.data, *args.teacher], arg="--out")
+    data = load_rows(args.data)
+    teachers = [(model, load_tokenizer(tok)) for model, tok in zip(args.teacher, tokenizers)]
+    packed, report = build_fusion_dataset(
+        data, load_tokenizer(args.student_tokenizer), teachers, block_size=args.block_size, k=args.k,
+        base_model=args.base_model, method=args.method, fallback=args.fallback, text_column=args.text_column,
+        batch_size=args.batch_size, cache=False if args.no_cache else (args.cache_dir or True),
+        num_proc=args.num_proc, return_report=True)
+    _save(packed, args.out)
+    coverage = ", ".join(f"{t['name']} {t['coverage']:.1%} ({t['cache']})" for t in report.teachers)
+    print(f"prepare: {report.texts} texts -> {report.blocks} blocks of {args.block_size} tokens in {args.out}; "
+          f"alignment coverage: {coverage}")
+
+
 def cmd_train(args):
     from transformers import TrainingArguments
 
@@ -184,7 +206,7 @@ def cmd_demo(args):
     config = DemoConfig(steps=args.steps, seed=args.seed, out=args.out, train_docs=args.train_docs,
                         eval_docs=args.eval_docs, block_size=args.block_size, batch_size=args.batch_size,
                         lr=args.lr, lam=args.lam, loss_type=args.loss_type, method=args.method,
-                        fallback=args.fallback, student_teacher=args.student_teacher)
+                        fallback=args.fallback, fusion=args.fusion, cache=args.cache, plots=args.plots)
     results = run_demo(config)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -284,6 +306,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", help="texts for --mode co_occurrence")
     _common(p, out_help=".json (published format) or .npz file", num_proc=False)
 
+    p = command("prepare", cmd_prepare, "Texts -> split -> extract every teacher (disk cache) -> align to the "
+                "student -> pack, in one command (build_fusion_dataset).")
+    p.add_argument("--data", required=True, help="texts (.jsonl/.json/.parquet/.csv/.txt or a saved dataset)")
+    p.add_argument("--student-tokenizer", required=True, help="the target model's tokenizer (path or asset name)")
+    p.add_argument("--teacher", action="append", required=True, help="teacher model: folder or .gguf (repeatable)")
+    p.add_argument("--teacher-tokenizer", action="append", default=[],
+                   help="its tokenizer (repeatable, same order; default: the teacher path)")
+    p.add_argument("--base-model", help="the student model itself, to fuse its own distribution too (FuseLLM)")
+    p.add_argument("--block-size", type=_positive_int, default=2048, help="training block length")
+    p.add_argument("--k", type=_positive_int, default=10, help="top-k entries kept per position")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="texts per teacher forward pass")
+    p.add_argument("--method", choices=["byte_span", "compat_hard", "compat_soft"], default="byte_span",
+                   help="token alignment")
+    p.add_argument("--fallback", choices=["published", "absent"], default="absent",
+                   help="positions a teacher cannot serve")
+    p.add_argument("--cache-dir", help="teacher-output cache folder (default: the user cache folder)")
+    p.add_argument("--no-cache", action="store_true", help="do not use the teacher-output cache")
+    _common(p, out_help="output folder for the packed dataset")
+
     p = command("align", cmd_align, "Align teachers' top-k to the base tokenization and stack them.")
     p.add_argument("--base", required=True, help="base extraction folder (or texts with --no-base-teacher)")
     p.add_argument("--base-tokenizer", required=True, help="base (target) tokenizer")
@@ -352,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .pipeline.demo import DemoConfig
 
     d = DemoConfig()
-    p = command("demo", cmd_demo, "End-to-end FuseLLM demo: SmolLM2-135M teaches a tiny Llama on KJV text.")
+    p = command("demo", cmd_demo, "End-to-end FuseLLM demo: SmolLM2-135M and Gemma-3-270M fused into a tiny Llama "
+                "(Mistral tokenizer) on KJV text, next to CLM-only training; JSON results and PNG plots.")
     p.add_argument("--steps", type=_positive_int, default=d.steps, help="optimizer steps of each training run")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the student initialisation and data order")
     p.add_argument("--out", help="folder for results and models; None = a new temporary folder")
@@ -368,7 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="token alignment")
     p.add_argument("--fallback", choices=["published", "absent"], default=d.fallback,
                    help="unaligned positions: one-hot on the current token (published) or no teacher")
-    p.add_argument("--student-teacher", action="store_true", help="also use the student's own top-k as a teacher")
+    p.add_argument("--fusion", choices=["mince", "avgce"], default=d.fusion, help="how the teachers are fused")
+    p.add_argument("--no-cache", dest="cache", action="store_false", help="do not use the teacher-output cache")
+    p.add_argument("--no-plots", dest="plots", action="store_false", help="write no PNG plots")
     p.add_argument("--json", action="store_true", help="print the results as JSON at the end")
     return parser
 

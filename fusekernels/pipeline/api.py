@@ -1,0 +1,176 @@
+"""One call from texts to a FuseLLM training dataset: split -> extract -> align -> pack.
+
+:func:`build_fusion_dataset` chains the pipeline steps of this package for a student (target)
+tokenizer and several teachers with their own tokenizers::
+
+    texts ──split_long_texts──► texts that fit every tokenizer
+          ──cached_extract──► each teacher's top-k on its own tokens (disk cache, see cache.py)
+          ──align_teachers──► every teacher's top-k on the student's tokens, stacked
+          ──pack_sequences──► blocks of ``block_size`` tokens for FusionTrainer
+
+The result is a ``datasets.Dataset`` with the columns
+:class:`fusekernels.integration.FusionDataCollator` takes (``input_ids`` [B] int32,
+``teacher_ids`` [B, T, k] int32, ``teacher_logits`` [B, T, k] float16, ``teacher_ce`` [T]
+float32), teachers in the order given (the base model first when ``base_model`` is given, as in
+FuseLLM where the target's own distribution is one of the fused ones). With
+``return_report=True`` a :class:`FusionDataReport` comes with it: per-teacher alignment coverage,
+cache use and per-stage throughput.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+
+@dataclass
+class FusionDataReport:
+    """What :func:`build_fusion_dataset` did.
+
+    ``teachers``: per teacher (base model first when given) its name, ``coverage`` (fraction of
+    student positions that got its real distribution), ``cache`` (``reused`` / ``computed`` /
+    ``resumed`` / ``disabled``) and extraction ``tokens`` / ``seconds`` / ``tokens_per_s`` (0 s when
+    reused). ``stages``: seconds and tokens/s of ``split``, ``align`` and ``pack``.
+    """
+    texts: int = 0
+    student_positions: int = 0
+    blocks: int = 0
+    block_size: int = 0
+    teachers: list = field(default_factory=list)
+    stages: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_size: int = 2048, k: int = 10,
+                         split_margin: int = 48, base_model=None, method: str = "byte_span", fallback: str = "absent",
+                         text_column: str = "text", batch_size: int = 8, logits_dtype: str = "float16",
+                         load_kwargs: dict | None = None, cache: bool | str | os.PathLike = True,
+                         teacher_names: Sequence[str] | None = None, num_proc: int | None = None,
+                         progress: bool = True, log: Callable[[str], None] | None = print,
+                         return_report: bool = False):
+    """Build a packed FuseLLM training dataset from raw texts (see module docstring).
+
+    Args:
+        texts: a list of str, or a ``datasets.Dataset`` with the string column ``text_column``.
+        student_tokenizer: the target model's tokenizer (needs ``eos_token_id``); every teacher's
+            distribution is aligned to its tokens and vocabulary.
+        teachers: a sequence of ``(model, tokenizer)`` pairs. ``model`` is a loaded causal LM or
+            the path of one (a Hugging Face folder or a ``.gguf`` file, loaded with
+            ``load_kwargs`` only when its outputs are not cached); ``tokenizer`` is a tokenizer
+            object, a path or a packaged tokenizer name (``fusekernels.tokenization.assets``).
+        block_size: training block length; also the split window and the extraction length.
+        split_margin: documents longer than ``block_size - split_margin`` tokens in some tokenizer
+            are cut into windows of that size (the published margin is 48).
+        k: entries of each teacher's distribution kept per position.
+        base_model: the student itself (model or path) when its own top-k is to be fused too
+            (FuseLLM's continual training of a pretrained target); ``None`` for a fresh student.
+        method: alignment (``"byte_span"`` default, ``"compat_hard"``, ``"compat_soft"``).
+        fallback: positions a teacher cannot serve (``"absent"`` default, ``"published"``); see
+            :func:`fusekernels.pipeline.align_step.align_teachers`.
+        cache: teacher-output disk cache: ``True`` (user cache folder), a folder, or ``False``.
+        teacher_names: names used in the log lines and the report (default: file names / classes).
+        log: receives one line per cache decision (``None``: silent).
+    Returns:
+        the packed ``datasets.Dataset``, or ``(dataset, FusionDataReport)`` with ``return_report``.
+    """
+    from .align_step import align_teachers, alignment_stats
+    from .cache import cached_extract
+    from .io import load_tokenizer
+    from .pack import pack_sequences
+    from .split import split_long_texts
+
+    dataset = _as_dataset(texts, text_column)
+    teachers = list(teachers)
+    if not teachers and base_model is None:
+        raise ValueError("teachers is empty and there is no base_model: nothing to fuse")
+    for i, pair in enumerate(teachers):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"teachers[{i}] must be a (model, tokenizer) pair, got {type(pair).__name__}")
+    if not isinstance(block_size, int) or block_size < 2:
+        raise ValueError(f"block_size must be an int >= 2, got {block_size!r}")
+    if getattr(student_tokenizer, "eos_token_id", None) is None:
+        raise ValueError("student_tokenizer has no eos_token_id: the pipeline appends EOS to every text")
+    models = [m for m, _ in teachers]
+    tokenizers = [t if hasattr(t, "encode") else load_tokenizer(t) for _, t in teachers]
+    names = list(teacher_names) if teacher_names is not None else [_name(m) for m in models]
+    if len(names) != len(teachers):
+        raise ValueError(f"teacher_names has {len(names)} entries for {len(teachers)} teachers")
+    report = FusionDataReport(block_size=block_size)
+
+    start = time.perf_counter()
+    split = split_long_texts(dataset.select_columns([text_column]), [student_tokenizer, *tokenizers], block_size,
+                             text_column=text_column, margin=split_margin, num_proc=num_proc)
+    report.texts = len(split)
+    report.stages["split"] = {"seconds": time.perf_counter() - start, "texts": len(dataset)}
+
+    extract = dict(k=k, max_length=block_size, batch_size=batch_size, text_column=text_column,
+                   logits_dtype=logits_dtype, load_kwargs=load_kwargs, cache=cache, progress=progress, log=log)
+    sources = ([("base", base_model, student_tokenizer)] if base_model is not None else []) + \
+        list(zip(names, models, tokenizers))
+    rows = []
+    for name, model, tokenizer in sources:
+        start = time.perf_counter()
+        out, info = cached_extract(model, tokenizer, split, name=name, **extract)
+        seconds = time.perf_counter() - start
+        tokens = sum(len(x) for x in out["input_ids"])
+        rows.append(out)
+        report.teachers.append({"name": name, "cache": info.status, "tokens": tokens, "seconds": seconds,
+                                "tokens_per_s": tokens / seconds if seconds > 0 else 0.0})
+    if base_model is not None:
+        base_rows, teacher_rows = rows[0], rows[1:]
+    else:
+        from .extract import tokenize_texts
+
+        base_rows, teacher_rows = tokenize_texts(student_tokenizer, split, max_length=block_size,
+                                                 text_column=text_column), rows
+
+    start = time.perf_counter()
+    aligned = align_teachers(base_rows, teacher_rows, base_tokenizer=student_tokenizer,
+                             teacher_tokenizers=tokenizers, method=method, include_base_teacher=base_model is not None,
+                             fallback=fallback, k=k, text_column=text_column, num_proc=num_proc)
+    seconds = time.perf_counter() - start
+    stats = alignment_stats(aligned)
+    report.student_positions = stats.positions
+    report.stages["align"] = {"seconds": seconds, "tokens_per_s": stats.positions / seconds if seconds > 0 else 0.0,
+                              "method": method}
+    for entry, rate in zip(report.teachers, stats.rates):
+        entry["coverage"] = rate
+
+    start = time.perf_counter()
+    packed = pack_sequences(aligned, block_size, num_proc=num_proc)
+    seconds = time.perf_counter() - start
+    if len(packed) == 0:
+        raise ValueError(f"the texts give {stats.positions} student tokens, fewer than one block "
+                         f"(block_size={block_size})")
+    report.blocks = len(packed)
+    report.stages["pack"] = {"seconds": seconds, "tokens_per_s": stats.positions / seconds if seconds > 0 else 0.0}
+    return (packed, report) if return_report else packed
+
+
+def _as_dataset(texts, text_column: str):
+    import datasets
+
+    if isinstance(texts, datasets.Dataset):
+        if text_column not in texts.column_names:
+            raise ValueError(f"texts has no column {text_column!r} (columns: {texts.column_names})")
+        if len(texts) == 0:
+            raise ValueError("texts is empty")
+        return texts
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise TypeError(f"texts must be a list of str or a datasets.Dataset, got {type(texts).__name__}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
+    if not texts:
+        raise ValueError("texts is empty")
+    return datasets.Dataset.from_dict({text_column: list(texts)})
+
+
+def _name(model) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return os.path.basename(os.fspath(model).rstrip("/\\")) or os.fspath(model)
+    path = getattr(getattr(model, "config", None), "_name_or_path", "")
+    return os.path.basename(str(path).rstrip("/")) or type(model).__name__

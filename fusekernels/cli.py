@@ -195,7 +195,9 @@ def cmd_merge(args):
     from .pipeline.merge import merge_models
 
     report = merge_models(args.targets, args.out, method=args.method, base=args.base, weights=args.weights,
-                          temperature=args.temperature, max_shard_size=_parse_size(args.max_shard_size))
+                          temperature=args.temperature, max_shard_size=_parse_size(args.max_shard_size),
+                          density=args.density, t=args.t if len(args.t) > 1 else args.t[0], seed=args.seed,
+                          normalize=not args.no_normalize, dtype=args.merge_dtype)
     print(f"merge ({report.method}): {len(report.weights)} tensors, {report.num_parameters} parameters -> "
           f"{', '.join(report.files)}")
 
@@ -381,12 +383,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     _common(p, out_help="output model folder", num_proc=False, text_column=False)
 
-    p = command("merge", cmd_merge, "Merge target models in parameter space (FuseChat VaRM or linear).")
-    p.add_argument("--targets", required=True, nargs="+", help="safetensors checkpoints (folders or files)")
-    p.add_argument("--base", help="common starting model (VaRM)")
-    p.add_argument("--method", choices=["varm", "linear"], default="varm")
-    p.add_argument("--weights", type=float, nargs="+", help="linear merge weights, one per target")
+    p = command("merge", cmd_merge, "Merge target models in parameter space (FuseChat VaRM, linear; TIES, DARE, "
+                                    "SLERP, task arithmetic via mergekit).")
+    p.add_argument("--targets", required=True, nargs="+",
+                   help="safetensors checkpoints (folders or files; model folders for the mergekit methods)")
+    p.add_argument("--base", help="common starting (pivot) model: varm, ties, dare_*, task_arithmetic")
+    p.add_argument("--method", choices=["varm", "linear", "ties", "dare_ties", "dare_linear", "slerp",
+                                        "task_arithmetic"], default="varm")
+    p.add_argument("--weights", type=float, nargs="+",
+                   help="per-target weights (linear; ties / dare_* / task_arithmetic, default 1 each)")
     p.add_argument("--temperature", type=float, help="VaRM softmax temperature (default: plain normalisation)")
+    p.add_argument("--density", type=float, nargs="+", help="ties / dare_*: fraction of each task vector kept "
+                   "(one value or one per target; default 0.5 as FuseChat)")
+    p.add_argument("--t", type=float, nargs="+", default=[0.5],
+                   help="slerp: 0 = first target, 1 = second (several values: a gradient over the layers)")
+    p.add_argument("--no-normalize", action="store_true", help="ties / dare_* / task_arithmetic: do not "
+                   "normalise the weights (FuseChat normalises)")
+    p.add_argument("--merge-dtype", choices=["float32", "bfloat16", "float16"],
+                   help="mergekit methods: output dtype (default: mergekit's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of DARE's random drops")
     p.add_argument("--max-shard-size", default="2GB")
     _common(p, out_help="output folder or .safetensors file", num_proc=False, text_column=False)
 

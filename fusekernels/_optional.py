@@ -23,6 +23,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "tiktoken": "assets",
     "mistral_common": "assets",
     "matplotlib": "plot",
+    "mergekit": "merge",
     "mkdocs": "docs",
     "mkdocstrings": "docs",
 }

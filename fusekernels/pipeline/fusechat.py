@@ -1,4 +1,4 @@
-"""FuseChat's pairwise recipe as one resumable run (spec section 8).
+"""FuseChat's pairwise recipe (pairwise fusion, then a parameter-space merge) as one resumable run.
 
 Given a pivot model and N source models, each pair is fused into its own target model: the
 pivot is trained on its own top-k distribution plus the source's, aligned to the pivot's tokens
@@ -8,8 +8,8 @@ parameter space (VaRM by default, or linear / TIES / DARE / SLERP / task arithme
 Steps, each writing one folder under ``out``::
 
     pivot/              the pivot as a Hugging Face folder (start of every training, merge base)
-    split/              texts split to fit every tokenizer (spec section 1)
-    extract-pivot/      the pivot's top-k and CE (spec section 2)
+    split/              texts split to fit every tokenizer
+    extract-pivot/      the pivot's top-k and CE
     extract-source-i/   source i's top-k and CE
     align-i/            pivot + source i aligned to the pivot's tokens
     pack-i/             training blocks

@@ -1,6 +1,6 @@
 """TIES, DARE, SLERP and task-arithmetic merges of FuseChat target models, run by mergekit.
 
-FuseChat publishes mergekit configurations next to its own VaRM merge (spec section 8): the
+FuseChat publishes mergekit configurations next to its own VaRM merge: the
 pivot (common starting model) is ``base_model`` and every target model has a ``weight`` and, for
 TIES / DARE, a ``density`` (FuseChat: 0.5), with ``normalize: true``; SLERP interpolates two
 target models with ``t``. :func:`mergekit_config` writes that configuration for local model

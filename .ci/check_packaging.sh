@@ -3,7 +3,8 @@
 #   1. build the sdist and check that it carries what a build needs;
 #   2. build a wheel FROM that sdist, in a fresh virtual environment;
 #   3. install the wheel in another fresh one that already holds a torch (the "user's torch"),
-#      check that torch is left as it was, import the package and call the native core;
+#      check that torch is left as it was (and that pip would keep an old torch 2.2.0 too),
+#      import the package and call the native core;
 #   4. check the wheel's contents (LICENSE, py.typed, metadata) and that its extension module
 #      depends on nothing of the build machine (no RPATH/RUNPATH, only system libraries);
 #   5. check that the cibuildwheel configuration selects the release wheels (it needs
@@ -57,6 +58,21 @@ before=$("$work/user-env/bin/python" -c "import torch; print(torch.__version__)"
 after=$("$work/user-env/bin/python" -c "import torch; print(torch.__version__)")
 [ "$before" = "$after" ] || { echo "installing the wheel replaced torch $before by $after"; exit 1; }
 echo "torch $after untouched"
+
+# An older torch (2.2.0, the floor) is kept too: the resolver is asked with only its metadata
+# installed (no 2.2 wheel for this Python is at hand; nothing is imported).
+python3 -m venv "$work/old-torch-env"
+site=$("$work/old-torch-env/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+mkdir "$site/torch-2.2.0.dist-info"
+printf 'Metadata-Version: 2.1\nName: torch\nVersion: 2.2.0\n' >"$site/torch-2.2.0.dist-info/METADATA"
+: >"$site/torch-2.2.0.dist-info/RECORD"
+"$work/old-torch-env/bin/python" -m pip install -q --dry-run --report "$work/report.json" "$wheel"
+"$work/old-torch-env/bin/python" - "$work/report.json" <<'EOF2'
+import json, sys
+names = sorted(item["metadata"]["name"] for item in json.load(open(sys.argv[1]))["install"])
+assert "torch" not in names, f"installing the wheel would replace torch 2.2.0: {names}"
+print(f"torch 2.2.0 kept: the wheel would install only {', '.join(names)}")
+EOF2
 
 cd "$work"   # away from the source tree: the installed package must be the one imported
 "$work/user-env/bin/python" - "$wheel" <<'EOF'

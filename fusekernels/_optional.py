@@ -24,6 +24,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "mistral_common": "assets",
     "matplotlib": "plot",
     "mergekit": "merge",
+    "matplotlib": "plot",
     "mkdocs": "docs",
     "mkdocstrings": "docs",
 }

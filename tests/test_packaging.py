@@ -171,3 +171,12 @@ def test_asset_helpers_name_the_extra():
 
     with pytest.raises(AssetUnavailable, match=r"pip install 'fusekernels\[assets\]'"):
         _require("fusekernels_no_such_module_abc", "reading x")
+
+
+def test_every_required_module_has_an_extra():
+    required = set()
+    for path in (ROOT / "fusekernels").rglob("*.py"):
+        required.update(m.split(".")[0] for m in re.findall(r"\brequire\(\s*[\"']([\w.]+)[\"']",
+                                                             path.read_text(encoding="utf-8")))
+    assert {"datasets", "transformers"} <= required
+    assert required <= set(EXTRA_OF_MODULE), f"require() of modules without an extra: {required - set(EXTRA_OF_MODULE)}"

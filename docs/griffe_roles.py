@@ -8,6 +8,8 @@
   broken reference (strict mode fails on it); other targets (``datasets.Dataset``) stay code.
 - ``a, b: description`` in an ``Args:`` section documents each of ``a`` and ``b`` (continuation
   lines go with the last one), so that unknown parameters can still be reported.
+- reST simple tables (``=====  =====`` rules) are shown as preformatted text, as in ``help()``;
+  a paragraph ending in ``::`` before an indented literal block ends in ``:``.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ class SphinxRoles(griffe.Extension):
     def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
         for obj in _walk(pkg):
             if obj.docstring is not None:
-                text = _split_multi_args(obj.docstring.value)
+                text = _rst_literals(_split_multi_args(obj.docstring.value))
                 obj.docstring.value = _ROLE.sub(lambda m: self._link(m, obj, loader), text)
 
     def _link(self, match: re.Match, obj: griffe.Object, loader: griffe.GriffeLoader) -> str:
@@ -42,6 +44,29 @@ class SphinxRoles(griffe.Extension):
         if found.docstring is None:  # not rendered (members without a docstring are hidden)
             return f"`{shown}`"
         return f"[`{shown}`][{found.path}]"
+
+
+_TABLE_RULE = re.compile(r"^\s*=+(?:\s+=+)+\s*$")
+
+
+def _rst_literals(text: str) -> str:
+    lines, out, i = text.splitlines(), [], 0
+    while i < len(lines):
+        if _TABLE_RULE.match(lines[i]):
+            # a simple table: top rule, header, rule, rows, bottom rule (the third rule)
+            j, rules = i + 1, 1
+            while j < len(lines) and rules < 3:
+                rules += bool(_TABLE_RULE.match(lines[j]))
+                j += 1
+            out += ["```text", *lines[i:j], "```"]
+            i = j
+            continue
+        line = lines[i]
+        if line.rstrip().endswith("::") and i + 1 < len(lines) and not lines[i + 1].strip():
+            line = line.rstrip()[:-1]
+        out.append(line)
+        i += 1
+    return "\n".join(out)
 
 
 def _split_multi_args(text: str) -> str:

@@ -181,3 +181,12 @@ def test_every_required_module_has_an_extra():
                                                              path.read_text(encoding="utf-8")))
     assert {"datasets", "transformers"} <= required
     assert required <= set(EXTRA_OF_MODULE), f"require() of modules without an extra: {required - set(EXTRA_OF_MODULE)}"
+
+
+def test_cli_version(capsys):
+    from fusekernels.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fusekernels {fusekernels.__version__}"

@@ -190,3 +190,11 @@ def test_cli_version(capsys):
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.strip() == f"fusekernels {fusekernels.__version__}"
+
+
+def test_every_extra_is_documented():
+    table = (ROOT / "docs" / "install.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for extra in EXTRAS:
+        assert f"| `{extra}` |" in table, f"extra {extra!r} missing from docs/install.md"
+        assert f"`{extra}`" in readme, f"extra {extra!r} missing from the README"

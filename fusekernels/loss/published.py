@@ -36,7 +36,9 @@ def published_weights(fusion: str, present: torch.Tensor, teacher_ce: torch.Tens
 
     present [N, T] bool (teachers with an entry at the row); teacher_ce [N, T] float.
     ``base_teacher``: teacher 0 is the base model's own distribution (the published code then
-    takes the argmax over all teachers); without it two teachers use the ``r0 > r1`` rule.
+    takes the argmax over all teachers); without it two teachers use the ``r0 > r1`` rule (the
+    published code has no case of more than two teachers without the base: the argmax is used).
+    Teachers absent at a row never win it (the published pipeline has no absent teachers).
     """
     if fusion not in ("mince", "avgce"):
         raise ValueError(f"precision='published' supports fusion 'mince' and 'avgce' (the published ones), "
@@ -48,7 +50,7 @@ def published_weights(fusion: str, present: torch.Tensor, teacher_ce: torch.Tens
     if fusion == "mince":
         if not base_teacher and n_teachers == 2:
             # torch.where(r0 > r1, d0, d1): ties go to the second teacher; an absent one never wins
-            first = (reward[:, 0] > reward[:, 1]) | ~present[:, 1]
+            first = present[:, 0] & ((reward[:, 0] > reward[:, 1]) | ~present[:, 1])
             best = torch.where(first, 0, 1)
         else:
             # argmax returns the first maximal index; rewards lie in [0, 1], -1 marks absence

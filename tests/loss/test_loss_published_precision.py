@@ -173,3 +173,10 @@ def test_published_rejects_explicit_weights_and_missing_ce():
         fusion_loss(z, y, ids, tl, precision="published")
     with pytest.raises(ValueError, match="precision"):
         fusion_loss(z, y, ids, tl, teacher_ce=torch.ones(2, 2), precision="bf16")
+
+
+def test_absent_teacher_never_wins_the_two_teacher_rule():
+    ce = torch.tensor([[0.1, 2.0], [2.0, 0.1], [1.0, 1.0]])
+    present = torch.tensor([[False, True], [True, False], [True, True]])
+    w = published_weights("mince", present, ce, base_teacher=False)
+    assert w.tolist() == [[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]

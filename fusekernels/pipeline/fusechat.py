@@ -196,7 +196,7 @@ def _run_steps(config: PairwiseConfig, steps: _Steps, verbose: bool) -> None:
     source_toks = [load_tokenizer(t) for t in (config.source_tokenizers or config.sources)]
 
     def save_pivot(tmp):
-        load_model(config.pivot).save_pretrained(str(tmp))
+        _plain_model(load_model(config.pivot)).save_pretrained(str(tmp))
         pivot_tok.save_pretrained(str(tmp))
 
     pivot_dir = steps.run("pivot", save_pivot)
@@ -264,6 +264,23 @@ def _run_steps(config: PairwiseConfig, steps: _Steps, verbose: bool) -> None:
         pivot_tok.save_pretrained(str(tmp))
 
     steps.run("merged", merge, lambda p: {"method": config.merge_method, "targets": len(targets)})
+
+
+def _plain_model(model):
+    """A GGUF-loaded model is dequantised but still flagged as quantized, which transformers
+    neither saves nor trains: copy its weights into a plain model of the same config."""
+    if getattr(model, "hf_quantizer", None) is None:
+        return model
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    plain.load_state_dict(model.state_dict())
+    return plain
 
 
 def _train(config: PairwiseConfig, pivot_dir: Path, pack_dir: Path, tmp: Path) -> None:

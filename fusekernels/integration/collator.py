@@ -91,6 +91,10 @@ class FusionDataCollator:
         packing: padding-free mode (one concatenated row, ``position_ids`` per sequence).
         pad_to_multiple_of: round the padded length T up to a multiple of this.
         max_length: reject examples longer than this (None = no limit).
+        allow_plain: a batch in which no example has any teacher column collates to the plain
+            causal-LM batch (``input_ids``, ``attention_mask``, ``labels``; ``position_ids``
+            when packing): evaluation on held-out text without teachers. FusionTrainer and
+            ``FusionLossFunction.attach`` turn it on; training on such a batch still fails.
 
     ``__call__(features)`` takes a list of example dicts in the format of the module docstring
     and returns a dict of tensors; it raises ValueError / TypeError / KeyError naming the
@@ -100,7 +104,7 @@ class FusionDataCollator:
 
     def __init__(self, pad_token_id: int = 0, *, num_teachers: int | None = None, vocab_size: int | None = None,
                  metric_level: str = "sequence", require_teacher_ce: bool = True, packing: bool = False,
-                 pad_to_multiple_of: int | None = None, max_length: int | None = None):
+                 pad_to_multiple_of: int | None = None, max_length: int | None = None, allow_plain: bool = False):
         if metric_level not in METRIC_LEVELS:
             raise ValueError(f"metric_level must be one of {METRIC_LEVELS}, got {metric_level!r}")
         if num_teachers is not None and num_teachers < 1:
@@ -125,6 +129,7 @@ class FusionDataCollator:
         self.packing = packing
         self.pad_to_multiple_of = pad_to_multiple_of
         self.max_length = max_length
+        self.allow_plain = bool(allow_plain)
 
     # ------------------------------------------------------------------ validation
     def _example(self, feature: Mapping, index: int, num_teachers: int | None) -> dict[str, np.ndarray]:
@@ -139,6 +144,31 @@ class FusionDataCollator:
                         "so that it keeps the teacher columns")
             raise KeyError(f"example {index} is missing column(s) {missing}; fusion training needs {list(required)} "
                            f"(see fusekernels.integration.collator for the format){hint}")
+        out = self._token_columns(feature, index)
+        input_ids, mask, length = out["input_ids"], out["attention_mask"], len(out["input_ids"])
+
+        ids = _int_array(feature["teacher_ids"], "teacher_ids", index, 3)
+        logits = _float_array(feature["teacher_logits"], "teacher_logits", index)
+        if ids.shape[0] != length:
+            raise ValueError(f"example {index}: teacher_ids has {ids.shape[0]} positions, input_ids has {length}")
+        if logits.shape != ids.shape:
+            raise ValueError(f"example {index}: teacher_logits shape {logits.shape} != teacher_ids shape {ids.shape}")
+        n_teachers = ids.shape[1]
+        expected = self.num_teachers if self.num_teachers is not None else num_teachers
+        if n_teachers < 1 or ids.shape[2] < 1:
+            raise ValueError(f"example {index}: teacher_ids needs >= 1 teacher and k >= 1, got shape {ids.shape}")
+        if expected is not None and n_teachers != expected:
+            raise ValueError(f"example {index}: has {n_teachers} teacher(s), expected {expected}")
+        if np.isnan(logits).any() or np.isposinf(logits).any():
+            raise ValueError(f"example {index}: teacher_logits contains NaN or +inf (use -inf for padding entries)")
+        out["teacher_ids"], out["teacher_logits"] = self._checked_ids(ids, logits, index), logits
+
+        if self.require_teacher_ce:
+            out["teacher_ce"] = self._metric(feature["teacher_ce"], index, length, n_teachers, mask)
+        return out
+
+    def _token_columns(self, feature: Mapping, index: int) -> dict[str, np.ndarray]:
+        """``input_ids`` / ``labels`` / ``attention_mask`` of one example, checked, as int64 [L]."""
         input_ids = _int_array(feature["input_ids"], "input_ids", index, 1)
         length = len(input_ids)
         if length == 0:
@@ -162,24 +192,6 @@ class FusionDataCollator:
         labels = out.get("labels")
         out["labels"] = np.where(mask.astype(bool), input_ids, -100) if labels is None else labels
 
-        ids = _int_array(feature["teacher_ids"], "teacher_ids", index, 3)
-        logits = _float_array(feature["teacher_logits"], "teacher_logits", index)
-        if ids.shape[0] != length:
-            raise ValueError(f"example {index}: teacher_ids has {ids.shape[0]} positions, input_ids has {length}")
-        if logits.shape != ids.shape:
-            raise ValueError(f"example {index}: teacher_logits shape {logits.shape} != teacher_ids shape {ids.shape}")
-        n_teachers = ids.shape[1]
-        expected = self.num_teachers if self.num_teachers is not None else num_teachers
-        if n_teachers < 1 or ids.shape[2] < 1:
-            raise ValueError(f"example {index}: teacher_ids needs >= 1 teacher and k >= 1, got shape {ids.shape}")
-        if expected is not None and n_teachers != expected:
-            raise ValueError(f"example {index}: has {n_teachers} teacher(s), expected {expected}")
-        if np.isnan(logits).any() or np.isposinf(logits).any():
-            raise ValueError(f"example {index}: teacher_logits contains NaN or +inf (use -inf for padding entries)")
-        out["teacher_ids"], out["teacher_logits"] = self._checked_ids(ids, logits, index), logits
-
-        if self.require_teacher_ce:
-            out["teacher_ce"] = self._metric(feature["teacher_ce"], index, length, n_teachers, mask)
         return out
 
     def _checked_ids(self, ids: np.ndarray, logits: np.ndarray, index: int) -> np.ndarray:
@@ -219,12 +231,35 @@ class FusionDataCollator:
     def __call__(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         if not isinstance(features, Sequence) or isinstance(features, (str, bytes, Mapping)) or len(features) == 0:
             raise ValueError("features must be a non-empty list of example dicts")
+        if self.allow_plain and all(isinstance(f, Mapping) and "input_ids" in f
+                                    and all(f.get(c) is None for c in TEACHER_COLUMNS) for f in features):
+            return self._plain([self._token_columns(f, i) for i, f in enumerate(features)])
         examples, n_teachers = [], None
         for index, feature in enumerate(features):
             example = self._example(feature, index, n_teachers)
             n_teachers = example["teacher_ids"].shape[1]
             examples.append(example)
         return self._pack(examples) if self.packing else self._pad(examples)
+
+    def _plain(self, examples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+        """Causal-LM batch without teacher tensors (``allow_plain``), padded or packed like the others."""
+        if self.packing:
+            keep = [e["attention_mask"].astype(bool) for e in examples]
+            ids = [e["input_ids"][m] for e, m in zip(examples, keep) if m.any()]
+            labels = [np.concatenate([[-100], e["labels"][m][1:]]) for e, m in zip(examples, keep) if m.any()]
+            if not ids:
+                raise ValueError("every example in the batch has an all-zero attention_mask")
+            out = {"input_ids": np.concatenate(ids), "labels": np.concatenate(labels),
+                   "position_ids": np.concatenate([np.arange(len(i), dtype=np.int64) for i in ids])}
+            return {name: torch.from_numpy(value.astype(np.int64)[None]) for name, value in out.items()}
+        length = self._padded_length(max(len(e["input_ids"]) for e in examples))
+        out = {"input_ids": np.full((len(examples), length), self.pad_token_id, dtype=np.int64),
+               "attention_mask": np.zeros((len(examples), length), dtype=np.int64),
+               "labels": np.full((len(examples), length), -100, dtype=np.int64)}
+        for b, e in enumerate(examples):
+            for name in out:
+                out[name][b, :len(e["input_ids"])] = e[name]
+        return {name: torch.from_numpy(value) for name, value in out.items()}
 
     def _padded_length(self, length: int) -> int:
         multiple = self.pad_to_multiple_of

@@ -5,20 +5,24 @@ A plain ``Trainer`` calls ``compute_loss_func(outputs, labels, num_items_in_batc
 among its arguments. :class:`FusionLossFunction` gets them from the model call itself: a forward
 pre-hook on the model pops ``teacher_ids`` / ``teacher_logits`` / ``teacher_ce`` from the forward
 keyword arguments (so the model never sees them) and keeps them, with the ``attention_mask``,
-for the ``compute_loss_func`` call that follows the forward in the same step::
+for the ``compute_loss_func`` call that follows the forward in the same step. One call wires
+the object into an existing ``Trainer``::
 
-    loss_fn = FusionLossFunction(model, FusionArguments(fusion="mince", lam=0.9))
-    trainer = Trainer(model=model, args=TrainingArguments(..., remove_unused_columns=False),
-                      train_dataset=dataset, data_collator=FusionDataCollator(pad_token_id=pad_id),
-                      compute_loss_func=loss_fn, callbacks=[loss_fn])
+    trainer = Trainer(model=model, args=TrainingArguments(...), train_dataset=dataset,
+                      data_collator=FusionDataCollator(pad_token_id=pad_id))
+    FusionLossFunction(FusionArguments(fusion="mince", lam=0.9)).attach(trainer)
+
+``attach`` makes it the trainer's ``compute_loss_func`` and a callback (the ``lam`` schedule
+follows the training step; arguments are checked when training starts), keeps the teacher
+columns through ``remove_unused_columns``, lets the collator pass plain evaluation batches (the
+loss is then the causal-LM loss) and logs ``clm_loss`` / ``fusion_loss`` / ``lam`` next to
+``loss``, and ``eval_clm_loss`` / ``eval_perplexity`` next to ``eval_loss``, like
+:class:`FusionTrainer`. The explicit form ``FusionLossFunction(model, fusion_args)`` with
+``Trainer(compute_loss_func=loss_fn, callbacks=[loss_fn])`` and
+``TrainingArguments(remove_unused_columns=False)`` still works (without the component logs).
 
 Requirements and limits:
 
-- ``remove_unused_columns=False``: the Trainer otherwise drops the teacher columns, which the
-  model's ``forward`` does not name (:class:`FusionTrainer` keeps them itself).
-- ``callbacks=[loss_fn]`` lets the loss follow the ``lam`` schedule (it reads the training
-  step) and checks the arguments when training starts; it is required for
-  ``lam_schedule="hard_and_decay"``.
 - The model computes its full logits ``[B, T, V]`` (no chunked LM head as in ``FusionTrainer``).
 - Gradient accumulation and multi-process training are exact with ``fusion_positions="labels"``
   (the fusion term covers the rows with a CLM label, whose count Hugging Face passes as
@@ -31,13 +35,16 @@ Requirements and limits:
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from .collator import TEACHER_COLUMNS
+from .collator import TEACHER_COLUMNS, FusionDataCollator
+from .metrics import ComponentMeter
 from .schedules import lam_at_step
-from .trainer import FusionArguments, fusion_compute_loss
+from .trainer import FusionArguments, fusion_compute_loss, shift_labels
 
 _REMOVE_UNUSED = ("the teacher columns did not reach the model: pass TrainingArguments(remove_unused_columns=False) "
                   "(the Trainer otherwise drops the columns the model's forward does not name) and batches from "
@@ -60,18 +67,22 @@ class FusionLossFunction(TrainerCallback):
 
     Args:
         model: the model the Trainer trains (or a DDP-style wrapper of it); gets a forward
-            pre-hook that takes the teacher columns out of its keyword arguments.
+            pre-hook that takes the teacher columns out of its keyword arguments. May be left
+            out (or a :class:`FusionArguments` passed first) when :meth:`attach` follows.
         fusion_args: :class:`FusionArguments`; ``fusion_positions`` must be ``"labels"`` and
-            ``fused_lm_head`` / ``log_components`` do not apply.
+            ``fused_lm_head`` does not apply (the Trainer computes the full logits).
 
     ``__call__(outputs, labels, num_items_in_batch=None)`` returns the 0-d loss of the batch the
     model has just seen (see the module docstring), normalised by ``num_items_in_batch`` (label
-    tokens after the shift of the whole accumulated batch; None = this batch's count).
-    ``remove()`` takes the hook off the model.
+    tokens after the shift of the whole accumulated batch; None = this batch's count). In
+    evaluation, a batch without teacher columns gets the causal-LM loss. ``remove()`` takes the
+    hook off the model.
     """
 
-    def __init__(self, model: nn.Module, fusion_args: FusionArguments | None = None):
-        if not isinstance(model, nn.Module):
+    def __init__(self, model: nn.Module | FusionArguments | None = None, fusion_args: FusionArguments | None = None):
+        if isinstance(model, FusionArguments) and fusion_args is None:
+            model, fusion_args = None, model
+        if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.fusion_args = fusion_args if fusion_args is not None else FusionArguments()
         if not isinstance(self.fusion_args, FusionArguments):
@@ -80,19 +91,77 @@ class FusionLossFunction(TrainerCallback):
             raise ValueError("FusionLossFunction supports fusion_positions='labels' only: a plain Trainer passes the "
                              "label count of the accumulated batch, not its attended-token count; use FusionTrainer "
                              "for fusion_positions='attention'")
-        self.module = inner_module(model)
+        self.module = None
+        self._handle = None
         self._batch = None
         self._state = None
+        self._trainer = None
+        self._meter = ComponentMeter()
+        if model is not None:
+            self._hook(model)
+
+    def _hook(self, model: nn.Module) -> None:
+        self.module = inner_module(model)
         self._handle = self.module.register_forward_pre_hook(self._take_teacher_columns, with_kwargs=True)
 
     def _take_teacher_columns(self, _module, args, kwargs):
         """Forward pre-hook: pop the teacher tensors from the call and keep them for the loss."""
         teacher = {name: kwargs.pop(name) for name in TEACHER_COLUMNS if name in kwargs}
-        # A call without teacher columns (generation, a manual forward) clears the previous batch,
-        # so the loss can never pair the logits of one call with the targets of another.
+        # A call without teacher columns (generation, a manual forward, a plain eval batch) clears
+        # the previous batch, so the loss can never pair the logits of one call with the targets
+        # of another.
         self._batch = (teacher, kwargs.get("attention_mask")) if teacher else None
         return args, kwargs
 
+    # ------------------------------------------------------------------ wiring
+    def attach(self, trainer) -> "FusionLossFunction":
+        """Wire this loss into ``trainer`` (a ``transformers.Trainer``): its ``compute_loss_func``,
+        a callback, teacher columns kept by ``remove_unused_columns``, plain evaluation batches
+        accepted by a :class:`FusionDataCollator`, and the component logs. Returns ``self``."""
+        if self._trainer is not None:
+            raise ValueError("this FusionLossFunction is already attached to a Trainer")
+        if getattr(trainer, "compute_loss_func", None) not in (None, self):
+            raise ValueError("the Trainer already has a compute_loss_func; attach replaces it, pass none")
+        if self.module is None:
+            self._hook(trainer.model)
+        elif inner_module(trainer.model) is not self.module:
+            raise ValueError("the Trainer trains another model than the one FusionLossFunction hooked")
+        trainer.compute_loss_func = self
+        if self not in trainer.callback_handler.callbacks:
+            trainer.add_callback(self)
+        trainer._set_signature_columns_if_needed()  # the columns kept by remove_unused_columns
+        for column in (*TEACHER_COLUMNS, "position_ids"):
+            if column not in trainer._signature_columns:
+                trainer._signature_columns.append(column)
+        if isinstance(trainer.data_collator, FusionDataCollator) and not trainer.data_collator.allow_plain:
+            trainer.data_collator = copy.copy(trainer.data_collator)
+            trainer.data_collator.allow_plain = True
+        self._trainer = trainer
+        log = trainer.log
+
+        def log_with_components(logs, *args, **kwargs):
+            self._add_logs(logs)
+            return log(logs, *args, **kwargs)
+
+        trainer.log = log_with_components
+        return self
+
+    def _reduce(self, tensor, reduction):
+        trainer = self._trainer
+        tensor = tensor.to(trainer.args.device)
+        return trainer.accelerator.reduce(tensor, reduction=reduction) if trainer.args.world_size > 1 else tensor
+
+    def _add_logs(self, logs: dict) -> None:
+        """Components next to a training ``loss``; held-out CLM loss and perplexity next to an
+        evaluation's ``<prefix>_loss`` (``evaluate`` logs its metrics dict, so they are returned too)."""
+        if "loss" in logs:
+            logs.update(self._meter.train_logs(self._trainer.state.global_step, self._reduce))
+            return
+        prefixes = [k[:-len("_loss")] for k in logs if k.endswith("_loss") and f"{k[:-5]}_runtime" in logs]
+        if prefixes:
+            logs.update(self._meter.eval_logs(prefixes[0], self._reduce))
+
+    # ------------------------------------------------------------------ loss
     def current_lam(self) -> float:
         """lam at the current training step under ``fusion_args.lam_schedule``."""
         config = self.fusion_args
@@ -101,29 +170,58 @@ class FusionLossFunction(TrainerCallback):
         if config.lam_schedule == "soft":
             return "soft"  # per row, from the teachers' rewards
         if self._state is None:
-            raise ValueError(f"lam_schedule={config.lam_schedule!r} follows the training step: pass the loss "
-                             "function as a callback too, Trainer(compute_loss_func=loss_fn, callbacks=[loss_fn])")
+            raise ValueError(f"lam_schedule={config.lam_schedule!r} follows the training step: attach the loss to the "
+                             "Trainer (loss_fn.attach(trainer)) or pass it as a callback too, "
+                             "Trainer(compute_loss_func=loss_fn, callbacks=[loss_fn])")
         return lam_at_step(config.lam_schedule, config.lam, self._state.global_step, max(self._state.max_steps, 1))
 
     def __call__(self, outputs, labels, num_items_in_batch=None) -> torch.Tensor:
+        if self.module is None:
+            raise ValueError("FusionLossFunction has no model: pass it to the constructor or call attach(trainer)")
         batch, self._batch = self._batch, None
+        training = self.module.training
         if batch is None:
-            raise ValueError(_REMOVE_UNUSED)
+            if training or labels is None:
+                raise ValueError(_REMOVE_UNUSED)
+            return self._clm_loss(outputs, labels)
         teacher, attention_mask = batch
         missing = [name for name in ("teacher_ids", "teacher_logits") if name not in teacher]
         if missing:
             raise ValueError(f"the model call had no {missing}: {_REMOVE_UNUSED}")
-        return fusion_compute_loss(outputs, labels, num_items_in_batch, **teacher, attention_mask=attention_mask,
-                                   config=self.fusion_args, lam=self.current_lam())
+        components = self._trainer is not None and (self.fusion_args.log_components or not training)
+        lam = self.current_lam()
+        result = fusion_compute_loss(outputs, labels, num_items_in_batch if training else None, **teacher,
+                                     attention_mask=attention_mask, config=self.fusion_args, lam=lam,
+                                     return_components=components)
+        if not components:
+            return result
+        if training:
+            args = self._trainer.args
+            scale = self._trainer.accelerator.num_processes if args.average_tokens_across_devices else 1
+            self._meter.add_train(result.clm_loss, result.fusion_loss, lam, scale=scale if num_items_in_batch
+                                  is not None else 1)
+        else:
+            self._meter.add_eval(result.clm_loss, shift_labels(labels))
+        return result.loss
+
+    def _clm_loss(self, outputs, labels) -> torch.Tensor:
+        """Causal-LM loss of a plain evaluation batch (mean over its label tokens, fp32)."""
+        logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
+        target = shift_labels(labels)
+        loss = nn.functional.cross_entropy(logits.flatten(0, -2).float(), target.flatten(), ignore_index=-100,
+                                           reduction="sum") / (target != -100).sum().clamp_min(1)
+        self._meter.add_eval(loss, target)
+        return loss
 
     def remove(self) -> None:
         """Remove the forward pre-hook from the model."""
-        self._handle.remove()
+        if self._handle is not None:
+            self._handle.remove()
         self._batch = None
 
     # ------------------------------------------------------------------ TrainerCallback
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if args.remove_unused_columns:
+        if args.remove_unused_columns and self._trainer is None:
             raise ValueError(f"FusionLossFunction: {_REMOVE_UNUSED}")
         if args.n_gpu > 1:
             raise ValueError("FusionLossFunction does not support torch.nn.DataParallel (n_gpu > 1); launch one "
@@ -131,3 +229,6 @@ class FusionLossFunction(TrainerCallback):
         if model is not None and inner_module(model) is not self.module:
             raise ValueError("the Trainer trains another model than the one FusionLossFunction hooked")
         self._state = state  # the live TrainerState: global_step / max_steps for the lam schedule
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._meter.reset_eval()

@@ -32,6 +32,7 @@ With a plain ``transformers.Trainer`` use :class:`fusekernels.integration.Fusion
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import asdict, dataclass, field
 
@@ -41,8 +42,9 @@ from transformers import Trainer
 from transformers.trainer_utils import unwrap_peft_model
 
 from ..loss.functional import fusion_loss
-from ..loss.fused_linear import fused_linear_fusion_loss
 from .collator import METRIC_LEVELS, TEACHER_COLUMNS, FusionDataCollator
+from .fused_forward import install_fused_forward
+from .metrics import ComponentMeter
 from .schedules import LAM_SCHEDULES, check_lam, lam_at_step
 
 FUSIONS = ("mince", "avgce")
@@ -152,14 +154,9 @@ def fusion_compute_loss(outputs, labels, num_items_in_batch=None, *, teacher_ids
 def fused_head_supported(model: nn.Module) -> tuple[bool, str]:
     """Whether the chunked hidden-state loss reproduces ``model``'s logits, and why not."""
     head = getattr(model, "lm_head", None)
-    prefix = getattr(model, "base_model_prefix", None)
     config = getattr(model, "config", None)
     if type(head) is not nn.Linear:
         return False, "the model has no plain nn.Linear lm_head"
-    if not prefix or not isinstance(getattr(model, prefix, None), nn.Module):
-        return False, "the model has no base model (model.<base_model_prefix>)"
-    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
-        return False, "the model's forward has no logits_to_keep argument"
     if getattr(config, "is_encoder_decoder", False):
         return False, "encoder-decoder models are not supported"
     for name in _LOGIT_TRANSFORMS:
@@ -194,7 +191,11 @@ class FusionTrainer(Trainer):
             data_collator = FusionDataCollator(pad_token_id=pad if pad is not None else 0,
                                                num_teachers=self.fusion_args.num_teachers,
                                                vocab_size=vocab if isinstance(vocab, int) else None,
-                                               metric_level=self.fusion_args.metric_level)
+                                               metric_level=self.fusion_args.metric_level, allow_plain=True)
+        elif isinstance(data_collator, FusionDataCollator) and not data_collator.allow_plain:
+            data_collator = copy.copy(data_collator)
+        if isinstance(data_collator, FusionDataCollator):
+            data_collator.allow_plain = True  # plain-text eval batches; training batches are checked
         # compute_loss_func is set so that Trainer counts num_items_in_batch for every model;
         # compute_loss below calls fusion_compute_loss itself with the teacher tensors bound.
         kwargs["compute_loss_func"] = fusion_compute_loss
@@ -204,17 +205,22 @@ class FusionTrainer(Trainer):
                              "per device with accelerate or torchrun instead")
         self._loss_shifts_labels = True  # the count of labels[..., 1:] is the count of loss rows
         self._num_fusion_items = None
-        self._component_sums = None
+        self._meter = ComponentMeter()
         self._check_dataset(train_dataset, "train_dataset")
         for name, dataset in (eval_dataset.items() if isinstance(eval_dataset, dict) else [("", eval_dataset)]):
-            self._check_dataset(dataset, f"eval_dataset{'[' + repr(name) + ']' if name else ''}")
+            self._check_dataset(dataset, f"eval_dataset{'[' + repr(name) + ']' if name else ''}", plain_ok=True)
 
     # ------------------------------------------------------------------ data
-    def _check_dataset(self, dataset, what: str) -> None:
-        """Fail before training on a dataset without teacher columns or with malformed examples."""
+    def _check_dataset(self, dataset, what: str, plain_ok: bool = False) -> None:
+        """Fail before training on a dataset without teacher columns or with malformed examples
+        (``plain_ok``: an evaluation set may have no teacher column at all)."""
         if dataset is None:
             return
         columns = getattr(dataset, "column_names", None)
+        if plain_ok and columns is not None and not any(c in columns for c in TEACHER_COLUMNS):
+            if "input_ids" not in columns:
+                raise ValueError(f"{what} has no input_ids column")
+            return
         needed = ["input_ids", "teacher_ids", "teacher_logits"]
         if not (isinstance(self.data_collator, FusionDataCollator) and not self.data_collator.require_teacher_ce):
             needed.append("teacher_ce")
@@ -270,104 +276,130 @@ class FusionTrainer(Trainer):
         if mode == "never":
             return False
         ok, why = fused_head_supported(self._core_model(model))
-        if ok and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
-            # sharded parameters are only whole inside the wrapped module's own forward
-            ok, why = False, "FSDP / DeepSpeed shard the lm_head weight"
+        if ok and self.is_deepspeed_enabled and getattr(self.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3:
+            # ZeRO-3 frees the lm_head weight right after the lm_head call
+            ok, why = False, "DeepSpeed ZeRO-3 releases the lm_head weight after its own call"
         if mode == "always" and not ok:
             raise ValueError(f"fused_lm_head='always' but {why}")
         return ok
-
-    def _final_hidden_states(self, model, inputs) -> torch.Tensor:
-        """Run ``model`` (through its wrappers, so DDP hooks fire) without computing logits and
-        return the base model's last hidden state [B, T, H] (what ``lm_head`` would consume)."""
-        core = self._core_model(model)
-        base = getattr(core, core.base_model_prefix)
-        captured = {}
-
-        def keep_hidden(_module, _args, output):
-            captured["hidden"] = output[0]
-
-        handle = base.register_forward_hook(keep_hidden)
-        try:
-            no_position = torch.empty(0, dtype=torch.long, device=inputs["input_ids"].device)
-            model(**inputs, logits_to_keep=no_position)
-        finally:
-            handle.remove()
-        hidden = captured.get("hidden")
-        expected = (*inputs["input_ids"].shape, core.lm_head.in_features)
-        if not isinstance(hidden, torch.Tensor) or tuple(hidden.shape) != expected:
-            raise RuntimeError(f"could not capture the final hidden states {expected} of {type(core).__name__} "
-                               f"(got {getattr(hidden, 'shape', type(hidden).__name__)}); set "
-                               "FusionArguments(fused_lm_head='never')")
-        return hidden
 
     @staticmethod
     def _accepts_argument(model, name: str) -> bool:
         params = inspect.signature(model.forward).parameters.values()
         return any(p.name == name or p.kind == inspect.Parameter.VAR_KEYWORD for p in params)
 
+    def _aux_loss(self, core, outputs, accumulated: bool):
+        """The MoE router load-balancing term the model adds to its own loss (``output_router_logits``),
+        averaged over the accumulation steps (``accumulated``: the loss is normalised by the
+        accumulated batch, so the Trainer does not divide it); None for other models."""
+        aux = outputs.get("aux_loss") if isinstance(outputs, dict) else getattr(outputs, "aux_loss", None)
+        coef = getattr(getattr(core, "config", None), "router_aux_loss_coef", None)
+        if not isinstance(aux, torch.Tensor) or not coef:
+            return None
+        steps = getattr(self, "current_gradient_accumulation_steps", 1) if accumulated else 1
+        return coef * aux / steps
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Pops labels and teacher tensors from ``inputs``, runs the model and returns the fusion
-        loss normalised by the whole accumulated batch (see the module docstring)."""
+        loss normalised by the whole accumulated batch (see the module docstring). A batch without
+        teacher columns (held-out plain text) gets the causal-LM loss, in evaluation only."""
         inputs = dict(inputs)
-        missing = [c for c in ("labels", "teacher_ids", "teacher_logits") if inputs.get(c) is None]
-        if missing:
-            raise ValueError(f"the batch has no {missing}: FusionTrainer needs batches from FusionDataCollator")
+        if inputs.get("labels") is None:
+            raise ValueError("the batch has no labels: FusionTrainer needs batches from FusionDataCollator")
         labels = inputs.pop("labels")
         teacher = {name: inputs.pop(name) for name in TEACHER_COLUMNS if name in inputs}
+        core = self._core_model(model)
+        if self._accepts_argument(core, "use_cache"):
+            inputs.setdefault("use_cache", False)  # no KV cache in training (packing detection needs none)
+        if getattr(core.config, "output_router_logits", False) and self._accepts_argument(core, "output_router_logits"):
+            inputs.setdefault("output_router_logits", True)  # MoE: the model returns its aux_loss
+        if not teacher:
+            if model.training:
+                raise ValueError("the batch has no teacher columns (teacher_ids, teacher_logits): FusionTrainer "
+                                 "trains on batches from FusionDataCollator; plain text is for evaluation only")
+            loss, outputs = self._clm_eval_loss(model, inputs, labels)
+            return (loss, outputs) if return_outputs else loss
+        missing = [c for c in ("teacher_ids", "teacher_logits") if c not in teacher]
+        if missing:
+            raise ValueError(f"the batch has no {missing}: FusionTrainer needs batches from FusionDataCollator")
         config, lam = self.fusion_args, self.current_lam()
         attention_mask = inputs.get("attention_mask")
         num_fusion = self._num_fusion_items if config.fusion_positions == "attention" else None
-        want_components = config.log_components and model.training
-        if self._accepts_argument(self._core_model(model), "use_cache"):
-            inputs.setdefault("use_cache", False)  # no KV cache in training (packing detection needs none)
+        want_components = (config.log_components and model.training) or not model.training
+        if not model.training:
+            num_items_in_batch = num_fusion = None  # per-batch means; eval_clm_loss is token-weighted
 
-        outputs = None
-        if not return_outputs and self._use_fused_head(model):
-            hidden = self._final_hidden_states(model, inputs)
-            head = self._core_model(model).lm_head
-            result = fused_linear_fusion_loss(
-                hidden.to(head.weight.dtype), head.weight, shift_labels(labels), teacher["teacher_ids"],
-                teacher["teacher_logits"], bias=head.bias, teacher_ce=teacher.get("teacher_ce"),
-                fusion=config.fusion, loss_type=config.loss_type, temperature=config.temperature, lam=lam,
-                fusion_mask=_fusion_rows_mask(config, labels, attention_mask), reduction="mean",
-                num_items_in_batch=num_items_in_batch, num_fusion_items=num_fusion, backend=config.backend,
-                return_components=want_components, chunk_rows=config.chunk_rows,
-                precision=config.precision, base_teacher=config.base_teacher)
+        if not return_outputs:
+            fused_forward = install_fused_forward(core)
+            spec = dict(fused=self._use_fused_head(model), fusion=config.fusion, loss_type=config.loss_type,
+                        temperature=config.temperature, lam=lam, backend=config.backend,
+                        chunk_rows=config.chunk_rows, components=want_components, precision=config.precision,
+                        base_teacher=config.base_teacher)
+            targets = dict(spec=spec, labels=shift_labels(labels), teacher_ids=teacher["teacher_ids"],
+                           teacher_logits=teacher["teacher_logits"], teacher_ce=teacher.get("teacher_ce"),
+                           fusion_mask=_fusion_rows_mask(config, labels, attention_mask),
+                           num_items_in_batch=num_items_in_batch, num_fusion_items=num_fusion)
+            outputs = model(**inputs, fusion_targets=targets)
+            loss = outputs["loss"]
+            clm, fusion = fused_forward.last_components if want_components else (None, None)
         else:
             outputs = model(**inputs)
             result = fusion_compute_loss(outputs, labels, num_items_in_batch, **teacher,
                                          attention_mask=attention_mask, num_fusion_items=num_fusion,
                                          config=config, lam=lam, return_components=want_components)
-        loss = result.loss if want_components else result
+            loss, clm, fusion = (result.loss, result.clm_loss, result.fusion_loss) if want_components else \
+                (result, None, None)
+        aux = self._aux_loss(core, outputs, num_items_in_batch is not None)
 
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # The denominators count every process's tokens while DDP averages the gradients.
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
-        if want_components:
-            self._record_components(result.clm_loss, result.fusion_loss, lam)
+        if aux is not None:
+            loss = loss + aux
+        if model.training and want_components:
+            self._record_components(clm, fusion, lam, aux)
+        elif not model.training:
+            self._record_eval_clm(clm, labels)
         return (loss, outputs) if return_outputs else loss
 
+    def _clm_eval_loss(self, model, inputs, labels):
+        """Causal-LM loss of a plain batch (mean over its label tokens, fp32)."""
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        target = shift_labels(labels)
+        count = (target != -100).sum()
+        total = nn.functional.cross_entropy(logits.flatten(0, -2).float(), target.flatten(), ignore_index=-100,
+                                            reduction="sum")
+        loss = total / count.clamp_min(1)
+        self._record_eval_clm(loss, labels)
+        return loss, outputs
+
     # ------------------------------------------------------------------ logging
-    def _record_components(self, clm, fusion, lam):
+    def _record_components(self, clm, fusion, lam, aux):
         scale = self.accelerator.num_processes // self.get_tp_size() if self.args.average_tokens_across_devices else 1
-        step = torch.stack([clm.detach().float() * scale, fusion.detach().float() * scale])
-        self._component_sums = step if self._component_sums is None else self._component_sums + step
-        self._last_lam = lam
+        self._meter.add_train(clm, fusion, lam, aux, scale)
+
+    def _record_eval_clm(self, clm, labels):
+        if clm is not None:
+            self._meter.add_eval(clm, shift_labels(labels))
+
+    def _reduce(self, tensor, reduction):
+        tensor = tensor.to(self.args.device)
+        return self.accelerator.reduce(tensor, reduction=reduction) if self.args.world_size > 1 else tensor
 
     def log(self, logs, *args, **kwargs):
-        if "loss" in logs and self._component_sums is not None:
-            steps = max(self.state.global_step - getattr(self, "_components_logged_at", 0), 1)
-            sums = self._component_sums.to(self.args.device)
-            if self.args.world_size > 1:
-                sums = self.accelerator.reduce(sums, reduction="mean")
-            logs["clm_loss"] = round(float(sums[0]) / steps, 6)
-            logs["fusion_loss"] = round(float(sums[1]) / steps, 6)
-            if not isinstance(self._last_lam, str):  # "soft": lam differs per row
-                logs["lam"] = round(self._last_lam, 6)
-            self._component_sums = None
-            self._components_logged_at = self.state.global_step
+        if "loss" in logs:
+            logs.update(self._meter.train_logs(self.state.global_step, self._reduce))
         super().log(logs, *args, **kwargs)
+
+    def evaluation_loop(self, *args, **kwargs):
+        """Adds ``eval_clm_loss`` (token-weighted causal-LM loss) and ``eval_perplexity`` to the
+        metrics, for evaluation sets with or without teacher columns."""
+        self._meter.reset_eval()
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        output.metrics.update(self._meter.eval_logs(prefix, self._reduce))
+        return output
 
     def fusion_config(self) -> dict:
         """The fusion options as a plain dict (for experiment tracking)."""

@@ -86,7 +86,7 @@ def test_bad_arguments():
     with pytest.raises(TypeError, match="fusion_args must be a FusionArguments"):
         FusionLossFunction(model, {"lam": 0.5})
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
-        FusionLossFunction(None)
+        FusionLossFunction("model")
 
 
 def test_hook_on_the_module_under_a_ddp_wrapper(tmp_path):

@@ -8,7 +8,7 @@ Each pipeline step reads the previous step's output folder and writes its own::
     fusekernels align   --base base_topk/ --base-tokenizer base_dir --teacher teacher_topk/ \\
                         --teacher-tokenizer teacher.gguf --out aligned/
     fusekernels pack    --data aligned/ --block-size 2048 --out packed/
-    fusekernels train   --model base_dir --data packed/ --out student/ --steps 1000
+    fusekernels train   --model base_dir --data packed/ --output_dir student/ --max_steps 1000  # or: train run.yaml
     fusekernels merge   --targets student_a/ student_b/ --base base_dir --out merged/
 
 ``fusekernels demo`` runs the whole chain on small real assets. User errors (missing files, bad
@@ -168,27 +168,9 @@ def cmd_prepare(args):
 
 
 def cmd_train(args):
-    from transformers import TrainingArguments
+    from .integration.train_command import main as train_main
 
-    from .integration import FusionArguments, FusionTrainer
-    from .pipeline.io import load_model, load_rows, load_tokenizer
-
-    data = load_rows(args.data)
-    model = load_model(args.model)
-    tokenizer = load_tokenizer(args.tokenizer or args.model)
-    fusion = FusionArguments(fusion=args.fusion, loss_type=args.loss_type, temperature=args.temperature, lam=args.lam,
-                             lam_schedule=args.lam_schedule, metric_level=args.metric_level,
-                             fusion_positions=args.fusion_positions, precision=args.precision)
-    training = TrainingArguments(output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-                                 gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr,
-                                 warmup_steps=args.warmup_steps, logging_steps=args.logging_steps, seed=args.seed,
-                                 save_strategy="no", report_to=[], use_cpu=args.cpu)
-    trainer = FusionTrainer(model=model, args=training, train_dataset=data, processing_class=tokenizer,
-                            fusion_args=fusion)
-    result = trainer.train()
-    trainer.save_model(args.out)
-    print(f"train: {result.global_step} steps, mean training loss {result.training_loss:.4f}; "
-          f"model saved to {args.out}")
+    train_main(args.train_args)
 
 
 def cmd_merge(args):
@@ -376,34 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="storage dtype of the top-k logits")
     _common(p, out_help="output dataset folder")
 
-    p = command("train", cmd_train, "Train the base model with the fusion loss (FusionTrainer).")
-    p.add_argument("--model", required=True, help="base model folder or .gguf file")
-    p.add_argument("--tokenizer", help="tokenizer (default: the model's)")
-    p.add_argument("--data", required=True, help="pack output folder")
-    p.add_argument("--steps", type=_positive_int, default=1000, help="optimizer steps")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="blocks per device and micro-batch")
-    p.add_argument("--grad-accum", type=_positive_int, default=1, help="gradient accumulation steps")
-    p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate")
-    p.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps")
-    p.add_argument("--logging-steps", type=_positive_int, default=10, help="log every N steps")
-    p.add_argument("--seed", type=int, default=42, help="random seed")
-    p.add_argument("--lam", type=float, default=0.9, help="weight of the CLM term (0.9 as published)")
-    p.add_argument("--lam-schedule", choices=["hard", "hard_and_decay", "soft"], default="hard",
-                   help="constant lam, lam rising linearly to 1 over training, or per-sample lam = 1 - best "
-                        "teacher reward exp(-CE) (soft)")
-    p.add_argument("--precision", choices=["fp32", "published"], default="fp32",
-                   help="fusion weights, soft lam and targets in fp32, or rounded exactly as the published code")
-    p.add_argument("--fusion", choices=["mince", "avgce"], default="mince",
-                   help="MinCE: the teacher with the smallest CE; AvgCE: softmax of exp(-CE) weights")
-    p.add_argument("--loss-type", choices=["kl", "ce"], default="kl", help="fusion term")
-    p.add_argument("--temperature", type=float, default=1.0, help="teacher temperature")
-    p.add_argument("--metric-level", choices=["sequence", "token"], default="sequence",
-                   help="teacher CE metric per sequence or per token (MinCE / AvgCE granularity)")
-    p.add_argument("--fusion-positions", choices=["labels", "attention"], default="labels",
-                   help="rows averaged by the fusion term: those with a CLM label (exact gradient "
-                        "accumulation with one token count), or every attended row (the published recipe)")
-    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
-    _common(p, out_help="output model folder", num_proc=False, text_column=False)
+    # every option is parsed by fusekernels.integration.train_command (HfArgumentParser: all of
+    # TrainingArguments and FusionArguments, or a YAML / JSON config file); see `train --help`
+    p = sub.add_parser("train", add_help=False, help="Train the base model with the fusion loss (FusionTrainer): "
+                       "every TrainingArguments option, or a YAML / JSON config file.")
+    p.set_defaults(func=cmd_train)
 
     p = command("merge", cmd_merge, "Merge target models in parameter space (FuseChat VaRM, linear; TIES, DARE, "
                                     "SLERP, task arithmetic via mergekit).")
@@ -498,7 +457,11 @@ def _common(p, *, out_help, num_proc=True, text_column=True):
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":
+        args.train_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         with extra_hint():
             args.func(args)

@@ -199,7 +199,7 @@ class FusionLossFunction(TrainerCallback):
             args = self._trainer.args
             scale = self._trainer.accelerator.num_processes if args.average_tokens_across_devices else 1
             self._meter.add_train(result.clm_loss, result.fusion_loss, lam, scale=scale if num_items_in_batch
-                                  is not None else 1)
+                                  is not None else 1, step=self._state.global_step if self._state else 0)
         else:
             self._meter.add_eval(result.clm_loss, shift_labels(labels))
         return result.loss

@@ -18,15 +18,18 @@ class ComponentMeter:
     def __init__(self):
         self.train_sums = None   # fp32 [3]: clm, fusion, aux summed over micro-batch calls
         self.lam = None
-        self.logged_at = 0
+        self.started_at = 0      # optimizer step at which the current sums began
         self.reset_eval()
 
     def reset_eval(self) -> None:
         self.eval_sums = None    # fp64 [2]: sum of CLM token losses, label-token count
 
-    def add_train(self, clm: torch.Tensor, fusion: torch.Tensor, lam: float, aux=None, scale: float = 1.0) -> None:
+    def add_train(self, clm: torch.Tensor, fusion: torch.Tensor, lam: float, aux=None, scale: float = 1.0,
+                  step: int = 0) -> None:
         """One micro-batch's components, each already normalised by the accumulated batch (so the
-        sum over one optimizer step is that step's value)."""
+        sum over one optimizer step is that step's value); ``step``: the current optimizer step."""
+        if self.train_sums is None:
+            self.started_at = step
         aux = torch.zeros((), device=clm.device) if aux is None else aux.detach().float()
         step = torch.stack([clm.detach().float() * scale, fusion.detach().float() * scale, aux])
         self.train_sums = step if self.train_sums is None else self.train_sums + step
@@ -38,13 +41,13 @@ class ComponentMeter:
         if self.train_sums is None:
             return {}
         sums = reduce(self.train_sums, "mean") if reduce is not None else self.train_sums
-        steps = max(global_step - self.logged_at, 1)
+        steps = max(global_step - self.started_at, 1)
         logs = {"clm_loss": round(float(sums[0]) / steps, 6), "fusion_loss": round(float(sums[1]) / steps, 6)}
         if not isinstance(self.lam, str):  # "soft": lam differs per row
             logs["lam"] = round(float(self.lam), 6)
         if float(sums[2]) != 0.0:
             logs["aux_loss"] = round(float(sums[2]) / steps, 6)
-        self.train_sums, self.logged_at = None, global_step
+        self.train_sums = None
         return logs
 
     def add_eval(self, clm_mean: torch.Tensor, shifted_labels: torch.Tensor) -> None:

@@ -377,7 +377,7 @@ class FusionTrainer(Trainer):
     # ------------------------------------------------------------------ logging
     def _record_components(self, clm, fusion, lam, aux):
         scale = self.accelerator.num_processes // self.get_tp_size() if self.args.average_tokens_across_devices else 1
-        self._meter.add_train(clm, fusion, lam, aux, scale)
+        self._meter.add_train(clm, fusion, lam, aux, scale, step=self.state.global_step)
 
     def _record_eval_clm(self, clm, labels):
         if clm is not None:

@@ -1,0 +1,219 @@
+"""``fusekernels train``: FusionTrainer driven by ``HfArgumentParser``, from flags or a config file.
+
+Every option of ``transformers.TrainingArguments`` (with its defaults: checkpoints every 500
+steps, ...), of :class:`FusionArguments` and of the two small classes below can be given on the
+command line (``--learning_rate 1e-4`` or ``--learning-rate 1e-4``) or in a YAML / JSON file
+whose keys are the same names; flags after the file override it::
+
+    fusekernels train run.yaml
+    fusekernels train run.yaml --max_steps 100
+    fusekernels train --model student/ --data packed/ --output_dir out/ --bf16 true --lam 0.9
+
+``--resume_from_checkpoint latest`` (or a checkpoint folder) continues an interrupted run in its
+``output_dir``: the run's options are stored there (``fusekernels_train.json``) and a resume is
+refused when an option that shapes the result differs. Without it, ``output_dir`` must be empty.
+The few flags of earlier versions (``--out``, ``--steps``, ``--batch-size``, ``--grad-accum``,
+``--lr``, ``--cpu``) still work.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+RUN_CONFIG = "fusekernels_train.json"
+LEGACY_FLAGS = {"--out": "--output_dir", "--steps": "--max_steps", "--batch-size": "--per_device_train_batch_size",
+                "--grad-accum": "--gradient_accumulation_steps", "--lr": "--learning_rate", "--cpu": "--use_cpu"}
+# TrainingArguments that may change between an interrupted run and its resume (they do not
+# change the trained weights): logging, reporting, saving, evaluation and data-loader workers.
+RESUMABLE_CHANGES = ("resume_from_checkpoint", "output_dir", "logging_dir", "report_to", "run_name", "disable_tqdm",
+                     "dataloader_num_workers", "dataloader_prefetch_factor", "dataloader_persistent_workers",
+                     "dataloader_pin_memory", "per_device_eval_batch_size", "push_to_hub", "hub_model_id",
+                     "hub_strategy", "hub_token", "hub_private_repo", "log_level", "log_level_replica")
+RESUMABLE_PREFIXES = ("logging_", "save_", "eval_", "hub_")
+
+
+@dataclass
+class ModelArguments:
+    """The student model (``fusekernels train`` options)."""
+
+    model: str | None = field(default=None, metadata={
+        "help": "Base (student) model: folder or .gguf file.", "aliases": ["--model_name_or_path"]})
+    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer (default: the model's)."})
+    dtype: str | None = field(default=None, metadata={
+        "help": "Weights dtype when loading: float32 | bfloat16 | float16 (default: as saved). Mixed precision "
+                "is --bf16 / --fp16.", "choices": ["float32", "bfloat16", "float16"]})
+
+
+@dataclass
+class DataArguments:
+    """Training and evaluation data (``fusekernels train`` options)."""
+
+    data: str | None = field(default=None, metadata={
+        "help": "Training data with teacher columns: `fusekernels pack` output or any saved dataset.",
+        "aliases": ["--train_data"]})
+    eval_data: str | None = field(default=None, metadata={
+        "help": "Held-out data, with or without teacher columns (file or saved dataset with input_ids): "
+                "eval_loss, eval_clm_loss and eval_perplexity are reported (at the end, or per --eval_strategy)."})
+
+
+def build_parser():
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from .trainer import FusionArguments
+
+    return HfArgumentParser((ModelArguments, DataArguments, FusionArguments, TrainingArguments),
+                            prog="fusekernels train",
+                            description="Train the base model with the fusion loss (FusionTrainer). Usage: "
+                                        "fusekernels train [CONFIG.yaml|CONFIG.json] [--option value ...]")
+
+
+def load_config_file(path: str | Path) -> dict:
+    """The option dict of a ``.yaml`` / ``.yml`` / ``.json`` run configuration."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        config = yaml.safe_load(text)
+    elif path.suffix.lower() == ".json":
+        config = json.loads(text)
+    else:
+        raise ValueError(f"config file {path.name} must end in .yaml, .yml or .json")
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise ValueError(f"config file {path} must hold a mapping of option names to values")
+    return config
+
+
+def parse_train_args(argv: list[str]):
+    """``(ModelArguments, DataArguments, FusionArguments, TrainingArguments)`` from the command
+    line: an optional config file first, then flags (which override the file)."""
+    argv = [str(a) for a in argv]
+    parser = build_parser()
+    config = {}
+    if argv and not argv[0].startswith("-"):
+        config = load_config_file(argv.pop(0))
+    translated = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        translated.append(LEGACY_FLAGS.get(name, name) + sep + value)
+    if config:
+        dests = {action.dest for action in parser._actions}
+        unknown = sorted(k for k in config if k not in dests)
+        if unknown:
+            raise ValueError(f"unknown option(s) in the config file: {unknown} (see fusekernels train --help)")
+        for action in parser._actions:  # values from the file satisfy required options
+            if action.dest in config:
+                action.required = False
+        parser.set_defaults(**config)
+    model_args, data_args, fusion_args, training_args = parser.parse_args_into_dataclasses(args=translated)
+    if model_args.model is None:
+        raise ValueError("--model is required (the base model folder or .gguf file)")
+    if data_args.data is None:
+        raise ValueError("--data is required (the training data with teacher columns)")
+    if training_args.output_dir is None:
+        raise ValueError("--output_dir is required")
+    return model_args, data_args, fusion_args, training_args
+
+
+def _run_config(model_args, data_args, fusion_args, training_args) -> dict:
+    return {"model": asdict(model_args), "data": asdict(data_args), "fusion": asdict(fusion_args),
+            "training": json.loads(training_args.to_json_string())}
+
+
+def _shaping_differences(saved: dict, current: dict) -> list[str]:
+    """Options that differ between a stored run configuration and the current one, except those a
+    resume may change (logging, saving, evaluation, reporting)."""
+    diffs = []
+    for group in ("model", "data", "fusion", "training"):
+        old, new = saved.get(group, {}), current[group]
+        for key in sorted(set(old) | set(new)):
+            if group == "training" and (key in RESUMABLE_CHANGES or key.startswith(RESUMABLE_PREFIXES)):
+                continue
+            if group == "data" and key == "eval_data":
+                continue
+            if old.get(key) != new.get(key):
+                diffs.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return diffs
+
+
+def resolve_checkpoint(training_args) -> str | None:
+    """The checkpoint to resume from (``--resume_from_checkpoint latest|true|PATH``), or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    value = training_args.resume_from_checkpoint
+    if value is None or str(value).lower() in ("", "false", "no", "none"):
+        return None
+    if str(value).lower() in ("latest", "last", "true", "yes"):
+        out = Path(training_args.output_dir)
+        last = get_last_checkpoint(str(out)) if out.is_dir() else None
+        if last is None:
+            raise ValueError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {out}")
+        return last
+    if not Path(value).is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint: checkpoint folder not found: {value}")
+    return str(value)
+
+
+def run_training(model_args, data_args, fusion_args, training_args, *, callbacks=None, log=print):
+    """Train as ``fusekernels train`` does; returns ``(TrainOutput, eval metrics or None)``.
+
+    Checks the output folder (empty, or holding the same run when resuming) before loading
+    anything; stores the run configuration next to the checkpoints; saves the final model and
+    tokenizer into ``output_dir``.
+    """
+    from ..pipeline.io import load_model, load_rows, load_tokenizer
+    from ..storage import atomic_write_json, check_output_dir, check_writable
+    from .trainer import FusionTrainer
+
+    out = Path(training_args.output_dir)
+    checkpoint = resolve_checkpoint(training_args)
+    current = _run_config(model_args, data_args, fusion_args, training_args)
+    if checkpoint is None:
+        check_output_dir(out, inputs=[model_args.model, data_args.data, data_args.eval_data], arg="--output_dir")
+    else:
+        stored = out / RUN_CONFIG
+        if not stored.is_file():
+            raise ValueError(f"{out} has no {RUN_CONFIG}: it was not written by fusekernels train, cannot resume")
+        diffs = _shaping_differences(json.loads(stored.read_text(encoding="utf-8")), current)
+        if diffs:
+            raise ValueError("cannot resume: options that shape the result changed since the interrupted run ("
+                             + "; ".join(diffs) + ")")
+        check_writable(out, arg="--output_dir")
+        log(f"train: resuming from {checkpoint}")
+    train_data = load_rows(data_args.data)
+    eval_data = load_rows(data_args.eval_data) if data_args.eval_data else None
+    tokenizer = load_tokenizer(model_args.tokenizer or model_args.model)
+    kwargs = {}
+    if model_args.dtype:
+        import torch
+
+        kwargs["dtype"] = getattr(torch, model_args.dtype)
+    model = load_model(model_args.model, **kwargs)
+    if checkpoint is None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / RUN_CONFIG, current)
+    trainer = FusionTrainer(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
+                            processing_class=tokenizer, fusion_args=fusion_args, callbacks=callbacks)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(str(out))
+    metrics = None
+    if eval_data is not None:
+        metrics = trainer.evaluate()
+    return trainer, result, metrics
+
+
+def main(argv: list[str]) -> None:
+    """Entry point of ``fusekernels train`` (arguments after the command name)."""
+    parsed = parse_train_args(argv)
+    _, result, metrics = run_training(*parsed)
+    out = parsed[3].output_dir
+    line = f"train: {result.global_step} steps, mean training loss {result.training_loss:.4f}"
+    if metrics:
+        line += (f"; eval loss {metrics.get('eval_loss', float('nan')):.4f}, "
+                 f"eval perplexity {metrics.get('eval_perplexity', float('nan')):.3f}")
+    print(f"{line}; model saved to {out}")

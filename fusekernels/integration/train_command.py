@@ -53,8 +53,11 @@ class DataArguments:
         "help": "Training data with teacher columns: `fusekernels pack` output or any saved dataset.",
         "aliases": ["--train_data"]})
     eval_data: str | None = field(default=None, metadata={
-        "help": "Held-out data, with or without teacher columns (file or saved dataset with input_ids): "
-                "eval_loss, eval_clm_loss and eval_perplexity are reported (at the end, or per --eval_strategy)."})
+        "help": "Held-out data: texts (a text column, tokenized with the student's tokenizer) or a saved dataset "
+                "with input_ids, with or without teacher columns: eval_loss, eval_clm_loss and eval_perplexity are "
+                "reported (at the end, or per --eval_strategy)."})
+    text_column: str = field(default="text", metadata={"help": "Column of --eval_data holding raw texts."})
+    max_length: int = field(default=2048, metadata={"help": "Truncation length of raw --eval_data texts."})
 
 
 def build_parser():
@@ -185,9 +188,14 @@ def run_training(model_args, data_args, fusion_args, training_args, *, callbacks
                              + "; ".join(diffs) + ")")
         check_writable(out, arg="--output_dir")
         log(f"train: resuming from {checkpoint}")
+    tokenizer = load_tokenizer(model_args.tokenizer or model_args.model)
     train_data = load_rows(data_args.data)
     eval_data = load_rows(data_args.eval_data) if data_args.eval_data else None
-    tokenizer = load_tokenizer(model_args.tokenizer or model_args.model)
+    if eval_data is not None and "input_ids" not in eval_data.column_names:
+        from ..pipeline.extract import tokenize_texts
+
+        eval_data = tokenize_texts(tokenizer, eval_data, max_length=data_args.max_length,
+                                   text_column=data_args.text_column)
     kwargs = {}
     if model_args.dtype:
         import torch

@@ -119,8 +119,11 @@ def test_resume_refuses_changed_options_and_nonempty_output(assets, tmp_path, ca
     assert "no_such_option" in capsys.readouterr().err
 
 
-def test_cli_trains_from_yaml_with_plain_eval(assets, tmp_path, capsys):
-    config = _config(assets, tmp_path / "out", max_steps=2, eval_data=str(assets / "heldout"))
+@pytest.mark.parametrize("held_out", ["heldout", "texts.jsonl"])
+def test_cli_trains_from_yaml_with_plain_eval(assets, tmp_path, capsys, held_out):
+    (tmp_path / "texts.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in ("In the beginning.", "Amen.")))
+    eval_data = assets / held_out if held_out == "heldout" else tmp_path / held_out
+    config = _config(assets, tmp_path / "out", max_steps=2, eval_data=str(eval_data))
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     assert main(["train", str(tmp_path / "run.yaml")]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]

@@ -107,6 +107,10 @@ mkdir "$work/unpacked"
 (cd "$work/unpacked" && "$work/user-env/bin/python" -m zipfile -e "$wheel" .)
 so=$(ls "$work"/unpacked/fusekernels/_C*.so)
 if readelf -d "$so" | grep -E 'RPATH|RUNPATH'; then echo "the module has a run path"; exit 1; fi
+# No absolute path of the build (source, temp or install folders) is embedded either.
+if strings -n 6 "$so" | grep -E '(^|[^[:alnum:]])/[[:alnum:]._-]+/[[:alnum:]._/-]+'; then
+  echo "the module embeds absolute paths"; exit 1
+fi
 readelf -d "$so" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' >"$work/needed.txt"
 echo "needs: $(tr '\n' ' ' <"$work/needed.txt")"
 # Only the C/C++ runtime, which every manylinux system provides (libstdc++ and libgcc_s are

@@ -21,6 +21,14 @@ Run: python -m pytest benchmarks/bench_pipeline.py -q -s
    output). Cold: empty user cache folder (maps are built, nothing reused); warm: maps cached on
    disk, alignment results not (each warm run recomputes them); "repeat": the identical command
    again, which reuses its cached result. Throughput = base tokens / wall seconds.
+4. Teacher extraction vs a bare forward (``-k extraction``): a Llama of SmolLM2-135M's shape
+   (30 layers, width 576, vocabulary 49152; random weights, fp32, CPU), and the same with 4 layers
+   (the top-k's share of the work is then much larger than in any real model), with the SmolLM2
+   tokenizer over 32 KJV texts of 1 to 8 verses (at most 192 tokens), batch 8, k = 10. Reported: the padding fraction of the forward batches in
+   dataset order and with the extraction's length grouping, and tokens/s of
+   ``extract_teacher_topk`` (tokenization, forward, top-k + CE, building the dataset) next to the
+   bare ``model(input_ids, attention_mask)`` forward over the same grouped batches (and over the
+   dataset-order batches), interleaved, best of 3.
 """
 from __future__ import annotations
 
@@ -338,3 +346,76 @@ def test_alignment_end_to_end(tmp_path, length):
     print(json.dumps({"length": length, "rows": len(rows), "tokens": tokens, "cli_cold_s": round(cli_cold, 3),
                       "cli_warm_s": round(cli_warm, 3), "imports_s": round(imports, 3),
                       **{k: round(v) for k, v in rates.items()}}))
+
+
+# ---------------------------------------------------------------------- 4. extraction vs forward
+@pytest.mark.parametrize("layers", [30, 4])
+def test_extraction_vs_bare_forward(layers):
+    import datasets
+    import torch
+
+    from fusekernels.pipeline.extract import extract_teacher_topk, length_batches, padding_fraction, \
+        tokenize_for_teacher
+    from fusekernels.pipeline.io import load_tokenizer
+    from fusekernels.tokenization import assets
+
+    transformers = pytest.importorskip("transformers")
+    try:
+        tok = load_tokenizer("smollm2")
+        verses = assets.kjv_verses(600)
+    except Exception as exc:
+        pytest.skip(str(exc))
+    datasets.disable_progress_bars()
+    rng = np.random.default_rng(0)
+    texts, pos = [], 0
+    for _ in range(32):
+        n = int(rng.integers(1, 9))
+        texts.append(" ".join(verses[pos:pos + n]))
+        pos += n
+    batch_size, max_length, k = 8, 192, 10
+    config = transformers.LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
+                                      num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True,
+                                      max_position_embeddings=2048)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    ds = datasets.Dataset.from_dict({"text": texts})
+    ids = tokenize_for_teacher(tok, texts, max_length)
+    lengths = [len(x) for x in ids]
+    tokens = sum(lengths)
+    grouped = length_batches(lengths, batch_size)
+    in_order = [list(range(s, min(s + batch_size, len(ids)))) for s in range(0, len(ids), batch_size)]
+
+    def forward(batches):
+        with torch.inference_mode():
+            for batch in batches:
+                width = max(lengths[i] for i in batch)
+                x = torch.full((len(batch), width), tok.eos_token_id, dtype=torch.long)
+                for row, i in enumerate(batch):
+                    x[row, :lengths[i]] = torch.tensor(ids[i])
+                mask = (torch.arange(width)[None] < torch.tensor([lengths[i] for i in batch])[:, None]).long()
+                model(input_ids=x, attention_mask=mask).logits
+
+    def extract():
+        extract_teacher_topk(model, tok, ds, k=k, batch_size=batch_size, max_length=max_length, progress=False,
+                             device="cpu")
+
+    times = {"extract": [], "forward": [], "forward_order": []}
+    for _ in range(2 if layers > 8 else 3):  # interleaved: load changes hit all three alike
+        for name, fn in (("extract", extract), ("forward", lambda: forward(grouped)),
+                         ("forward_order", lambda: forward(in_order))):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    best = {name: min(v) for name, v in times.items()}
+    pad = {g: padding_fraction(lengths, batch_size=batch_size, shard_size=1024, grouped=g) for g in (False, True)}
+    print(f"\nteacher extraction, Llama of SmolLM2-135M width, {layers} layers (random weights, fp32, CPU "
+          f"{torch.get_num_threads()} threads), "
+          f"SmolLM2 tokenizer, {len(texts)} texts, {tokens} tokens, batch {batch_size}, k={k}")
+    print(f"  padding fraction of the forward batches: dataset order {pad[False]:.1%}, length-grouped {pad[True]:.1%}")
+    print(f"  bare forward, dataset-order batches : {tokens / best['forward_order']:8.0f} tokens/s")
+    print(f"  bare forward, length-grouped batches: {tokens / best['forward']:8.0f} tokens/s")
+    print(f"  extract_teacher_topk (end to end)   : {tokens / best['extract']:8.0f} tokens/s = "
+          f"{best['forward'] / best['extract']:.1%} of the bare forward on the same batches")
+    print(json.dumps({"layers": layers, "tokens": tokens, "padding_order": round(pad[False], 4), "padding_grouped": round(pad[True], 4),
+                      **{f"{n}_s": round(v, 3) for n, v in best.items()}}))

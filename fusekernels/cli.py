@@ -55,8 +55,11 @@ def cmd_split(args):
 
 
 def cmd_extract(args):
-    from .pipeline.extract import extract_teacher_topk
+    import numpy as np
+
+    from .pipeline.extract import extract_teacher_topk, padding_fraction
     from .pipeline.io import load_model, load_rows, load_tokenizer
+    from .tokenization.batch import arrow_lists
 
     data = load_rows(args.data)
     tokenizer = load_tokenizer(args.tokenizer or args.model)
@@ -66,8 +69,11 @@ def cmd_extract(args):
                                per_token_ce=args.per_token_ce, logits_dtype=args.logits_dtype,
                                output_dir=args.out, shard_size=args.shard_size, device=args.device,
                                precision=args.precision)
-    tokens = sum(len(x) for x in out["input_ids"])
-    print(f"extract: {len(out)} sequences, {tokens} tokens, top-{args.k} stored in {args.out}")
+    lengths = np.diff(arrow_lists(out.with_format("arrow")["input_ids"])[1])
+    padding = [padding_fraction(lengths.tolist(), batch_size=args.batch_size, shard_size=args.shard_size, grouped=g)
+               for g in (False, True)]
+    print(f"extract: {len(out)} sequences, {int(lengths.sum())} tokens, top-{args.k} stored in {args.out}; "
+          f"padding {padding[1]:.1%} of the forward positions ({padding[0]:.1%} without length grouping)")
 
 
 def cmd_vocab_map(args):

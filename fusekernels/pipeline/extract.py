@@ -193,8 +193,7 @@ class _ShardRunner:
         texts = dataset[self.text_column]
         ids = tokenize_for_teacher(self.tokenizer, texts, self.max_length)
         rows = [None] * len(ids)
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths share a batch
-        batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        batches = length_batches([len(x) for x in ids], self.batch_size)
         bar = _bar(len(ids), progress, desc)
         for batch in batches:
             for i, row in zip(batch, self._forward([ids[i] for i in batch])):
@@ -255,6 +254,27 @@ class _ShardRunner:
                 row["per_step_metric_ce"] = seq_ce.astype(np.float32)
             rows.append(row)
         return rows
+
+
+def length_batches(lengths, batch_size: int) -> list[list[int]]:
+    """Row indices of each forward batch: rows sorted by length (longest first, stable) and cut
+    into batches of ``batch_size``, so that similar lengths share a batch and little is padded."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def padding_fraction(lengths, *, batch_size: int, shard_size: int, grouped: bool = True) -> float:
+    """Share of the forward pass's positions that are padding, for rows of these ``lengths`` run
+    in shards of ``shard_size`` rows and batches of ``batch_size``: with length grouping (what
+    :func:`extract_teacher_topk` does) or in dataset order (``grouped=False``)."""
+    lengths = list(lengths)
+    padded = 0
+    for start in range(0, len(lengths), shard_size):
+        part = lengths[start:start + shard_size]
+        batches = (length_batches(part, batch_size) if grouped else
+                   [list(range(s, min(s + batch_size, len(part)))) for s in range(0, len(part), batch_size)])
+        padded += sum(len(b) * max(part[i] for i in b) for b in batches)
+    return 1.0 - sum(lengths) / padded if padded else 0.0
 
 
 def _validate(dataset, text_column, k, batch_size, shard_size, logits_dtype, tokenizer):

@@ -31,7 +31,8 @@ class UserError(Exception):
 
 
 def _user_errors():
-    errors = [UserError, FileNotFoundError, NotADirectoryError, ValueError, ImportError]
+    # OSError: unreadable inputs, read-only outputs, a full disk (each reported with its path)
+    errors = [UserError, OSError, ValueError, ImportError]
     try:
         from fusekernels.tokenization.assets import AssetUnavailable
 
@@ -46,6 +47,7 @@ def cmd_split(args):
     from .pipeline.io import load_rows, load_tokenizer
     from .pipeline.split import split_long_texts
 
+    _check_out(args.out, args.data, *args.tokenizer)
     data = load_rows(args.data)
     tokenizers = [load_tokenizer(t) for t in args.tokenizer]
     out = split_long_texts(data, tokenizers, args.block_size, text_column=args.text_column, margin=args.margin,
@@ -57,10 +59,12 @@ def cmd_split(args):
 def cmd_extract(args):
     import numpy as np
 
-    from .pipeline.extract import extract_teacher_topk, padding_fraction
-    from .pipeline.io import load_model, load_rows, load_tokenizer
+    from .pipeline.extract import META_NAME, extract_teacher_topk, padding_fraction
+    from .pipeline.io import check_model_path, load_model, load_rows, load_tokenizer
     from .tokenization.batch import arrow_lists
 
+    _check_out(args.out, args.data, args.model, args.tokenizer, resume_marker=META_NAME)
+    check_model_path(args.model)  # before the tokenizer: a missing model is reported as such
     data = load_rows(args.data)
     tokenizer = load_tokenizer(args.tokenizer or args.model)
     model = load_model(args.model, **({"dtype": _torch_dtype(args.dtype)} if args.dtype else {}))
@@ -80,19 +84,17 @@ def cmd_vocab_map(args):
     from .pipeline.io import load_rows, load_tokenizer
     from .tokenization.vocab_map import build_vocab_map
 
+    from .storage import check_output_file
+
+    check_output_file(args.out, suffixes=(".json", ".npz"),
+                      inputs=_existing(args.base_tokenizer, args.blend_tokenizer, args.corpus))
     corpus = None
     if args.corpus:
         corpus = load_rows(args.corpus)[args.text_column]
     vmap = build_vocab_map(load_tokenizer(args.base_tokenizer), load_tokenizer(args.blend_tokenizer),
                            mode=args.mode, corpus=corpus)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".json":
-        vmap.save_json(out)
-    elif out.suffix == ".npz":
-        vmap.save_npz(out)
-    else:
-        raise UserError(f"--out must end in .json (published format) or .npz (compact), got {out.name}")
+    (vmap.save_json if out.suffix.lower() == ".json" else vmap.save_npz)(out)  # atomic writes
     print(f"vocab-map: {len(vmap)} blending tokens, {vmap.exact_rate:.1%} exact, written to {out}")
 
 
@@ -102,6 +104,8 @@ def cmd_align(args):
 
     if len(args.teacher) != len(args.teacher_tokenizer):
         raise UserError(f"{len(args.teacher)} --teacher but {len(args.teacher_tokenizer)} --teacher-tokenizer")
+    _check_out(args.out, args.base, args.base_tokenizer, *args.teacher, *args.teacher_tokenizer,
+               *(args.vocab_map or []))
     base_tok = load_tokenizer(args.base_tokenizer)
     base = load_rows(args.base)
     if "input_ids" not in base.column_names:
@@ -118,9 +122,15 @@ def cmd_align(args):
         maps = [_load_vocab_map(p, base_tok, t) for p, t in zip(args.vocab_map, teacher_toks)]
         if len(maps) != len(teacher_toks):
             raise UserError(f"{len(args.vocab_map)} --vocab-map for {len(teacher_toks)} teachers")
-    out = align_teachers(base, [load_rows(p) for p in args.teacher], base_tokenizer=base_tok,
-                         teacher_tokenizers=teacher_toks, method=args.method, include_base_teacher=args.base_teacher,
-                         fallback=args.fallback, vocab_maps=maps, text_column=args.text_column, num_proc=args.num_proc)
+    out, skipped = align_teachers(base, [load_rows(p) for p in args.teacher], base_tokenizer=base_tok,
+                                  teacher_tokenizers=teacher_toks, method=args.method,
+                                  include_base_teacher=args.base_teacher, fallback=args.fallback, vocab_maps=maps,
+                                  text_column=args.text_column, num_proc=args.num_proc, check=args.check,
+                                  on_bad_row=args.on_bad_row, return_skipped=True)
+    if skipped:
+        rows = ", ".join(str(r) for r, _ in skipped[:10]) + (", ..." if len(skipped) > 10 else "")
+        print(f"align: skipped {len(skipped)} of {len(out) + len(skipped)} rows that fail the checks (rows {rows}; "
+              f"first: {skipped[0][1]})", file=sys.stderr)
     _save(out, args.out)
     stats = alignment_stats(out)
     names = (["base"] if args.base_teacher else []) + args.teacher
@@ -142,6 +152,7 @@ def cmd_pack(args):
     from .pipeline.io import load_rows
     from .pipeline.pack import pack_sequences
 
+    _check_out(args.out, args.data)
     data = load_rows(args.data)
     out = pack_sequences(data, args.block_size, drop_last=not args.keep_tail, metric_level=args.metric_level,
                          logits_dtype=args.logits_dtype, num_proc=args.num_proc)
@@ -208,6 +219,8 @@ def cmd_fusechat(args):
 def cmd_demo(args):
     from .pipeline.demo import DemoConfig, run_demo
 
+    if args.out:
+        _check_out(args.out)
     config = DemoConfig(steps=args.steps, seed=args.seed, out=args.out, train_docs=args.train_docs,
                         eval_docs=args.eval_docs, block_size=args.block_size, batch_size=args.batch_size,
                         lr=args.lr, lam=args.lam, loss_type=args.loss_type, method=args.method,
@@ -245,11 +258,25 @@ def _positive_int(text):
     return value
 
 
+def _existing(*paths):
+    """The given paths that exist (tokenizer arguments may be packaged names, not paths)."""
+    return [p for p in paths if p is not None and Path(p).exists()]
+
+
+def _check_out(out, *inputs, resume_marker=None):
+    """Refuse a non-empty, overlapping or unwritable --out before any work (see storage)."""
+    from .storage import check_output_dir
+
+    check_output_dir(out, inputs=_existing(*inputs), resume_marker=resume_marker)
+
+
 def _save(dataset, out):
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"output folder {out} exists and is not empty")
-    dataset.save_to_disk(str(out))
+    """Save a dataset so that --out appears only once completely written."""
+    from .storage import atomic_dir, check_output_dir
+
+    check_output_dir(out)  # (checked before the work too; something may have appeared since)
+    with atomic_dir(out) as tmp:
+        dataset.save_to_disk(str(tmp))
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -352,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-base-teacher", dest="base_teacher", action="store_false",
                    help="the base model's own top-k is not a teacher")
     p.add_argument("--max-length", type=_positive_int, help="tokenize raw base texts to this length")
+    p.add_argument("--check", choices=["length", "bytes", "prefix", "none"], default="prefix",
+                   help="how a base row and a teacher row are verified to cover the same text: equal byte "
+                        "lengths, equal bytes, one a byte prefix of the other (extraction truncates), or not at all")
+    p.add_argument("--on-bad-row", choices=["error", "skip"], default="error",
+                   help="a row failing the checks stops the run (error) or is dropped and counted (skip)")
     _common(p, out_help="output dataset folder")
 
     p = command("pack", cmd_pack, "Pack aligned sequences into fixed-length training blocks.")
@@ -461,6 +493,17 @@ def _common(p, *, out_help, num_proc=True, text_column=True):
         p.add_argument("--num-proc", type=_positive_int, help="worker processes for datasets.map")
 
 
+def _no_cache_files_in_inputs():
+    """``datasets`` writes the results of ``Dataset.map`` as cache files next to the arrow files of
+    a dataset loaded from disk, i.e. into the command's input folders. Commands never write into
+    their inputs: map results go to temporary files instead (removed at exit)."""
+    try:
+        import datasets
+    except ImportError:
+        return
+    datasets.disable_caching()
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -469,6 +512,8 @@ def main(argv=None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if args.command != "merge":
+            _no_cache_files_in_inputs()
         with extra_hint():
             args.func(args)
     except _user_errors() as err:

@@ -23,6 +23,15 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 _CHUNK = 1 << 20
+
+
+class DamagedFileError(ValueError):
+    """A file (or saved dataset) exists but cannot be read back: truncated, corrupted, or of the
+    wrong structure. ``path`` names it; the message says what is wrong."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        super().__init__(f"{path} is damaged or not a valid file of its kind: {reason}")
 _FILE_DIGESTS: dict = {}  # (path, size, mtime_ns) -> digest, so a process hashes each file once
 
 
@@ -132,17 +141,20 @@ def _overlaps(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-def check_output_dir(out: str | os.PathLike, *, inputs: Iterable = (), arg: str = "--out") -> Path:
+def check_output_dir(out: str | os.PathLike, *, inputs: Iterable = (), arg: str = "--out",
+                     resume_marker: str | None = None) -> Path:
     """Refuse an output folder that is non-empty, is a file, overlaps an input, or is not writable.
 
     Call it before any work. ``inputs`` are the paths the command reads (files or folders); the
-    output may not be, contain or lie inside any of them. Raises ``ValueError`` /
-    ``PermissionError`` naming ``arg``. Returns the resolved path (not created).
+    output may not be, contain or lie inside any of them. ``resume_marker``: a file name whose
+    presence makes a non-empty folder acceptable (an earlier run of a resumable command, whose
+    own metadata check decides). Raises ``ValueError`` / ``PermissionError`` naming ``arg``.
+    Returns the resolved path (not created).
     """
     path = Path(out).expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise ValueError(f"{arg} {out} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()):
+    if path.is_dir() and any(path.iterdir()) and not (resume_marker and (path / resume_marker).is_file()):
         raise ValueError(f"{arg} {out} exists and is not empty")
     for given in inputs:
         if given is None:
@@ -151,6 +163,26 @@ def check_output_dir(out: str | os.PathLike, *, inputs: Iterable = (), arg: str 
         if _overlaps(path, src):
             raise ValueError(f"{arg} {out} overlaps the input {given}: write to a separate folder")
     check_writable(path.parent if not path.exists() else path, arg=arg, target=out)
+    return path
+
+
+def check_output_file(out: str | os.PathLike, *, suffixes: Iterable[str], inputs: Iterable = (),
+                      arg: str = "--out") -> Path:
+    """:func:`check_output_dir` for a single output file: its suffix must be one of ``suffixes``,
+    it must not exist yet, be an input or lie inside one, and its folder must be writable."""
+    path = Path(out).expanduser().resolve()
+    suffixes = tuple(suffixes)
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"{arg} must end in {' or '.join(suffixes)}, got {Path(out).name!r}")
+    if path.exists():
+        raise ValueError(f"{arg} {out} already exists: choose a new file name or delete it")
+    for given in inputs:
+        if given is None:
+            continue
+        src = Path(given).expanduser().resolve()
+        if _overlaps(path, src):
+            raise ValueError(f"{arg} {out} overlaps the input {given}: write to a separate place")
+    check_writable(path.parent, arg=arg, target=out)
     return path
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fusekernels import _C
+from fusekernels.align._validate import check_threads
 
 __all__ = ["Alignment", "dtw_align", "dtw_align_batch"]
 
@@ -97,8 +98,7 @@ def dtw_align_batch(blend_seqs: Sequence[Sequence[str]], base_seqs: Sequence[Seq
     threads: worker threads (0 = all cores); the GIL is released during the computation.
     Results are identical for any thread count.
     """
-    if not isinstance(threads, int) or threads < 0:
-        raise ValueError(f"threads must be an int >= 0 (0 = all cores), got {threads!r}")
+    threads = check_threads(threads)
     for name, seqs in (("blend_seqs", blend_seqs), ("base_seqs", base_seqs)):
         if isinstance(seqs, (str, bytes)) or not isinstance(seqs, (Sequence, np.ndarray)):
             raise TypeError(f"{name} must be a sequence of token sequences")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fusekernels import _C
+from fusekernels.align._validate import check_threads
 from fusekernels.align.dtw import Alignment
 
 __all__ = ["TransferTables", "TopKResult", "build_transfer_tables", "transfer_topk", "transfer_topk_batch"]
@@ -59,6 +60,30 @@ class TransferTables:
     blend_marker: str
     base_marker: str
 
+    def __post_init__(self):
+        """Hand-built tables are checked like built ones: dtypes, one entry per id, ids in range."""
+        nb, na = _table_len(self.exact, "exact"), _table_len(self.base_canonical, "base_canonical")
+        for name in ("exact", "exact_prefixed", "soft", "soft_prefixed", "base_canonical"):
+            arr = getattr(self, name)
+            if arr is None and name.startswith("soft"):
+                continue
+            size = na if name == "base_canonical" else nb
+            arr = np.asarray(arr)
+            if arr.dtype != np.int32 or arr.shape != (size,):
+                raise ValueError(f"{name} has the wrong length or dtype: TransferTables.{name} must be int32 "
+                                 f"[{size}], got {arr.dtype} {arr.shape}")
+            if arr.size and (arr.min() < (0 if name == "base_canonical" else -1) or arr.max() >= na):
+                raise ValueError(f"TransferTables.{name} holds base ids outside [-1, {na}) ({na} base tokens)")
+        if (self.soft is None) != (self.soft_prefixed is None):
+            raise ValueError("TransferTables.soft and soft_prefixed must both be given or both be None")
+        for name, size in (("blend_starts_with_marker", nb), ("base_starts_with_marker", na)):
+            arr = np.asarray(getattr(self, name))
+            if arr.dtype != np.bool_ or arr.shape != (size,):
+                raise ValueError(f"{name} has the wrong length or dtype: TransferTables.{name} must be bool "
+                                 f"[{size}], got {arr.dtype} {arr.shape}")
+        if not isinstance(self.byte_level_blend, bool):
+            raise TypeError(f"TransferTables.byte_level_blend must be bool, got {type(self.byte_level_blend).__name__}")
+
     @property
     def blend_vocab_size(self) -> int:
         return len(self.exact)
@@ -92,6 +117,13 @@ class TopKResult:
             ids.append(row_ids[:c])
             logits.append(row_logits[:c])
         return ids, logits
+
+
+def _table_len(arr, name: str) -> int:
+    arr = np.asarray(arr)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"TransferTables.{name} must be a non-empty 1-D array, got shape {arr.shape}")
+    return arr.shape[0]
 
 
 def _check_vocab(vocab: object, name: str) -> Sequence[str]:
@@ -147,7 +179,13 @@ def build_transfer_tables(blend_vocab: Sequence[str], base_vocab: Sequence[str],
         if missing:
             raise ValueError(f"vocab_map has no key for {len(missing)} marker-replaced blending tokens, "
                              f"e.g. {missing[0]!r}; it must cover the whole blending vocabulary")
+        bad = next(((x, vocab_map[x]) for x in primes if not isinstance(vocab_map[x], str)), None)
+        if bad is not None:
+            raise TypeError(f"vocab_map[{bad[0]!r}] = {bad[1]!r}: the map's values must be base token strings "
+                            "(the published {x': base_token} format)")
         soft = ids(vocab_map[x] for x in primes)
+        if (soft < 0).all():  # (single values outside the base vocabulary just never match, as published)
+            raise ValueError("no value of vocab_map is a base token: it was built for another base vocabulary")
         soft_prefixed = prefixed(lambda key: index.get(vocab_map[key], -1) if key in vocab_map else -1)
 
     return TransferTables(
@@ -204,7 +242,10 @@ def _float32(x: object, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be a floating-point array, got dtype {arr.dtype}")
     if arr.ndim != 2:
         raise ValueError(f"{name} must have shape [n, k], got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if np.isposinf(arr).any():  # (NaN is rejected natively) +inf would win every softmax
+        raise ValueError(f"{name} contains +inf (logits must be finite; -inf marks padding)")
+    return arr
 
 
 def _prepare(item: Sequence[object]) -> tuple[np.ndarray, ...]:
@@ -227,8 +268,7 @@ def _run(items: list[tuple[np.ndarray, ...]], tables: TransferTables, mode: str,
         raise ValueError(f"mode must be 'hard' or 'soft', got {mode!r}")
     if mode == "soft" and tables.soft is None:
         raise ValueError("mode='soft' needs tables built with a vocab_map (build_transfer_tables(..., vocab_map=...))")
-    if not isinstance(threads, int) or threads < 0:
-        raise ValueError(f"threads must be an int >= 0 (0 = all cores), got {threads!r}")
+    threads = check_threads(threads)
     raw = _C.transfer_topk_batch(
         items, tables.exact, tables.exact_prefixed, tables.soft, tables.soft_prefixed,
         tables.blend_starts_with_marker.view(np.uint8), tables.base_starts_with_marker.view(np.uint8),

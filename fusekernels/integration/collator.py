@@ -173,6 +173,10 @@ class FusionDataCollator:
         length = len(input_ids)
         if length == 0:
             raise ValueError(f"example {index}: input_ids is empty")
+        if self.vocab_size is not None and (input_ids.min() < 0 or input_ids.max() >= self.vocab_size):
+            bad = int(np.flatnonzero((input_ids < 0) | (input_ids >= self.vocab_size))[0])
+            raise ValueError(f"example {index}: input_ids contains id {int(input_ids[bad])} outside "
+                             f"[0, {self.vocab_size}) at position {bad}")
         if self.max_length is not None and length > self.max_length:
             raise ValueError(f"example {index}: length {length} exceeds max_length={self.max_length}")
 

@@ -12,7 +12,8 @@ One program per row streams the logits z [V] in BLOCK_V chunks and keeps, in reg
 At the end the buffer is sorted by a pairwise rank (value descending, ties by slot) and
 scattered to the outputs; ce = lse - z[label] for valid labels. Values are the raw logits in fp32
 (no fp16 cast, unlike the original preprocessing). Rows with fewer than k finite logits return
--inf values for the missing entries (their ids are in range but arbitrary).
+-inf values for the missing entries; the kernel's ids there are placeholders that may repeat a
+real id, so the wrapper recomputes such (rare) rows with ``torch.topk``, which gives distinct ids.
 """
 from __future__ import annotations
 
@@ -132,4 +133,9 @@ def launch_teacher_topk_rows(logits, labels, k: int, ignore_index: int = -100, *
         HAS_LABELS=labels is not None, BLOCK_V=block_v, BLOCK_K=next_power_of_2(k),
         num_warps=default_warps if num_warps is None else int(num_warps),
     )
+    short = values[:, -1] == float("-inf")  # rows with fewer than k finite logits
+    if bool(short.any()):
+        rows = short.nonzero()[:, 0]
+        top = torch.topk(logits[rows].float(), k, dim=-1)
+        ids[rows], values[rows] = top.indices.to(torch.int32), top.values
     return ids, values, lse, ce

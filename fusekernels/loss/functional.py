@@ -31,6 +31,9 @@ class FusionLossOutput(NamedTuple):
 def _check_options(fusion, loss_type, temperature, lam, reduction, backend, labels, precision="fp32"):
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    for name, value in (("temperature", temperature), ("lam", lam)):
+        if isinstance(value, bool):  # bool is a numbers.Real: True would silently mean 1
+            raise TypeError(f"{name} must be a number, got bool {value!r}")
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
     if loss_type not in LOSS_TYPES:
@@ -135,8 +138,8 @@ def fusion_loss(
     ce = broadcast_per_teacher("teacher_ce", teacher_ce, lead, n_teachers, device)
     explicit = broadcast_per_teacher("teacher_weights", teacher_weights, lead, n_teachers, device)
     check_no_nan("teacher_ce", ce)
-    if ce is not None and bool(torch.isneginf(ce).any()):
-        raise ValueError("teacher_ce contains -inf (a cross-entropy is >= 0)")
+    if ce is not None and bool((ce < 0).any()):
+        raise ValueError("teacher_ce contains -inf or negative values (a cross-entropy is >= 0)")
     check_no_nan("teacher_weights", explicit)
     if explicit is not None and bool((explicit < 0).any() | torch.isinf(explicit).any()):
         raise ValueError("teacher_weights must be finite and >= 0")

@@ -32,6 +32,8 @@ def teacher_topk(logits: torch.Tensor, labels: Optional[torch.Tensor] = None, k:
     logits are not rounded to fp16. ``precision="published"``: as the published extraction,
     the logits are cast to fp16 first (top-k and lse of the fp16 values) and the CE is rounded
     to fp16 (values stay float32 tensors holding fp16 values).
+    A row with fewer than k finite logits gets -inf values in its last entries, with distinct ids
+    (on every backend). Raises ValueError when a row holds NaN (its top-k would be meaningless).
     """
     if precision not in ("fp32", "published"):
         raise ValueError(f"precision must be 'fp32' or 'published', got {precision!r}")
@@ -62,6 +64,11 @@ def teacher_topk(logits: torch.Tensor, labels: Optional[torch.Tensor] = None, k:
     if precision == "published":
         rows = rows.to(torch.float16)  # logits.to(torch.float16) before top-k and cross-entropy
     ids, values, lse, ce = teacher_topk_rows(rows, flat_labels, k, ignore_index, backend=backend)
+    nan_rows = torch.isnan(lse) | torch.isnan(values).any(-1)  # [N]: cheap next to the pass over [N, V]
+    if bool(nan_rows.any()):
+        first = int(nan_rows.nonzero()[0, 0])
+        raise ValueError(f"logits contain NaN in {int(nan_rows.sum())} of {rows.shape[0]} rows (first: flat row "
+                         f"{first}); the model produced NaN (overflow in fp16?)")
     if precision == "published":
         ce = ce.to(torch.float16).float()  # F.cross_entropy of fp16 logits returns fp16
     return TeacherTopK(ids.reshape(*lead, k), values.reshape(*lead, k), lse.reshape(lead), ce.reshape(lead))

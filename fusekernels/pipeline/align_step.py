@@ -50,6 +50,7 @@ import numpy as np
 from .._optional import require
 
 FALLBACKS = ("published", "absent")
+BAD_ROW_POLICIES = ("error", "skip")
 
 
 @dataclass
@@ -67,13 +68,19 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
                    method: str = "byte_span", include_base_teacher: bool = True, fallback: str = "published",
                    vocab_maps: Sequence | None = None, k: int | None = None, text_column: str | None = "text",
                    logits_dtype: str = "float16", batch_size: int = 64, num_proc: int | None = None,
-                   check: str = "prefix"):
+                   check: str = "prefix", on_bad_row: str = "error", return_skipped: bool = False):
     """Align and stack teachers (see module docstring). Returns a ``datasets.Dataset``.
 
     ``check`` is how the aligners verify that a base row and a teacher row cover the same text
     (see :func:`fusekernels.tokenization.check_same_text`): ``"prefix"`` by default because
     extraction truncates every tokenization at its model's maximum length, so one row may cover a
-    prefix of the other's text."""
+    prefix of the other's text.
+
+    ``on_bad_row``: ``"error"`` (default) stops at the first row that fails a check (ids outside a
+    vocabulary, top-k shapes, NaN / +inf logits, texts that differ); ``"skip"`` checks every row
+    first, drops the bad ones from all inputs and warns with their number. With
+    ``return_skipped=True`` the result is ``(dataset, skipped)``, ``skipped`` a list of
+    ``(row, reason)`` of the dropped input rows (empty with ``"error"``)."""
     require("datasets", "align_teachers")
     import datasets
 
@@ -91,13 +98,15 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
         raise ValueError("fallback='published' with method='compat_hard' gives a position whose aligned list is "
                          "empty the base model's own distribution (teacher 0): it needs include_base_teacher=True; "
                          "pass fallback='absent' to leave the teacher absent at such positions instead")
+    if on_bad_row not in BAD_ROW_POLICIES:
+        raise ValueError(f"on_bad_row must be one of {BAD_ROW_POLICIES}, got {on_bad_row!r}")
     if vocab_maps is not None and len(vocab_maps) != len(teachers):
         raise ValueError(f"vocab_maps has {len(vocab_maps)} entries for {len(teachers)} teachers")
     own = ["topk_ids", "topk_logits", "metric_ce"] if include_base_teacher else []
     _require(base, ["input_ids", *own], "base")
     for t, teacher in enumerate(teachers):
         _require(teacher, ["input_ids", "topk_ids", "topk_logits", "metric_ce"], f"teachers[{t}]")
-        _check_same_rows(base, teacher, t, text_column)
+        _check_same_rows(base, teacher, t, text_column, per_row=on_bad_row == "skip")
     if len(base) == 0:
         raise ValueError("base dataset is empty")
     use_text = text_column if text_column and text_column in base.column_names else None
@@ -119,6 +128,21 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
         raise ValueError(f"logits_dtype must be 'float16' or 'float32', got {logits_dtype!r}")
     base_profile = TokenizerProfile.from_tokenizer(base_tokenizer)
     profiles = [TokenizerProfile.from_tokenizer(tok) for tok in teacher_tokenizers]
+    skipped: list = []
+    if on_bad_row == "skip":
+        skipped = find_bad_rows(base, teachers, base_profile=base_profile, teacher_profiles=profiles, method=method,
+                                check=check, text_column=text_column, include_base_teacher=include_base_teacher)
+        if skipped:
+            import warnings
+
+            warnings.warn(f"align_teachers: skipped {len(skipped)} of {len(base)} rows that fail the checks "
+                          f"(first: row {skipped[0][0]}: {skipped[0][1]})", stacklevel=2)
+            bad = {row for row, _ in skipped}
+            keep = [i for i in range(len(base)) if i not in bad]
+            if not keep:
+                raise ValueError(f"every one of the {len(base)} rows fails the checks (first: row "
+                                 f"{skipped[0][0]}: {skipped[0][1]})")
+            base, teachers = base.select(keep), [teacher.select(keep) for teacher in teachers]
     maps = list(vocab_maps) if vocab_maps is not None else [None] * len(teachers)
     if method == "byte_span":
         tables = [build_byte_span_map(base_profile, p) for p in profiles]
@@ -149,11 +173,55 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
                        include_base_teacher=include_base_teacher, fallback=fallback, use_text=use_text,
                        logits_dtype=np.dtype(logits_dtype), check=check,
                        threads=1 if num_proc and num_proc > 1 else 0)
-    return joined.with_format("arrow").map(
-        stacker, batched=True, with_indices=True, batch_size=batch_size, num_proc=num_proc,
-        remove_columns=joined.column_names, features=features, new_fingerprint=fingerprint,
-        cache_file_name=map_cache_file(joined, fingerprint, "align-teachers"),
-        desc="align teachers").with_format(None)
+    try:
+        result = joined.with_format("arrow").map(
+            stacker, batched=True, with_indices=True, batch_size=batch_size, num_proc=num_proc,
+            remove_columns=joined.column_names, features=features, new_fingerprint=fingerprint,
+            cache_file_name=map_cache_file(joined, fingerprint, "align-teachers"),
+            desc="align teachers").with_format(None)
+    except ValueError as exc:
+        if on_bad_row == "skip":
+            raise
+        raise ValueError(f"{exc}; to drop such rows instead, pass on_bad_row='skip' (command line: "
+                         "--on-bad-row skip; --check sets how texts are compared)") from None
+    return (result, skipped) if return_skipped else result
+
+
+def find_bad_rows(base, teachers: Sequence, *, base_profile, teacher_profiles: Sequence, method: str = "byte_span",
+                  check: str = "prefix", text_column: str | None = "text",
+                  include_base_teacher: bool = True) -> list[tuple[int, str]]:
+    """``(row, reason)`` of every row that :func:`align_teachers` cannot align: base or teacher ids
+    outside their vocabulary, top-k arrays of the wrong shape, NaN / +inf logits, a text that
+    differs between the inputs, or token sequences that do not cover the same text (``check``)."""
+    from fusekernels.tokenization.byte_span import _check_same_text, _check_topk
+
+    use_text = text_column if text_column and text_column in base.column_names else None
+    bad: list[tuple[int, str]] = []
+    base_np = base.with_format("numpy")
+    teachers_np = [t.with_format("numpy") for t in teachers]
+    for row in range(len(base)):
+        b_row = base_np[row]
+        try:
+            b = base_profile.check_ids(b_row["input_ids"], "base input_ids")
+            if include_base_teacher:
+                _check_topk(_stacked(b_row["topk_ids"]), _stacked(b_row["topk_logits"]), b.size,
+                            base_profile.vocab_size)
+            for t, (teacher, profile) in enumerate(zip(teachers_np, teacher_profiles)):
+                t_row = teacher[row]
+                if use_text and use_text in t_row and str(t_row[use_text]) != str(b_row[use_text]):
+                    raise ValueError(f"teacher {t + 1}: column {use_text!r} differs from the base row")
+                try:
+                    a = profile.check_ids(t_row["input_ids"], "input_ids")
+                    _check_topk(_stacked(t_row["topk_ids"]), _stacked(t_row["topk_logits"]), a.size,
+                                profile.vocab_size)
+                    text = str(b_row[use_text]) if use_text and method == "byte_span" else None
+                    _check_same_text(base_profile, b, profile, a, text=text, check=check)
+                except ValueError as exc:
+                    raise ValueError(f"teacher {t + 1}: {exc}") from None
+        except ValueError as exc:
+            bad.append((row, str(exc)))
+    return bad
+
 
 
 @dataclass
@@ -267,10 +335,12 @@ def _require(dataset, columns, what):
         raise ValueError(f"{what} lacks column(s) {missing} (has {dataset.column_names})")
 
 
-def _check_same_rows(base, teacher, t, text_column):
+def _check_same_rows(base, teacher, t, text_column, per_row=False):
     if len(teacher) != len(base):
         raise ValueError(f"teachers[{t}] has {len(teacher)} rows but base has {len(base)}: both must hold the "
                          "same texts in the same order")
+    if per_row:
+        return  # find_bad_rows compares the texts row by row
     if text_column and text_column in base.column_names and text_column in teacher.column_names:
         if not base.with_format("arrow")[text_column].equals(teacher.with_format("arrow")[text_column]):
             raise ValueError(f"teachers[{t}] column {text_column!r} differs from base: rows are not the same texts")

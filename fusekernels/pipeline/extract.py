@@ -80,10 +80,10 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
         device = torch.device(device) if device is not None else _default_device(model)
         model = model.to(device)
     model.eval()
-    config = {"k": k, "max_length": max_length, "per_token_ce": per_token_ce, "logits_dtype": logits_dtype,
-              "precision": precision, "shard_size": shard_size, "num_rows": len(dataset), "text_column": text_column,
-              "keep_columns": keep_columns, "texts_sha256": _texts_digest(dataset[text_column]),
-              "model": getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)}
+    config = _resume_config(model, tokenizer, dataset, k=k, batch_size=batch_size, max_length=max_length,
+                            text_column=text_column, per_token_ce=per_token_ce, logits_dtype=logits_dtype,
+                            precision=precision,
+                            shard_size=shard_size, keep_columns=keep_columns)
     shards = [(start, min(start + shard_size, len(dataset))) for start in range(0, len(dataset), shard_size)]
     runner = _ShardRunner(model, tokenizer, k, batch_size, max_length, text_column, per_token_ce,
                           logits_dtype, device, keep_columns)
@@ -93,9 +93,12 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
 
     out = Path(output_dir)
     state = _partial_state()
-    _check_meta(out, config)  # every process, so that all of them stop on a mismatch
+    resumed = _check_meta(out, config)  # every process, so that all of them stop on a mismatch
     if state.is_main_process:
         _write_meta(out, config)
+        if resumed:
+            done = sum((out / f"shard-{i:05d}").is_dir() for i in range(len(shards)))
+            print(f"resuming: {done} of {len(shards)} shards done in {out}", flush=True)
     state.wait_for_everyone()
     with state.split_between_processes(list(range(len(shards)))) as mine:
         for shard in mine:
@@ -106,8 +109,12 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
             part = runner(dataset.select(range(a, b)), progress, f"extract shard {shard + 1}/{len(shards)}")
             tmp = out / f".shard-{shard:05d}.tmp{state.process_index}"
             shutil.rmtree(tmp, ignore_errors=True)
-            part.save_to_disk(str(tmp))
-            os.replace(tmp, path)  # a shard exists only once completely written
+            try:
+                part.save_to_disk(str(tmp))
+                os.replace(tmp, path)  # a shard exists only once completely written
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)  # e.g. disk full: no half shard is left behind
+                raise
     state.wait_for_everyone()
     return load_extracted(out)
 
@@ -318,32 +325,85 @@ def _default_device(model) -> torch.device:
         return torch.device("cpu")
 
 
-def _texts_digest(texts) -> str:
-    """Content hash of the input texts, so a resumed run never mixes shards of other data."""
-    digest = hashlib.sha256()
-    for text in texts:
-        digest.update(str(text).encode("utf-8", "surrogatepass"))
-        digest.update(b"\0")
-    return digest.hexdigest()
+# Resume metadata key -> the option (CLI flag / argument) that changes it, for error messages.
+RESUME_OPTIONS = {
+    "k": "--k", "max_length": "--max-length", "per_token_ce": "--per-token-ce", "logits_dtype": "--logits-dtype",
+    "precision": "--precision",
+    "shard_size": "--shard-size", "num_rows": "--data (row count)", "text_column": "--text-column",
+    "keep_columns": "keep_columns", "texts_sha256": "--data (texts)", "tokenizer": "--tokenizer",
+    "model_weights": "--model (weights)", "model_dtype": "--dtype", "batch_size": "--batch-size",
+    "pad_id": "--tokenizer (pad id)", "padding_side": "padding side", "format": "format version",
+}
+_META_FORMAT = 2
 
 
-def _check_meta(out: Path, config: dict):
+def _resume_config(model, tokenizer, dataset, **options) -> dict:
+    """Every input and option that shapes the stored output: a resumed run must match all of them.
+
+    ``batch_size`` is included because rows are padded to the longest of their batch (right
+    padding, pad id recorded): other batch compositions change the low bits of the logits.
+    """
+    from fusekernels.storage import texts_fingerprint, tokenizer_fingerprint
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return {**options, "format": _META_FORMAT, "num_rows": len(dataset),
+            "texts_sha256": texts_fingerprint(dataset[options["text_column"]]),
+            "tokenizer": tokenizer_fingerprint(tokenizer), "pad_id": pad_id, "padding_side": "right",
+            "model_weights": model_fingerprint(model), "model_dtype": _model_dtype(model)}
+
+
+def model_fingerprint(model) -> str:
+    """Content hash (hex, 32 chars) of a model's weights (names, dtypes, shapes and bytes) and
+    config, independent of the device it sits on."""
+    import torch
+
+    h = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        h.update(config.to_json_string(use_diff=False).encode())
+    with torch.no_grad():
+        for name, tensor in sorted(model.state_dict().items()):
+            t = tensor.detach()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\0".encode())
+            if t.numel():
+                h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _model_dtype(model) -> str:
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
+    return "+".join(dtypes) if dtypes else "none"
+
+
+def _check_meta(out: Path, config: dict) -> bool:
+    """True when ``out`` holds an earlier run with the same config (resume); ``ValueError`` naming
+    the differing options when it holds another one; False for a new run."""
     meta_path = out / META_NAME
-    if meta_path.is_file():
+    if not meta_path.is_file():
+        return False
+    try:
         old = json.loads(meta_path.read_text())
-        if old != config:
-            changed = sorted(key for key in set(old) | set(config) if old.get(key) != config.get(key))
-            raise ValueError(f"{out} holds shards of a different extraction (differs in {changed}); "
-                             "use a new output_dir or delete it")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        from fusekernels.storage import DamagedFileError
+
+        raise DamagedFileError(meta_path, f"not valid JSON ({exc})") from None
+    if not isinstance(old, dict):
+        old = {}
+    if old != config:
+        changed = sorted(key for key in set(old) | set(config) if old.get(key) != config.get(key))
+        names = sorted({RESUME_OPTIONS.get(key, key) for key in changed})
+        raise ValueError(f"{out} holds shards of a different extraction: cannot resume with another "
+                         f"{', '.join(names)} (metadata differs in {changed}); use a new output folder or delete it")
+    return True
 
 
 def _write_meta(out: Path, config: dict):
+    from fusekernels.storage import atomic_write_json
+
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / META_NAME
     if not meta_path.is_file():
-        tmp = meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
-        os.replace(tmp, meta_path)
+        atomic_write_json(meta_path, config)
 
 
 def _partial_state():

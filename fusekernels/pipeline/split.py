@@ -3,8 +3,17 @@
 Published rule: every document is tokenized by every tokenizer without special
 tokens. When some tokenization is longer than ``block_size - margin`` ids (margin 48), the
 *longest* tokenization (first tokenizer on ties) is cut into consecutive windows of
-``block_size - margin`` ids and each window is decoded back to text (special tokens skipped);
-those texts replace the document. Otherwise the document stays whole.
+``block_size - margin`` ids and those texts replace the document. Otherwise the document stays
+whole.
+
+The published code decodes each window of ids back to text, which cuts multi-byte characters
+(U+FFFD in CJK text, whole windows lost with byte-fallback tokens) and drops what decoding does
+not reproduce. Here the *original string* is cut at the character offsets of the window
+boundaries (the tokenizer's offset mapping; needs a fast tokenizer), so the pieces concatenate
+back to the document exactly. A boundary that falls inside the tokens of one character (byte
+fallback, a character split over several byte-level tokens) moves back to that character's first
+token, so no window exceeds ``block_size - margin`` ids of the document's tokenization (a
+window shrinks by those few ids instead).
 """
 from __future__ import annotations
 
@@ -77,7 +86,36 @@ def _split_batch(texts: list[str], tokenizers, window: int) -> list[list[str]]:
         if lengths[longest] <= window:
             result.append([text])
             continue
-        ids = encodings[longest][row]
-        windows = [ids[start:start + window] for start in range(0, len(ids), window)]
-        result.append(tokenizers[longest].batch_decode(windows, skip_special_tokens=True))
+        result.append(_cut_at_offsets(text, tokenizers[longest], window))
     return result
+
+
+def _cut_at_offsets(text: str, tokenizer, window: int) -> list[str]:
+    """Pieces of ``text`` holding consecutive windows of at most ``window`` of its token ids
+    (see the module docstring); ``"".join(pieces) == text``."""
+    try:
+        encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError:
+        raise ValueError("split needs fast tokenizers (offset mapping) to cut texts at token boundaries; "
+                         f"{type(tokenizer).__name__} is a slow one") from None
+    offsets = [tuple(o) for o in encoding["offset_mapping"]]
+    n = len(offsets)
+    cuts, start = [0], 0
+    while n - start > window:
+        end = start + window  # first token of the next window
+        # back off while token `end` shares a character with token end - 1 (one character, several ids)
+        e = end
+        while e > start + 1 and offsets[e][0] < offsets[e - 1][1]:
+            e -= 1
+        if offsets[e][0] < offsets[e - 1][1]:  # one character longer than a window: keep it whole
+            e = end
+            while e < n and offsets[e][0] < offsets[e - 1][1]:
+                e += 1
+            if e == n:
+                break
+        # cut after token e - 1 (so a leading space stays with the following word, as decoding does)
+        cut = min(max(offsets[e - 1][1], cuts[-1]), len(text))
+        cuts.append(cut)
+        start = e
+    cuts.append(len(text))
+    return [text[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]

@@ -386,6 +386,8 @@ def _check_topk(topk_ids, topk_logits, n: int, blend_vocab: int) -> tuple[np.nda
         raise ValueError(f"topk_ids holds ids outside [0, {blend_vocab}) of the blending vocabulary")
     if np.isnan(tlg).any():
         raise ValueError("topk_logits contains NaN")
+    if np.isposinf(tlg).any():
+        raise ValueError("topk_logits contains +inf (logits must be finite; -inf marks padding)")
     return tid, tlg
 
 

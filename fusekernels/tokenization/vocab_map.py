@@ -87,37 +87,73 @@ class VocabMap:
 
     # ------------------------------------------------------------------ persistence
     def save_npz(self, path) -> None:
-        """Compact binary form: int32 ``base_ids`` / ``distances`` plus vocabulary fingerprints."""
-        np.savez_compressed(path, base_ids=self.base_ids.astype(np.int32), distances=self.distances.astype(np.int32),
-                            keys_fingerprint=np.array(_fingerprint(self.keys)),
-                            base_fingerprint=np.array(_fingerprint(self.base_tokens)), method=np.array(self.method))
+        """Compact binary form: int32 ``base_ids`` / ``distances`` plus vocabulary fingerprints
+        (written atomically: an interrupted save leaves no partial file)."""
+        from fusekernels.storage import atomic_file
+
+        with atomic_file(path) as fh:
+            np.savez_compressed(fh, base_ids=self.base_ids.astype(np.int32),
+                                distances=self.distances.astype(np.int32),
+                                keys_fingerprint=np.array(_fingerprint(self.keys)),
+                                base_fingerprint=np.array(_fingerprint(self.base_tokens)), method=np.array(self.method))
 
     @classmethod
     def load_npz(cls, path, base, blend) -> "VocabMap":
-        """Load :meth:`save_npz` output; ValueError if the tokenizers are not the ones it was built for."""
+        """Load :meth:`save_npz` output.
+
+        Raises ``ValueError`` if the tokenizers are not the ones it was built for, and
+        :class:`fusekernels.storage.DamagedFileError` (a ``ValueError``) naming ``path`` when the
+        file is truncated, corrupted, lacks an array, or holds ids that do not fit the vocabularies.
+        """
+        import zipfile
+        import zlib
+
+        from fusekernels.storage import DamagedFileError
+
         base, blend = _profile(base, "base"), _profile(blend, "blend")
         keys = marker_replaced(blend, base)
-        with np.load(path, allow_pickle=False) as data:
-            same = (str(data["keys_fingerprint"]) == _fingerprint(keys)
-                    and str(data["base_fingerprint"]) == _fingerprint(base.tokens))
-            if not same:
-                raise ValueError(f"{path}: vocabulary map was built for other tokenizers")
-            ids, dist = data["base_ids"].astype(np.int32), data["distances"].astype(np.int32)
-            method = str(data["method"])
-        return cls(keys=keys, base_ids=ids, distances=dist, base_tokens=base.tokens, method=method)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                missing = [n for n in _NPZ_ARRAYS if n not in data.files]
+                if missing:
+                    raise DamagedFileError(path, f"arrays {missing} missing")
+                same = (str(data["keys_fingerprint"]) == _fingerprint(keys)
+                        and str(data["base_fingerprint"]) == _fingerprint(base.tokens))
+                ids, dist = np.asarray(data["base_ids"]), np.asarray(data["distances"])
+                method = str(data["method"])
+        except (OSError, EOFError, zlib.error, zipfile.BadZipFile, KeyError, ValueError) as exc:
+            if isinstance(exc, (FileNotFoundError, DamagedFileError)):
+                raise
+            raise DamagedFileError(path, f"{type(exc).__name__}: {exc}") from None
+        if not same:
+            raise ValueError(f"{path}: vocabulary map was built for other tokenizers")
+        _check_ids(path, ids, dist, len(keys), base.vocab_size)
+        return cls(keys=keys, base_ids=ids.astype(np.int32), distances=dist.astype(np.int32),
+                   base_tokens=base.tokens, method=method)
 
     def save_json(self, path) -> None:
-        """The published JSON format ``{x': base_token_string}``."""
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, ensure_ascii=False)
+        """The published JSON format ``{x': base_token_string}`` (written atomically)."""
+        from fusekernels.storage import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False))
 
     @classmethod
     def load_json(cls, path, base, blend) -> "VocabMap":
         """Load a published ``{x': base_token_string}`` JSON; every x' must be a key and every
-        value a base token (ValueError otherwise). Distances are unknown (-1) except exact ones."""
+        value a base token (ValueError otherwise; :class:`fusekernels.storage.DamagedFileError`
+        when the file is not valid JSON or not an object). Distances are unknown (-1) except
+        exact ones."""
+        from fusekernels.storage import DamagedFileError
+
         base, blend = _profile(base, "base"), _profile(blend, "blend")
-        with open(path, encoding="utf-8") as fh:
-            mapping = json.load(fh)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                mapping = json.load(fh)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DamagedFileError(path, f"not valid UTF-8 JSON ({exc})") from None
+        if not isinstance(mapping, dict):
+            raise DamagedFileError(path, f"expected a JSON object {{token: base token}}, got a JSON "
+                                         f"{type(mapping).__name__}")
         keys = marker_replaced(blend, base)
         index = base.token_to_id
         ids = np.empty(len(keys), dtype=np.int32)
@@ -126,12 +162,31 @@ class VocabMap:
             value = mapping.get(key)
             if value is None:
                 raise ValueError(f"{path}: no entry for blending token {key!r} (id {i})")
-            if value not in index:
+            if not isinstance(value, str) or value not in index:
                 raise ValueError(f"{path}: value {value!r} for {key!r} is not a base token")
             ids[i] = index[value]
             if value == key:
                 dist[i] = 0
         return cls(keys=keys, base_ids=ids, distances=dist, base_tokens=base.tokens, method="json")
+
+
+_NPZ_ARRAYS = ("base_ids", "distances", "keys_fingerprint", "base_fingerprint", "method")
+
+
+def _check_ids(path, ids: np.ndarray, dist: np.ndarray, n_keys: int, base_vocab: int) -> None:
+    """A loaded map must have one in-range base id and one distance (>= -1) per blending token."""
+    from fusekernels.storage import DamagedFileError
+
+    for name, arr in (("base_ids", ids), ("distances", dist)):
+        if arr.shape != (n_keys,) or not np.issubdtype(arr.dtype, np.integer):
+            raise DamagedFileError(path, f"{name} has shape {arr.shape} and dtype {arr.dtype}, expected "
+                                         f"[{n_keys}] integers (one per blending token)")
+    bad = np.flatnonzero((ids < 0) | (ids >= base_vocab))
+    if bad.size:
+        raise DamagedFileError(path, f"{bad.size} base ids outside [0, {base_vocab}) (first: blending id "
+                                     f"{bad[0]} -> {ids[bad[0]]})")
+    if (dist < -1).any():
+        raise DamagedFileError(path, "negative distances")
 
 
 def _mined(keys: list[str], base: TokenizerProfile, threads: int, return_ties: bool):

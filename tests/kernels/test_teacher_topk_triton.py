@@ -26,9 +26,8 @@ def check_rows(logits, labels, k, out, ignore_index=-100):
     assert ((ids >= 0) & (ids < vocab)).all()
     finite = torch.isfinite(values)
     assert torch.equal(z.gather(1, ids.long())[finite], values.double()[finite])
-    for row in range(n):  # distinct ids among the real (finite) entries
-        real = ids[row][finite[row]]
-        assert real.unique().numel() == real.numel()
+    for row in range(n):  # distinct ids, -inf entries of rows with fewer than k finite logits included
+        assert ids[row].unique().numel() == k
     want_lse = torch.logsumexp(z, dim=-1)
     torch.testing.assert_close(lse.double(), want_lse, rtol=1e-6, atol=1e-6)
     if labels is None:
@@ -78,6 +77,12 @@ def test_rows_with_fewer_than_k_finite_logits():
     assert set(ids[0, :3].tolist()) == set(torch.topk(logits[0], 3).indices.tolist())
     assert (values[1] == NEG_INF).all() and lse[1] == NEG_INF
     assert ((ids >= 0) & (ids < 50)).all()
+    for row in (0, 1):  # the -inf entries get distinct ids too (no repeat of a real id)
+        assert ids[row].unique().numel() == 6
+    few = torch.full((1, 50), NEG_INF)
+    few[0, 4], few[0, 5] = 1.0, 2.0  # found ids 5 and 4 land in slots 0-1; placeholders were the slot numbers
+    few_ids = launch_teacher_topk_rows(few, None, 6, block_v=16)[0]
+    assert few_ids[0, :2].tolist() == [5, 4] and few_ids[0].unique().numel() == 6
     check_rows(logits[2:], None, 6, tuple(x[2:] for x in (ids, values, lse, ce)))
 
 

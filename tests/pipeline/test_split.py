@@ -35,17 +35,15 @@ def test_boundary_is_strict(char_tokenizer):
 
 
 class _RecordingTokenizer:
-    """Delegates to a tokenizer and records which one decoded the windows."""
+    """Delegates to a tokenizer and records which one gave the offsets of the cut."""
 
     def __init__(self, tokenizer, log, name):
         self.tokenizer, self.log, self.name = tokenizer, log, name
 
     def __call__(self, *args, **kwargs):
+        if kwargs.get("return_offsets_mapping"):
+            self.log.append(self.name)
         return self.tokenizer(*args, **kwargs)
-
-    def batch_decode(self, *args, **kwargs):
-        self.log.append(self.name)
-        return self.tokenizer.batch_decode(*args, **kwargs)
 
 
 def test_first_tokenizer_wins_ties(char_tokenizer):
@@ -69,3 +67,43 @@ def test_bad_arguments(char_tokenizer):
         split_text("x", [], block_size=100)
     with pytest.raises(TypeError, match="row 0"):
         split_text(None, [char_tokenizer], block_size=100)
+
+
+# Multi-byte text: the published decode of id windows cuts characters (U+FFFD) and loses text; the
+# cut at character offsets must give pieces that concatenate back to the document exactly.
+MULTIBYTE = {
+    "cjk": "起初，神创造天地。地是空虚混沌，渊面黑暗；神的灵运行在水面上。" * 40,
+    "emoji": "emoji 😀👍🏽 family 👨\u200d👩\u200d👧 flags 🇫🇷🇯🇵 " * 40,
+    "combining": "e\u0301a\u0300 n\u0303o\u0308 \u0915\u094d\u0937 " * 150,
+    "byte_fallback": "rare 𠀋𝔘ꙮ𓀀 letters " * 60,  # byte-fallback ids in SentencePiece vocabularies
+}
+
+
+@pytest.mark.parametrize("name", ["mistral-v1", "gpt2"])
+@pytest.mark.parametrize("kind", sorted(MULTIBYTE))
+def test_multibyte_pieces_concatenate_exactly(name, kind):
+    assets = pytest.importorskip("fusekernels.tokenization.assets")
+    try:
+        tok = assets.load_tokenizer(name)
+    except assets.AssetUnavailable as err:
+        pytest.skip(str(err))
+    text = MULTIBYTE[kind]
+    window = 50
+    pieces = split_text(text, [tok], block_size=window + 48)
+    assert len(pieces) > 2
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)
+    # each piece is at most one window of the document's ids (+1: a SentencePiece dummy prefix
+    # is added again when a piece is tokenized on its own)
+    assert max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in pieces) <= window + 1
+
+
+def test_character_longer_than_a_window_stays_whole():
+    tok = pytest.importorskip("fusekernels.tokenization.assets")
+    try:
+        mistral = tok.load_tokenizer("mistral-v1")
+    except tok.AssetUnavailable as err:
+        pytest.skip(str(err))
+    text = "𠀋" * 10  # 4 byte-fallback ids per character (+ the dummy prefix)
+    pieces = split_text(text, [mistral], block_size=3, margin=0)
+    assert "".join(pieces) == text and all(p for p in pieces)

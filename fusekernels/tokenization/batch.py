@@ -100,7 +100,8 @@ def byte_span_align_flat(base_ids, base_offsets, blend_ids, blend_offsets, topk_
     a = _ids32(np.asarray(blend_ids).reshape(-1), blend.vocab_size)
     tid = _ids32(tid_in, blend.vocab_size)
     floating = np.issubdtype(tlg_in.dtype, np.floating)
-    failed = 0 if b is None or a is None or tid is None or not floating else -1
+    # +inf logits are refused by the per-row path (the kernel only rejects NaN)
+    failed = 0 if b is None or a is None or tid is None or not floating or bool(np.isposinf(tlg_in).any()) else -1
     if failed < 0:
         text_space = None
         if texts is not None and "unless_space" in (base.dummy_prefix, blend.dummy_prefix):

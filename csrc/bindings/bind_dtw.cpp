@@ -47,6 +47,7 @@ void bind_dtw(py::module_& m) {
         DtwAlignment result;
         {
           py::gil_scoped_release release;
+          const InterruptScope interrupt(&python_signal_pending);
           result = dtw_align(a, b, am, bm, cost_cache_bytes);
         }
         return to_python(result);
@@ -74,6 +75,7 @@ void bind_dtw(py::module_& m) {
         std::vector<DtwAlignment> results(a.size());
         {
           py::gil_scoped_release release;
+          const InterruptScope interrupt(&python_signal_pending);
           parallel_for(a.size(), threads, [&](std::size_t p) { results[p] = dtw_align(a[p], b[p], am, bm); });
         }
         py::list out;

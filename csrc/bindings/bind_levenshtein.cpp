@@ -24,7 +24,11 @@ int levenshtein_one(py::handle a, py::handle b, py::object max_dist) {
   const int cutoff = checked_max_dist(max_dist);
   // Releasing the GIL costs more than a short pair takes; only long strings are worth it.
   std::optional<py::gil_scoped_release> release;
-  if (ua.size() + ub.size() > 512) release.emplace();
+  std::optional<InterruptScope> interrupt;
+  if (ua.size() + ub.size() > 512) {
+    release.emplace();
+    interrupt.emplace(&python_signal_pending);
+  }
   return fk::levenshtein(ua, ub, cutoff);
 }
 
@@ -41,6 +45,7 @@ py::array_t<std::int32_t> levenshtein_pairs(py::handle a, py::handle b, py::obje
   std::int32_t* dst = out.mutable_data();
   {
     py::gil_scoped_release release;
+    const InterruptScope interrupt(&python_signal_pending);
     constexpr std::size_t kChunk = 1024;
     const std::size_t chunks = (ua.size() + kChunk - 1) / kChunk;
     fk::parallel_for(chunks, threads, [&](std::size_t c) {

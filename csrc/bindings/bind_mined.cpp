@@ -35,6 +35,7 @@ class PyMinedIndex {
     std::vector<U32String> t = u32_strings(targets, "targets");
     if (t.empty()) throw py::value_error("targets must not be empty");
     py::gil_scoped_release release;
+    const InterruptScope interrupt(&python_signal_pending);
     index_ = std::make_unique<MinedIndex>(t);
   }
   py::tuple map(py::handle queries, int threads, bool return_ties) const {
@@ -43,6 +44,7 @@ class PyMinedIndex {
     MinedResult r;
     {
       py::gil_scoped_release release;
+      const InterruptScope interrupt(&python_signal_pending);
       r = index_->map(q, threads, return_ties);
     }
     return to_python(std::move(r), return_ties);
@@ -61,6 +63,7 @@ py::tuple mined_map_py(py::handle queries, py::handle targets, int threads, bool
   MinedResult r;
   {
     py::gil_scoped_release release;
+    const InterruptScope interrupt(&python_signal_pending);
     r = fk::mined_map(q, t, threads, return_ties);
   }
   return to_python(std::move(r), return_ties);

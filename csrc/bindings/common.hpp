@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "core/interrupt.hpp"
 #include "core/levenshtein.hpp"
 
 namespace fk::bind {
@@ -24,6 +25,15 @@ inline U32String to_u32(py::handle obj, const char* arg) {
   const void* data = PyUnicode_DATA(s);
   for (Py_ssize_t i = 0; i < n; ++i) out[static_cast<std::size_t>(i)] = PyUnicode_READ(kind, data, i);
   return out;
+}
+
+// Poll function of the interrupt scopes (core/interrupt.hpp) opened around GIL-free work: runs
+// Python's pending signal handlers. When one raises (SIGINT -> KeyboardInterrupt), the error
+// stays set, the native call unwinds with fk::Interrupted, and the translator registered in
+// module.cpp lets Python see that error.
+inline bool python_signal_pending() {
+  py::gil_scoped_acquire gil;
+  return PyErr_CheckSignals() != 0;
 }
 
 }  // namespace fk::bind

@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/interrupt.hpp"
+
 namespace fk {
 
 U32String remove_marker(U32View s, U32View marker) {
@@ -152,6 +154,7 @@ std::size_t forward_moves(CostRows& costs, const std::vector<int32_t>& blend_row
   std::vector<uint8_t> move(m + 3, 0);
   prev[0] = 0;
   for (std::size_t i = 0; i < n; ++i) {
+    if ((i & 15) == 15) interruption_point();
     const int32_t* crow = costs.row(blend_row[i]);
     // Independent per cell: cost and the better of diag / up (diag wins ties).
     for (std::size_t j = 0; j < m; ++j) cost[j] = static_cast<T>(crow[base_id[j]]);

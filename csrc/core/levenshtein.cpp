@@ -6,7 +6,10 @@
 #include "core/levenshtein.hpp"
 
 #include <algorithm>
+#include <climits>
 #include <vector>
+
+#include "core/interrupt.hpp"
 
 namespace fk {
 namespace {
@@ -94,6 +97,7 @@ int distance_blocks(const BlockMasks& masks, std::size_t n, U32View text, int ma
   std::ptrdiff_t diag_row = 1 + static_cast<std::ptrdiff_t>(n) - m;
   int diag = static_cast<int>(diag_row > 1 ? diag_row - 1 : 1 - diag_row);
   for (std::ptrdiff_t j = 0; j < m; ++j, ++diag_row) {
+    if ((j & 1023) == 1023) interruption_point();  // >= 2 words per column: a few microseconds
     const std::uint64_t* eq_row = masks.row(text[static_cast<std::size_t>(j)]);
     const std::ptrdiff_t diag_bit = diag_row - 1;  // bit of the diagonal step, when >= 0
     // Horizontal delta entering the block from above: +1 for the first block (row 0 is j).
@@ -125,6 +129,77 @@ int distance_blocks(const BlockMasks& masks, std::size_t n, U32View text, int ma
   return cap(score, max_dist);
 }
 
+int distance_banded(U32View a, U32View b, int band) {
+  // Ukkonen's band: with n <= m, only cells with -band <= j - i <= band can lie on a path of cost
+  // <= band. Row i keeps columns [i - band, i + band] at offsets 0..2*band; outside is "> band".
+  const std::size_t n = a.size(), m = b.size();
+  const int over = band + 1;
+  if (m - n > static_cast<std::size_t>(band)) return over;
+  const std::size_t width = 2 * static_cast<std::size_t>(band) + 1;
+  thread_local std::vector<int> prev_buf, cur_buf;
+  prev_buf.assign(width + 2, over);
+  cur_buf.assign(width + 2, over);
+  int* prev = prev_buf.data() + 1;  // index -1 and width are sentinels ("> band")
+  int* cur = cur_buf.data() + 1;
+  // Row 0: D[0][j] = j for j <= band (offset o = j - 0 + band).
+  for (std::size_t j = 0; j <= std::min<std::size_t>(m, band); ++j) prev[j + band] = static_cast<int>(j);
+  for (std::size_t i = 1; i <= n; ++i) {
+    if ((i & 255) == 0) interruption_point();
+    const char32_t ca = a[i - 1];
+    const std::ptrdiff_t lo = std::max<std::ptrdiff_t>(0, static_cast<std::ptrdiff_t>(i) - band);
+    const std::ptrdiff_t hi = std::min<std::ptrdiff_t>(static_cast<std::ptrdiff_t>(m), static_cast<std::ptrdiff_t>(i) + band);
+    int row_min = over;
+    std::fill(cur - 1, cur + width + 1, over);
+    for (std::ptrdiff_t j = lo; j <= hi; ++j) {
+      // offset of (i, j) is j - i + band; (i-1, j) sits at +1 in prev, (i-1, j-1) at the same, (i, j-1) at -1
+      const std::ptrdiff_t o = j - static_cast<std::ptrdiff_t>(i) + band;
+      int d;
+      if (j == 0) {
+        d = static_cast<int>(i);
+      } else {
+        const int sub = prev[o] + (ca != b[static_cast<std::size_t>(j - 1)]);
+        const int del = prev[o + 1] + 1;
+        const int ins = cur[o - 1] + 1;
+        d = std::min(sub, std::min(del, ins));
+      }
+      d = std::min(d, over);
+      cur[o] = d;
+      row_min = std::min(row_min, d);
+    }
+    if (row_min > band) return over;  // every path through this row already costs more
+    std::swap(prev, cur);
+  }
+  const std::ptrdiff_t o = static_cast<std::ptrdiff_t>(m) - static_cast<std::ptrdiff_t>(n) + band;
+  return std::min(prev[o], over);
+}
+
+int distance_long(U32View a, U32View b, int max_dist, const BlockMasks* masks) {
+  // a (the pattern, n > 64) and b after trimming. A small known bound runs the band directly;
+  // without one, bands double from a small start while they stay much cheaper than the full
+  // bit-parallel pass (one word op per 64 cells), so a near-identical pair costs O(n * distance).
+  const std::size_t n = a.size(), m = b.size();
+  const std::size_t diff = n > m ? n - m : m - n;
+  // A band cell costs about what a 64-cell word step of the block kernel costs: a band of width
+  // w is cheaper than the full pass below w = m / 64. Known bounds band up to half that; the
+  // doubling search stops at a quarter, so a far pair wastes at most about half a full pass.
+  const std::size_t cheap = std::max(n, m) / 128;
+  auto blocks = [&](int cutoff) {
+    if (masks != nullptr) return distance_blocks(*masks, n, b, cutoff);
+    const BlockMasks own(a);
+    return distance_blocks(own, n, b, cutoff);
+  };
+  if (max_dist >= 0 && 2 * static_cast<std::size_t>(max_dist) + 1 <= cheap)
+    return n <= m ? distance_banded(a, b, max_dist) : distance_banded(b, a, max_dist);
+  if (max_dist < 0) {
+    for (std::size_t band = std::max<std::size_t>(diff, 16); 2 * (2 * band + 1) <= cheap; band *= 2) {
+      const int k = static_cast<int>(std::min<std::size_t>(band, INT_MAX / 4));
+      const int d = n <= m ? distance_banded(a, b, k) : distance_banded(b, a, k);
+      if (d <= k) return d;
+    }
+  }
+  return blocks(max_dist);
+}
+
 }  // namespace detail
 
 int detail::levenshtein_with(detail::WordMasks& scratch, U32View a, U32View b, int max_dist) {
@@ -150,8 +225,7 @@ int detail::levenshtein_with(detail::WordMasks& scratch, U32View a, U32View b, i
     scratch.clear(a);
     return d;
   }
-  const detail::BlockMasks masks(a);
-  return detail::distance_blocks(masks, n, b, max_dist);
+  return detail::distance_long(a, b, max_dist, nullptr);
 }
 
 int levenshtein(U32View a, U32View b, int max_dist) {
@@ -177,7 +251,18 @@ int LevenshteinPattern::distance(U32View b, int max_dist) const {
   if (n == m && U32View(query_) == b) return 0;
   if (max_dist == 0) return 1;
   if (word_) return detail::distance_word(*word_, n, b, max_dist);
-  return detail::distance_blocks(*blocks_, n, b, max_dist);
+  // Long query: a common prefix / suffix never changes the distance, and removing it (the masks
+  // cover the whole query, so the rest goes through the generic long path) turns near-identical
+  // pairs from O(n * m / 64) into O(n).
+  U32View a(query_);
+  std::size_t pre = 0;
+  const std::size_t lim = std::min(n, m);
+  while (pre < lim && a[pre] == b[pre]) ++pre;
+  std::size_t suf = 0;
+  while (suf < lim - pre && a[n - 1 - suf] == b[m - 1 - suf]) ++suf;
+  if (pre + suf == 0) return detail::distance_long(a, b, max_dist, blocks_.get());
+  thread_local detail::WordMasks scratch;
+  return detail::levenshtein_with(scratch, a.substr(pre, n - pre - suf), b.substr(pre, m - pre - suf), max_dist);
 }
 
 }  // namespace fk

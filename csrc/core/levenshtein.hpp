@@ -111,6 +111,12 @@ int distance_word(const WordMasks& masks, std::size_t n, U32View text, int max_d
 // Same for any n, with masks built from the pattern.
 int distance_blocks(const BlockMasks& masks, std::size_t n, U32View text, int max_dist);
 
+// Ukkonen-banded distance for n = |a| <= |b|: exact when <= band, else band + 1. O(n * band).
+int distance_banded(U32View a, U32View b, int band);
+// Distance of a long pattern a (> 64 code points, masks optional) to b: banded search when the
+// distance is (or turns out) small next to the lengths, else the bit-parallel block kernel.
+int distance_long(U32View a, U32View b, int max_dist, const BlockMasks* masks);
+
 // levenshtein() with caller-owned scratch masks (all zero before and after the call), which
 // saves the thread-local lookup in batch loops.
 int levenshtein_with(WordMasks& scratch, U32View a, U32View b, int max_dist);

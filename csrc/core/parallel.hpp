@@ -2,11 +2,15 @@
 #pragma once
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#include "core/interrupt.hpp"
 
 namespace fk {
 
@@ -18,7 +22,9 @@ inline int resolve_threads(int threads) {
 }
 
 // Calls fn(i) for i in [0, n), work-stealing in chunks of `grain` across `threads` threads.
-// The first exception thrown by any worker is rethrown on the calling thread.
+// The first exception thrown by any worker is rethrown on the calling thread. The caller's
+// interrupt scope (interrupt.hpp) reaches the workers; an interruption point runs before each
+// chunk, and while waiting for the workers the calling thread keeps polling for interrupts.
 template <class Fn>
 void parallel_for(std::size_t n, int threads, Fn&& fn, std::size_t grain = 1) {
   if (n == 0) return;
@@ -26,10 +32,18 @@ void parallel_for(std::size_t n, int threads, Fn&& fn, std::size_t grain = 1) {
   const std::size_t chunks = (n + grain - 1) / grain;
   const int nt = static_cast<int>(std::min<std::size_t>(resolve_threads(threads), chunks));
   if (nt <= 1) {
-    for (std::size_t i = 0; i < n; ++i) fn(i);
+    for (std::size_t begin = 0; begin < n; begin += grain) {
+      interruption_point();
+      const std::size_t end = std::min(n, begin + grain);
+      for (std::size_t i = begin; i < end; ++i) fn(i);
+    }
     return;
   }
+  InterruptState* const scope = current_interrupt_state();
   std::atomic<std::size_t> next{0};
+  int running = nt - 1;  // workers still busy (guarded by done_mutex)
+  std::mutex done_mutex;
+  std::condition_variable done;
   std::exception_ptr error;
   std::mutex error_mutex;
   auto worker = [&]() {
@@ -37,6 +51,7 @@ void parallel_for(std::size_t n, int threads, Fn&& fn, std::size_t grain = 1) {
       for (;;) {
         const std::size_t begin = next.fetch_add(grain);
         if (begin >= n) break;
+        interruption_point();
         const std::size_t end = std::min(n, begin + grain);
         for (std::size_t i = begin; i < end; ++i) fn(i);
       }
@@ -44,12 +59,38 @@ void parallel_for(std::size_t n, int threads, Fn&& fn, std::size_t grain = 1) {
       std::lock_guard<std::mutex> lock(error_mutex);
       if (!error) error = std::current_exception();
       next.store(n);
+      request_stop();  // workers inside a long item see it at their next interruption point
     }
   };
   std::vector<std::thread> pool;
   pool.reserve(nt - 1);
-  for (int t = 1; t < nt; ++t) pool.emplace_back(worker);
+  for (int t = 1; t < nt; ++t) {
+    pool.emplace_back([&, scope]() {
+      {
+        const InterruptBinding bind(scope);
+        worker();
+      }
+      std::lock_guard<std::mutex> lock(done_mutex);
+      if (--running == 0) done.notify_one();
+    });
+  }
   worker();
+  // The calling thread is the one that may poll: keep doing so until the workers are done.
+  if (scope != nullptr) {
+    std::unique_lock<std::mutex> lock(done_mutex);
+    while (running > 0) {
+      if (done.wait_for(lock, kPollInterval, [&] { return running == 0; })) break;
+      lock.unlock();
+      try {
+        interruption_point();
+      } catch (...) {
+        std::lock_guard<std::mutex> error_lock(error_mutex);
+        if (!error) error = std::current_exception();
+        next.store(n);
+      }
+      lock.lock();
+    }
+  }
   for (auto& th : pool) th.join();
   if (error) std::rethrow_exception(error);
 }

@@ -39,6 +39,12 @@ def _user_errors():
         errors.append(AssetUnavailable)
     except ImportError:
         pass
+    try:  # weights files that cannot be read or written (damaged input, full disk)
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:
+        pass
     return tuple(errors)
 
 

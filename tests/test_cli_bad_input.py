@@ -54,6 +54,9 @@ COMMANDS = {
     "align": (lambda p: ["--base", p["topk"], "--base-tokenizer", p["model"], "--teacher", p["topk"],
                          "--teacher-tokenizer", p["model"]], "topk"),
     "pack": (lambda p: ["--data", p["aligned"], "--block-size", 16], "aligned"),
+    "merge": (lambda p: ["--targets", p["model"], p["model"], "--method", "linear", "--weights", 0.5, 0.5], "model"),
+    "prepare": (lambda p: ["--data", p["docs"], "--student-tokenizer", p["model"], "--teacher", p["model"],
+                           "--block-size", 64, "--k", 2, "--no-cache"], "docs"),
     "train": (lambda p: ["--model", p["model"], "--data", p["packed"], "--steps", 1, "--batch-size", 1, "--cpu",
                          "--logging-steps", 1], "packed"),
 }

@@ -244,3 +244,13 @@ def test_successful_runs_leave_inputs_untouched(ws, tmp_path, capsys, cmd):
     before = _snapshot(paths.values())
     assert main([cmd] + [str(a) for a in build(paths)] + ["--out", str(tmp_path / "out")]) == 0
     assert _snapshot(paths.values()) == before
+
+
+def test_demo_refuses_an_existing_output_before_any_work(tmp_path, capsys, monkeypatch):
+    import fusekernels.pipeline.demo as demo
+
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: pytest.fail("the demo started before checking --out"))
+    (tmp_path / "keep.txt").write_text("keep me")
+    assert main(["demo", "--out", str(tmp_path)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]

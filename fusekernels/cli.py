@@ -499,17 +499,6 @@ def _common(p, *, out_help, num_proc=True, text_column=True):
         p.add_argument("--num-proc", type=_positive_int, help="worker processes for datasets.map")
 
 
-def _no_cache_files_in_inputs():
-    """``datasets`` writes the results of ``Dataset.map`` as cache files next to the arrow files of
-    a dataset loaded from disk, i.e. into the command's input folders. Commands never write into
-    their inputs: map results go to temporary files instead (removed at exit)."""
-    try:
-        import datasets
-    except ImportError:
-        return
-    datasets.disable_caching()
-
-
 def main(argv=None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -518,8 +507,6 @@ def main(argv=None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        if args.command != "merge":
-            _no_cache_files_in_inputs()
         with extra_hint():
             args.func(args)
     except _user_errors() as err:

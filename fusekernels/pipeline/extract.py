@@ -80,10 +80,6 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
         device = torch.device(device) if device is not None else _default_device(model)
         model = model.to(device)
     model.eval()
-    config = _resume_config(model, tokenizer, dataset, k=k, batch_size=batch_size, max_length=max_length,
-                            text_column=text_column, per_token_ce=per_token_ce, logits_dtype=logits_dtype,
-                            precision=precision,
-                            shard_size=shard_size, keep_columns=keep_columns)
     shards = [(start, min(start + shard_size, len(dataset))) for start in range(0, len(dataset), shard_size)]
     runner = _ShardRunner(model, tokenizer, k, batch_size, max_length, text_column, per_token_ce,
                           logits_dtype, device, keep_columns)
@@ -93,6 +89,10 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
 
     out = Path(output_dir)
     state = _partial_state()
+    # (hashes the weights: only for a resumable run)
+    config = _resume_config(model, tokenizer, dataset, k=k, batch_size=batch_size, max_length=max_length,
+                            text_column=text_column, per_token_ce=per_token_ce, logits_dtype=logits_dtype,
+                            precision=precision, shard_size=shard_size, keep_columns=keep_columns)
     resumed = _check_meta(out, config)  # every process, so that all of them stop on a mismatch
     if state.is_main_process:
         _write_meta(out, config)

@@ -254,3 +254,19 @@ def test_demo_refuses_an_existing_output_before_any_work(tmp_path, capsys, monke
     assert main(["demo", "--out", str(tmp_path)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("name, content", [("list.json", b'["a", "b"]'), ("broken.json", b'{"a": '),
+                                           ("truncated.npz", None)])
+def test_damaged_vocab_map(ws, tmp_path, capsys, name, content):
+    if content is None:
+        assert main(["vocab-map", "--base-tokenizer", str(ws / "model"), "--blend-tokenizer", str(ws / "model"),
+                     "--out", str(tmp_path / "good.npz")]) == 0
+        raw = (tmp_path / "good.npz").read_bytes()
+        content = raw[: len(raw) // 2]
+    (tmp_path / name).write_bytes(content)
+    paths = _inputs(ws)
+    argv = ["--base", paths["topk"], "--base-tokenizer", paths["model"], "--teacher", paths["topk"],
+            "--teacher-tokenizer", paths["model"], "--method", "compat_soft", "--vocab-map", tmp_path / name]
+    line = _run_and_check("align", argv, tmp_path / "out", capsys, list(paths.values()) + [tmp_path / name])
+    assert "damaged" in line and name in line

@@ -119,7 +119,9 @@ def test_pairwise_on_the_real_teachers(tmp_path):
                                           extract_batch_size=4, cpu=True), verbose=False)
     rows = {row["step"]: row for row in summary["steps"]}
     assert rows["align-0"]["source_rate"] > 0.3
-    assert rows["extract-source-0"]["metric_ce"] < 6 and rows["extract-pivot"]["metric_ce"] < 6  # real LMs
+    # real LMs: well below the CE of a uniform guess, log(V) (texts carry no BOS, as published)
+    assert rows["extract-pivot"]["metric_ce"] < math.log(49152) - 2
+    assert rows["extract-source-0"]["metric_ce"] < math.log(262144) - 2
     assert all(math.isfinite(rows["target-0"][k]) for k in ("first_loss", "last_loss"))
     from transformers import AutoModelForCausalLM
 

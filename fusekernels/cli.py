@@ -236,6 +236,14 @@ def cmd_demo(args):
         print(json.dumps(results, indent=2))
 
 
+def cmd_reproduce(args):
+    from .pipeline.reproduce import ReproduceConfig, run_reproduce
+
+    fields = ReproduceConfig.__dataclass_fields__
+    config = ReproduceConfig(**{name: getattr(args, name) for name in fields if hasattr(args, name)})
+    run_reproduce(config)
+
+
 # ---------------------------------------------------------------------- parser
 def _parse_size(text: str) -> int:
     units = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
@@ -463,6 +471,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t", type=float, default=0.5, help="slerp interpolation")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     _common(p, out_help="output folder (rerun with the same options to resume)", num_proc=False)
+
+    from .pipeline.reproduce import ReproduceConfig
+
+    r = ReproduceConfig()
+    p = command("reproduce", cmd_reproduce, "The FuseLLM / FuseChat tables in miniature (opt-in, long): CLM-only, "
+                "single-teacher distillation, FuseLLM MinCE / AvgCE, FuseChat VaRM / linear merges, and the "
+                "first teacher continually trained as the target; held-out perplexity mean +- std over seeds.")
+    p.add_argument("--out", required=True, help="results folder (JSON, RESULTS.md, PNG plots, models)")
+    p.add_argument("--seeds", type=_positive_int, default=r.seeds, help="seeds 0..N-1 (init and data order)")
+    for name in ("train_docs", "verses_per_doc", "eval_blocks", "block_size", "k", "steps", "batch_size",
+                 "warmup_steps", "hidden_size", "num_layers", "num_heads", "target_steps", "target_batch_size",
+                 "teacher_batch_size"):
+        p.add_argument("--" + name.replace("_", "-"), type=_positive_int, default=getattr(r, name),
+                       help=name.replace("_", " "))
+    for name in ("lr", "lam", "target_lr", "target_lam"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(r, name), help=name.replace("_", " "))
+    p.add_argument("--no-target", dest="target", action="store_false", help="skip the continually trained target table")
+    p.add_argument("--no-cache", dest="cache", action="store_false", help="do not use the teacher-output cache")
 
     from .pipeline.demo import DemoConfig
 

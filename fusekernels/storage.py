@@ -63,12 +63,14 @@ def file_fingerprint(path: str | os.PathLike) -> str:
     return digest
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
+def tokenizer_fingerprint(tokenizer, *, ignore: Iterable[str] = ()) -> str:
     """Content hash (hex, 32 chars) of everything that decides how a tokenizer maps text to ids.
 
     Fast tokenizers: their full serialised definition (vocabulary, merges, normaliser,
     pre-tokeniser, post-processor, added tokens). Slow ones: class, vocabulary, special tokens and
-    the SentencePiece model proto when there is one.
+    the SentencePiece model proto when there is one. ``ignore`` names flags among
+    ``add_bos_token``, ``add_eos_token``, ``padding_side`` and ``chat_template`` that the caller's use
+    does not depend on (e.g. ``add_bos_token`` when it tokenizes with ``add_special_tokens=False``).
     """
     h = _hasher()
     h.update(type(tokenizer).__name__.encode() + b"\0")
@@ -85,6 +87,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
     special = {k: str(v) for k, v in sorted(getattr(tokenizer, "special_tokens_map", {}).items())}
     h.update(json.dumps(special, sort_keys=True).encode())
     for name in ("add_bos_token", "add_eos_token", "padding_side", "chat_template"):
+        if name in ignore:
+            continue
         h.update(f"{name}={getattr(tokenizer, name, None)!r}\0".encode("utf-8", "surrogatepass"))
     return h.hexdigest()[:32]
 

@@ -6,7 +6,8 @@ once. An entry is keyed by everything that determines them:
 
 - the model: the content fingerprint of its file or folder when it is given as a path (it is then
   loaded only on a miss), else of its in-memory config and weights; plus the load options;
-- the tokenizer's full definition, the texts (content and order), ``k``, ``max_length``,
+- the tokenizer's definition (vocabulary, pipeline, special tokens; not flags such as
+  ``add_bos_token`` that extraction does not use), the texts (content and order), ``k``, ``max_length``,
   ``logits_dtype``, ``per_token_ce``, and the cache format version.
 
 Layout under ``cache_dir("teacher-outputs")`` (``$FUSEKERNELS_CACHE``): ``<key>/`` is a finished
@@ -33,6 +34,7 @@ from fusekernels.storage import (atomic_write_json, cache_dir, file_fingerprint,
 CACHE_FORMAT = 1
 KEY_NAME = "cache_key.json"
 SHARD_SIZE = 256  # rows per resumable shard of an entry being written
+_UNUSED_FLAGS = ("add_bos_token", "add_eos_token", "padding_side", "chat_template")
 
 
 @dataclass
@@ -58,7 +60,10 @@ def extraction_key(model, tokenizer, texts, *, k: int, max_length: int, logits_d
     else:
         model_fp = {"weights": model_fingerprint(model)}
     return {"format": CACHE_FORMAT, "model": model_fp, "load": {k_: str(v) for k_, v in (load_kwargs or {}).items()},
-            "tokenizer": tokenizer_fingerprint(tokenizer), "texts": texts_fingerprint(texts), "num_texts": len(texts),
+            # extraction tokenizes without special tokens, pads by hand and appends the EOS id (in the
+            # special-token map): these flags cannot change its outputs, and a tokenizer saved and
+            # reloaded may not keep them (Gemma-3's add_bos_token)
+            "tokenizer": tokenizer_fingerprint(tokenizer, ignore=_UNUSED_FLAGS), "texts": texts_fingerprint(texts), "num_texts": len(texts),
             "k": k, "max_length": max_length, "logits_dtype": logits_dtype, "per_token_ce": bool(per_token_ce)}
 
 

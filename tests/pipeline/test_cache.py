@@ -92,6 +92,17 @@ def test_every_key_field_invalidates(tmp_path, texts, change):
     assert third.reused and third.key == second.key
 
 
+def test_unused_tokenizer_flags_do_not_invalidate():
+    tok, other = make_char_tokenizer(), make_char_tokenizer()
+    model = make_tiny_llama(len(tok), seed=1)
+    other.padding_side, other.chat_template = "left", "{{ messages }}"
+    assert extraction_key(model, tok, TEXTS, k=4, max_length=32) == extraction_key(model, other, TEXTS, k=4,
+                                                                                  max_length=32)
+    other.add_tokens(["<new>"])  # a different vocabulary does
+    assert extraction_key(model, tok, TEXTS, k=4, max_length=32) != extraction_key(model, other, TEXTS, k=4,
+                                                                                  max_length=32)
+
+
 def test_batch_size_does_not_invalidate(tmp_path, texts):
     tok = make_char_tokenizer()
     model = make_tiny_llama(len(tok), seed=1)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from fusekernels.storage import (atomic_write_json, cache_dir, file_fingerprint, json_fingerprint,
+from fusekernels.storage import (DamagedFileError, atomic_write_json, cache_dir, file_fingerprint, json_fingerprint,
                                  model_fingerprint, texts_fingerprint, tokenizer_fingerprint)
 
 CACHE_FORMAT = 1
@@ -117,10 +117,10 @@ def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, b
         try:
             rows = extract_teacher_topk(_load(model, load_kwargs), tokenizer, texts, output_dir=partial,
                                         shard_size=SHARD_SIZE, **run)
-        except ValueError as err:
-            if "different extraction" not in str(err):
+        except ValueError as err:  # shards of an older format or a damaged metadata file: start over
+            if "different extraction" not in str(err) and not isinstance(err, DamagedFileError):
                 raise
-            shutil.rmtree(partial)  # shards of an older format: start over
+            shutil.rmtree(partial)
             status = "computed"
             rows = extract_teacher_topk(_load(model, load_kwargs), tokenizer, texts, output_dir=partial,
                                         shard_size=SHARD_SIZE, **run)

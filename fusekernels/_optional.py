@@ -25,6 +25,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "matplotlib": "plot",
     "mergekit": "merge",
     "matplotlib": "plot",
+    "trl": "trl",
     "mkdocs": "docs",
     "mkdocstrings": "docs",
 }

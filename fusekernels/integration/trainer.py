@@ -206,6 +206,8 @@ class FusionTrainer(Trainer):
         self._loss_shifts_labels = True  # the count of labels[..., 1:] is the count of loss rows
         self._num_fusion_items = None
         self._meter = ComponentMeter()
+        # the datasets as the Trainer holds them (a subclass such as TRL's may have prepared them)
+        train_dataset, eval_dataset = self.train_dataset, self.eval_dataset
         self._check_dataset(train_dataset, "train_dataset")
         for name, dataset in (eval_dataset.items() if isinstance(eval_dataset, dict) else [("", eval_dataset)]):
             self._check_dataset(dataset, f"eval_dataset{'[' + repr(name) + ']' if name else ''}", plain_ok=True)

@@ -50,7 +50,8 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
                          load_kwargs: dict | None = None, cache: bool | str | os.PathLike = True,
                          teacher_names: Sequence[str] | None = None, num_proc: int | None = None,
                          progress: bool = True, log: Callable[[str], None] | None = print,
-                         return_report: bool = False):
+                         return_report: bool = False, messages_column: str = "messages",
+                         chat_templates: Sequence[str | None] | None = None, student_chat_template: str | None = None):
     """Build a packed FuseLLM training dataset from raw texts (see module docstring).
 
     Args:
@@ -73,6 +74,14 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
         cache: teacher-output disk cache: ``True`` (user cache folder), a folder, or ``False``.
         teacher_names: names used in the log lines and the report (default: file names / classes).
         log: receives one line per cache decision (``None``: silent).
+        messages_column: chat data: when ``texts`` is a ``datasets.Dataset`` with this column (or a
+            list of conversations, lists of ``{"role", "content"}`` dicts), every model sees the
+            conversations rendered with its own chat template, the teachers are aligned on the
+            student's rendering per message content, and the blocks carry ``labels`` on the
+            assistant turns only (:mod:`fusekernels.pipeline.chat`). Conversations are not split;
+            they are truncated to ``block_size`` tokens.
+        chat_templates: per teacher, a chat template overriding its tokenizer's (None = its own).
+        student_chat_template: the same for the student tokenizer.
     Returns:
         the packed ``datasets.Dataset``, or ``(dataset, FusionDataReport)`` with ``return_report``.
     """
@@ -82,7 +91,8 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
     from .pack import pack_sequences
     from .split import split_long_texts
 
-    dataset = _as_dataset(texts, text_column)
+    chat = _is_chat(texts, messages_column)
+    dataset = _as_chat_dataset(texts, messages_column) if chat else _as_dataset(texts, text_column)
     teachers = list(teachers)
     if not teachers and base_model is None:
         raise ValueError("teachers is empty and there is no base_model: nothing to fuse")
@@ -99,6 +109,14 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
     if len(names) != len(teachers):
         raise ValueError(f"teacher_names has {len(names)} entries for {len(teachers)} teachers")
     report = FusionDataReport(block_size=block_size)
+    if chat:
+        return _build_chat(dataset, student_tokenizer, models, tokenizers, names, report, block_size=block_size,
+                           base_model=base_model, messages_column=messages_column, chat_templates=chat_templates,
+                           student_chat_template=student_chat_template, num_proc=num_proc,
+                           return_report=return_report,
+                           extract=dict(k=k, max_length=block_size, batch_size=batch_size, text_column="text",
+                                        logits_dtype=logits_dtype, load_kwargs=load_kwargs, cache=cache,
+                                        progress=progress, log=log))
 
     start = time.perf_counter()
     split = split_long_texts(dataset.select_columns([text_column]), [student_tokenizer, *tokenizers], block_size,
@@ -147,6 +165,76 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
                          f"(block_size={block_size})")
     report.blocks = len(packed)
     report.stages["pack"] = {"seconds": seconds, "tokens_per_s": stats.positions / seconds if seconds > 0 else 0.0}
+    return (packed, report) if return_report else packed
+
+
+def _is_chat(texts, messages_column: str) -> bool:
+    import datasets
+
+    if isinstance(texts, datasets.Dataset):
+        return messages_column in texts.column_names
+    return (isinstance(texts, Sequence) and not isinstance(texts, str) and len(texts) > 0
+            and isinstance(texts[0], (list, tuple)))
+
+
+def _as_chat_dataset(texts, messages_column: str):
+    import datasets
+
+    if isinstance(texts, datasets.Dataset):
+        if len(texts) == 0:
+            raise ValueError("texts is empty")
+        return texts.select_columns([messages_column])
+    return datasets.Dataset.from_dict({messages_column: [list(c) for c in texts]})
+
+
+def _build_chat(dataset, student_tokenizer, models, tokenizers, names, report, *, block_size, base_model,
+                messages_column, chat_templates, student_chat_template, num_proc, return_report, extract):
+    """The chat branch of :func:`build_fusion_dataset`: render -> extract -> align -> pack."""
+    import datasets
+    import numpy as np
+
+    from .cache import cached_extract
+    from .chat import align_chat_teachers, render_chat_dataset
+    from .extract import tokenize_texts
+    from .pack import pack_sequences
+
+    templates = list(chat_templates) if chat_templates is not None else [None] * len(models)
+    if len(templates) != len(models):
+        raise ValueError(f"chat_templates has {len(templates)} entries for {len(models)} teachers")
+    start = time.perf_counter()
+    student_rows = render_chat_dataset(dataset, student_tokenizer, chat_template=student_chat_template,
+                                       messages_column=messages_column, num_proc=num_proc)
+    report.texts = len(student_rows)
+    report.stages["render"] = {"seconds": time.perf_counter() - start, "texts": len(dataset)}
+    spans = student_rows.select_columns(["content_spans", "label_spans"])
+    if base_model is not None:
+        own, info = cached_extract(base_model, student_tokenizer, student_rows, name="base", **extract)
+        student_rows = datasets.concatenate_datasets([own, spans], axis=1)
+        report.teachers.append({"name": "base", "cache": info.status})
+    else:
+        student_rows = tokenize_texts(student_tokenizer, student_rows, max_length=block_size)
+    teacher_rows = []
+    for name, model, tokenizer, template in zip(names, models, tokenizers, templates):
+        rendered = render_chat_dataset(dataset, tokenizer, chat_template=template, messages_column=messages_column,
+                                       num_proc=num_proc)
+        start = time.perf_counter()
+        out, info = cached_extract(model, tokenizer, rendered, name=name, **extract)
+        teacher_rows.append(datasets.concatenate_datasets([out, rendered.select_columns(["content_spans"])], axis=1))
+        report.teachers.append({"name": name, "cache": info.status, "seconds": time.perf_counter() - start})
+    start = time.perf_counter()
+    aligned = align_chat_teachers(student_rows, teacher_rows, student_tokenizer=student_tokenizer,
+                                  teacher_tokenizers=tokenizers, k=extract["k"],
+                                  include_base_teacher=base_model is not None)
+    positions = sum(len(x) for x in aligned["input_ids"])
+    report.student_positions = positions
+    report.stages["align"] = {"seconds": time.perf_counter() - start, "method": "byte_span (per message)"}
+    for entry, counts in zip(report.teachers, np.asarray(aligned["teacher_aligned"]).sum(axis=0)):
+        entry["coverage"] = float(counts) / max(positions, 1)
+    packed = pack_sequences(aligned, block_size, num_proc=num_proc)
+    if len(packed) == 0:
+        raise ValueError(f"the conversations give {positions} student tokens, fewer than one block "
+                         f"(block_size={block_size})")
+    report.blocks = len(packed)
     return (packed, report) if return_report else packed
 
 

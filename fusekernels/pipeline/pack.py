@@ -23,17 +23,21 @@ PACKED_COLUMNS = ("input_ids", "teacher_ids", "teacher_logits", "teacher_ce")
 
 
 def pack_arrays(input_ids, teacher_ids, teacher_logits, teacher_ce, block_size: int, *,
-                drop_last: bool = True, metric_level: str = "sequence") -> dict[str, list[np.ndarray]]:
+                drop_last: bool = True, metric_level: str = "sequence", labels=None) -> dict[str, list[np.ndarray]]:
     """Pack lists of per-sequence arrays (shapes as in the module docstring) into blocks.
 
     Returns a dict of lists (one entry per block): ``input_ids`` [B] int32, ``teacher_ids``
-    [B, T, k] int32, ``teacher_logits`` [B, T, k] float32, ``teacher_ce`` [T] or [B, T] float32.
+    [B, T, k] int32, ``teacher_logits`` [B, T, k] float32, ``teacher_ce`` [T] or [B, T] float32,
+    and ``labels`` [B] int32 when per-sequence ``labels`` [L] (e.g. assistant-only, -100 elsewhere)
+    are given.
     """
     _check_options(block_size, metric_level)
     n = len(input_ids)
     if not (len(teacher_ids) == len(teacher_logits) == len(teacher_ce) == n):
         raise ValueError("input_ids, teacher_ids, teacher_logits and teacher_ce must list the same number of rows")
-    ids, tids, tlogits, tce = [], [], [], []
+    if labels is not None and len(labels) != n:
+        raise ValueError("labels must list as many rows as input_ids")
+    ids, tids, tlogits, tce, lab = [], [], [], [], []
     shape = None
     for row in range(n):
         seq = np.asarray(input_ids[row])
@@ -58,19 +62,28 @@ def pack_arrays(input_ids, teacher_ids, teacher_logits, teacher_ce, block_size: 
                              f"got {ce.shape}")
         if np.isnan(ce).any():
             raise ValueError(f"row {row}: teacher_ce contains NaN")
+        if labels is not None:
+            row_labels = np.asarray(labels[row])
+            if row_labels.shape != seq.shape:
+                raise ValueError(f"row {row}: labels has shape {row_labels.shape}, input_ids {seq.shape}")
+            lab.append(row_labels.astype(np.int32))
         ids.append(seq.astype(np.int32))
         tids.append(t_ids.astype(np.int32))
         tlogits.append(t_logits)
         tce.append(ce)
+    names = PACKED_COLUMNS + (("labels",) if labels is not None else ())
     if not ids:
-        return {name: [] for name in PACKED_COLUMNS}
+        return {name: [] for name in names}
     ids, tids, tlogits, tce = (np.concatenate(x) for x in (ids, tids, tlogits, tce))
+    lab = np.concatenate(lab) if labels is not None else None
     total = len(ids)
     stop = total - total % block_size if drop_last else total
-    out = {name: [] for name in PACKED_COLUMNS}
+    out = {name: [] for name in names}
     for start in range(0, stop, block_size):
         block = slice(start, min(start + block_size, stop))
         out["input_ids"].append(ids[block])
+        if lab is not None:
+            out["labels"].append(lab[block])
         out["teacher_ids"].append(tids[block])
         out["teacher_logits"].append(tlogits[block])
         metrics = tce[block]
@@ -84,7 +97,8 @@ def pack_sequences(dataset, block_size: int, *, drop_last: bool = True, metric_l
                    desc: str = "pack"):
     """Pack a ``datasets.Dataset`` (columns of the module docstring) into blocks of ``block_size``.
 
-    Other columns are dropped (they cannot be packed). Returns a ``datasets.Dataset`` whose rows
+    A ``labels`` column (e.g. the assistant-only labels of chat data) is packed along; other
+    columns are dropped (they cannot be packed). Returns a ``datasets.Dataset`` whose rows
     :class:`fusekernels.integration.FusionDataCollator` takes directly.
     """
     require("datasets", "pack_sequences")
@@ -107,23 +121,25 @@ def pack_sequences(dataset, block_size: int, *, drop_last: bool = True, metric_l
         "teacher_logits": Array3D(shape=(None, n_teachers, k), dtype=logits_dtype),
         "teacher_ce": (List(Value("float32")) if metric_level == "sequence"
                        else Array2D(shape=(None, n_teachers), dtype="float32")),
+        **({"labels": List(Value("int32"))} if "labels" in dataset.column_names else {}),
     })
+    columns = list(PACKED_COLUMNS) + (["labels"] if "labels" in dataset.column_names else [])
 
     def pack_batch(batch):
         out = pack_arrays(batch["input_ids"], batch["teacher_ids"], batch["teacher_logits"], batch["teacher_ce"],
-                          block_size, drop_last=drop_last, metric_level=metric_level)
+                          block_size, drop_last=drop_last, metric_level=metric_level, labels=batch.get("labels"))
         out["teacher_logits"] = [x.astype(logits_dtype) for x in out["teacher_logits"]]
         return out
 
     from fusekernels import __version__
     from fusekernels.storage import json_fingerprint, map_cache_file
 
-    source = dataset.select_columns(list(PACKED_COLUMNS)).with_format("numpy")
+    source = dataset.select_columns(columns).with_format("numpy")
     # deterministic, and written to the user cache (never next to the input dataset)
     fingerprint = json_fingerprint(["pack", __version__, source._fingerprint, int(block_size), drop_last,
                                     metric_level, logits_dtype, batch_size])[:16]
     packed = source.map(pack_batch, batched=True, batch_size=batch_size, num_proc=num_proc,
-                        remove_columns=list(PACKED_COLUMNS), features=features, desc=desc,
+                        remove_columns=columns, features=features, desc=desc,
                         new_fingerprint=fingerprint, cache_file_name=map_cache_file(source, fingerprint, "pack"))
     return packed.with_format(None)
 

@@ -170,24 +170,39 @@ def cmd_pack(args):
 
 def cmd_prepare(args):
     from .pipeline.api import build_fusion_dataset
+    from .pipeline.chat import read_chat_template
     from .pipeline.io import load_rows, load_tokenizer
     from .storage import check_output_dir
 
     tokenizers = args.teacher_tokenizer or list(args.teacher)
     if len(tokenizers) != len(args.teacher):
         raise UserError(f"{len(args.teacher)} --teacher but {len(tokenizers)} --teacher-tokenizer")
+    if args.chat_template is not None and len(args.chat_template) != len(args.teacher):
+        raise UserError(f"{len(args.teacher)} --teacher but {len(args.chat_template)} --chat-template "
+                        "(one per teacher; '-' for the tokenizer's own)")
+    templates = [read_chat_template(t, arg="--chat-template") for t in args.chat_template or []] or None
+    student_template = read_chat_template(args.student_chat_template, arg="--student-chat-template")
     check_output_dir(args.out, inputs=[args.data, *args.teacher], arg="--out")
     data = load_rows(args.data)
+    chat = args.messages_column in data.column_names
+    if not chat and args.text_column not in data.column_names:
+        raise UserError(f"--data has neither a {args.text_column!r} (--text-column) nor a {args.messages_column!r} "
+                        f"(--messages-column) column; columns: {data.column_names}")
+    if not chat and (templates or args.student_chat_template):
+        raise UserError(f"chat templates given but --data has no {args.messages_column!r} column (--messages-column)")
     teachers = [(model, load_tokenizer(tok)) for model, tok in zip(args.teacher, tokenizers)]
     packed, report = build_fusion_dataset(
         data, load_tokenizer(args.student_tokenizer), teachers, block_size=args.block_size, k=args.k,
         base_model=args.base_model, method=args.method, fallback=args.fallback, text_column=args.text_column,
         batch_size=args.batch_size, cache=False if args.no_cache else (args.cache_dir or True),
-        num_proc=args.num_proc, return_report=True)
+        num_proc=args.num_proc, return_report=True, messages_column=args.messages_column,
+        chat_templates=templates, student_chat_template=student_template)
     _save(packed, args.out)
     coverage = ", ".join(f"{t['name']} {t['coverage']:.1%} ({t['cache']})" for t in report.teachers)
-    print(f"prepare: {report.texts} texts -> {report.blocks} blocks of {args.block_size} tokens in {args.out}; "
-          f"alignment coverage: {coverage}")
+    kind = (f"chat run, {report.texts} conversations -> {report.blocks} blocks of {args.block_size} tokens "
+            f"({report.label_tokens} assistant label tokens kept)" if report.chat else
+            f"{report.texts} texts -> {report.blocks} blocks of {args.block_size} tokens")
+    print(f"prepare: {kind} in {args.out}; alignment coverage: {coverage}")
 
 
 def cmd_train(args):
@@ -376,6 +391,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="positions a teacher cannot serve")
     p.add_argument("--cache-dir", help="teacher-output cache folder (default: the user cache folder)")
     p.add_argument("--no-cache", action="store_true", help="do not use the teacher-output cache")
+    p.add_argument("--messages-column", default="messages",
+                   help="chat data: column of conversations (role/content lists); when --data has it, each model "
+                        "renders them with its chat template, only assistant tokens get labels, and each "
+                        "conversation is truncated to --block-size tokens")
+    p.add_argument("--chat-template", nargs="+", metavar="FILE",
+                   help="chat data: a Jinja template file per teacher (same order; '-' or 'none' for its "
+                        "tokenizer's own)")
+    p.add_argument("--student-chat-template", metavar="FILE",
+                   help="chat data: a Jinja template file for the student (default: its tokenizer's own)")
     _common(p, out_help="output folder for the packed dataset")
 
     p = command("align", cmd_align, "Align teachers' top-k to the base tokenization and stack them.")

@@ -31,7 +31,9 @@ class FusionDataReport:
     ``teachers``: per teacher (base model first when given) its name, ``coverage`` (fraction of
     student positions that got its real distribution), ``cache`` (``reused`` / ``computed`` /
     ``resumed`` / ``disabled``) and extraction ``tokens`` / ``seconds`` / ``tokens_per_s`` (0 s when
-    reused). ``stages``: seconds and tokens/s of ``split``, ``align`` and ``pack``.
+    reused). ``stages``: seconds and tokens/s of ``split``, ``align`` and ``pack``. ``chat``: whether
+    the input was conversations; then ``label_tokens`` counts the packed assistant tokens that carry
+    a label (all other positions are -100).
     """
     texts: int = 0
     student_positions: int = 0
@@ -39,6 +41,8 @@ class FusionDataReport:
     block_size: int = 0
     teachers: list = field(default_factory=list)
     stages: dict = field(default_factory=dict)
+    chat: bool = False
+    label_tokens: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -235,6 +239,8 @@ def _build_chat(dataset, student_tokenizer, models, tokenizers, names, report, *
         raise ValueError(f"the conversations give {positions} student tokens, fewer than one block "
                          f"(block_size={block_size})")
     report.blocks = len(packed)
+    report.chat = True
+    report.label_tokens = int(sum((np.asarray(x) != -100).sum() for x in packed["labels"]))
     return (packed, report) if return_report else packed
 
 

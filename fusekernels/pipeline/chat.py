@@ -20,6 +20,8 @@ Token character offsets come from fast tokenizers (``return_offsets_mapping``).
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -67,6 +69,17 @@ def render_chat(tokenizer, messages: Sequence[dict], *, chat_template: str | Non
         elif contents[i][0] >= 0:  # a template that rewrites earlier turns: the content itself
             labels.append(contents[i])
     return text, np.asarray(contents, dtype=np.int64).reshape(-1, 2), np.asarray(labels, dtype=np.int64).reshape(-1, 2)
+
+
+def read_chat_template(spec: str | os.PathLike | None, *, arg: str = "chat_template") -> str | None:
+    """The text of a Jinja chat-template file, or None (the tokenizer's own) for None, ``-`` or
+    ``none``. Raises ``FileNotFoundError`` naming ``arg`` for a missing file."""
+    if spec is None or str(spec).lower() in ("-", "none"):
+        return None
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"{arg}: chat template file not found: {path}")
+    return path.read_text(encoding="utf-8")
 
 
 def render_chat_dataset(dataset, tokenizer, *, chat_template: str | None = None, messages_column: str = "messages",

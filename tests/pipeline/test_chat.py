@@ -128,3 +128,56 @@ def test_pipeline_api_builds_chat_data(tokenizers):
     labels = np.concatenate([np.asarray(x) for x in packed["labels"]])
     assert 0 < (labels != -100).sum() < labels.size
     assert all(0 < t["coverage"] < 1 for t in report.teachers)
+
+
+def test_cli_prepare_chat(tokenizers, tmp_path, capsys):
+    """``fusekernels prepare`` on a chat .jsonl: each model's template (the student's and one
+    teacher's from files, the other teacher's own), assistant-only labels, teacher columns; bad
+    chat options refused before any work."""
+    import json
+
+    from fusekernels.cli import main
+
+    for seed, name in enumerate(("smollm2", "qwen")):
+        tok = tokenizers[name][0]
+        make_tiny_llama(len(tok), seed=seed, hidden=16, layers=1).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    (tmp_path / "chatml.jinja").write_text(CHATML)
+    (tmp_path / "mistral.jinja").write_text(MISTRAL)
+    with open(tmp_path / "chat.jsonl", "w") as fh:
+        for conversation in CONVERSATIONS * 3:
+            fh.write(json.dumps({"messages": conversation}) + "\n")
+    run = lambda *a: main([str(x) for x in a])  # noqa: E731
+    common = ["prepare", "--data", tmp_path / "chat.jsonl", "--student-tokenizer", "mistral-v1",
+              "--teacher", tmp_path / "smollm2", "--teacher", tmp_path / "qwen", "--block-size", 64, "--k", 3,
+              "--no-cache"]
+    templates = ["--chat-template", "-", tmp_path / "chatml.jinja",
+                 "--student-chat-template", tmp_path / "mistral.jinja"]
+    assert run(*common, *templates, "--out", tmp_path / "packed") == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "chat run, 6 conversations" in line
+    packed = datasets.load_from_disk(str(tmp_path / "packed"))
+    assert packed.column_names == ["input_ids", "teacher_ids", "teacher_logits", "teacher_ce", "labels"]
+    assert np.asarray(packed[0]["teacher_ids"]).shape == (64, 2, 3)
+    ids = np.concatenate([np.asarray(x) for x in packed["input_ids"]])
+    labels = np.concatenate([np.asarray(x) for x in packed["labels"]])
+    assert f"({(labels != -100).sum()} assistant label tokens kept)" in line
+    assert np.all((labels == -100) | (labels == ids))
+    student_tok = tokenizers["student"][0]
+    labelled, unlabelled = student_tok.decode(ids[labels != -100]), student_tok.decode(ids[labels == -100])
+    for message in CONVERSATIONS[0] + CONVERSATIONS[1]:  # fully inside the kept blocks
+        assert (message["content"] in labelled) == (message["role"] == "assistant")
+        assert (message["content"] in unlabelled) == (message["role"] == "user")
+
+    out = tmp_path / "bad"
+    cases = [(["--chat-template", tmp_path / "chatml.jinja"], "2 --teacher but 1 --chat-template"),
+             (["--chat-template", "-", tmp_path / "nope.jinja"], "--chat-template: chat template file not found"),
+             (["--student-chat-template", tmp_path / "nope.jinja"], "--student-chat-template: chat template file"),
+             (["--messages-column", "turns"], "neither a 'text' (--text-column) nor a 'turns'")]
+    for extra, message in cases:
+        assert run(*common, *extra, "--out", out) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"text": "In the beginning."}) + "\n")
+    assert run(*common[:2], tmp_path / "docs.jsonl", *common[3:], *templates, "--out", out) == 2
+    assert "chat templates given but --data has no 'messages' column" in capsys.readouterr().err

@@ -35,6 +35,14 @@ class DamagedFileError(ValueError):
 _FILE_DIGESTS: dict = {}  # (path, size, mtime_ns) -> digest, so a process hashes each file once
 
 
+def _umask_mode(base: int) -> int:
+    """``base`` less the process umask: the mode ``open``/``mkdir`` would give (``mkstemp`` and
+    ``mkdtemp`` use 0600 / 0700, too strict for shared outputs and caches)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
 def _hasher():
     return hashlib.sha256()
 
@@ -213,6 +221,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
+        tmp.chmod(_umask_mode(0o777))
         yield tmp
         if final.is_dir() and not any(final.iterdir()):
             final.rmdir()
@@ -234,6 +243,7 @@ def atomic_file(final: str | os.PathLike, mode: str = "wb") -> Iterator:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode(0o666))
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

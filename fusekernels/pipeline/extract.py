@@ -30,7 +30,6 @@ launches use the gloo backend); every process then returns the complete dataset.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -343,31 +342,13 @@ def _resume_config(model, tokenizer, dataset, **options) -> dict:
     ``batch_size`` is included because rows are padded to the longest of their batch (right
     padding, pad id recorded): other batch compositions change the low bits of the logits.
     """
-    from fusekernels.storage import texts_fingerprint, tokenizer_fingerprint
+    from fusekernels.storage import model_fingerprint, texts_fingerprint, tokenizer_fingerprint
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return {**options, "format": _META_FORMAT, "num_rows": len(dataset),
             "texts_sha256": texts_fingerprint(dataset[options["text_column"]]),
             "tokenizer": tokenizer_fingerprint(tokenizer), "pad_id": pad_id, "padding_side": "right",
             "model_weights": model_fingerprint(model), "model_dtype": _model_dtype(model)}
-
-
-def model_fingerprint(model) -> str:
-    """Content hash (hex, 32 chars) of a model's weights (names, dtypes, shapes and bytes) and
-    config, independent of the device it sits on."""
-    import torch
-
-    h = hashlib.sha256()
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_json_string"):
-        h.update(config.to_json_string(use_diff=False).encode())
-    with torch.no_grad():
-        for name, tensor in sorted(model.state_dict().items()):
-            t = tensor.detach()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\0".encode())
-            if t.numel():
-                h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:32]
 
 
 def _model_dtype(model) -> str:

@@ -40,8 +40,11 @@ def test_near_identical_long_strings_are_fast():
 @pytest.mark.parametrize("call", ["levenshtein", "levenshtein_batch", "mined_map", "dtw_align", "dtw_align_batch"])
 def test_long_native_call_stops_on_sigint(call):
     n = 600_000  # far random strings: the full bit-parallel pass takes many seconds
+    # A shell that starts a job in the background ignores SIGINT for it, and Python then keeps
+    # SIGINT ignored: restore the handler an interactive user has.
     script = f"""
-import random, sys
+import random, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from fusekernels.align import dtw_align, dtw_align_batch, levenshtein, levenshtein_batch, mined_map
 rng = random.Random(0)
 a = "".join(rng.choice("abcd") for _ in range({n}))

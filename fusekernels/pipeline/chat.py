@@ -99,7 +99,14 @@ def render_chat_dataset(dataset, tokenizer, *, chat_template: str | None = None,
             out["label_spans"].append(labels.tolist())
         return out
 
-    return dataset.map(render, batched=True, num_proc=num_proc, desc="render chat")
+    from fusekernels import __version__
+    from fusekernels.storage import json_fingerprint, map_cache_file, tokenizer_fingerprint
+
+    # deterministic, and written to the user cache (never next to the input dataset)
+    fingerprint = json_fingerprint(["render-chat", __version__, dataset._fingerprint, tokenizer_fingerprint(tokenizer),
+                                    chat_template, messages_column, text_column])[:16]
+    return dataset.map(render, batched=True, num_proc=num_proc, desc="render chat", new_fingerprint=fingerprint,
+                       cache_file_name=map_cache_file(dataset, fingerprint, "render-chat"))
 
 
 def _offsets(tokenizer, text: str, ids) -> np.ndarray:

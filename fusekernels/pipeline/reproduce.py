@@ -127,18 +127,13 @@ def run_reproduce(config: ReproduceConfig | None = None, parts: ReproduceParts |
                   verbose: bool = True) -> dict:
     """Run both tables; returns the results (also ``reproduce_results.json``, ``RESULTS.md`` and PNG
     plots in ``config.out``)."""
-    import datasets
+    from .experiment import datasets_caching_disabled
 
     config = config or ReproduceConfig()
     if config.seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {config.seeds}")
-    caching = datasets.is_caching_enabled()
-    datasets.disable_caching()
-    try:
+    with datasets_caching_disabled():
         return _run(config, parts, verbose)
-    finally:
-        if caching:
-            datasets.enable_caching()
 
 
 def _run(config: ReproduceConfig, parts: ReproduceParts | None, verbose: bool) -> dict:

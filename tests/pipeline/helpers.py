@@ -39,3 +39,15 @@ def make_tiny_llama(vocab_size, seed=0, hidden=32, layers=2, max_positions=256):
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=max_positions, pad_token_id=1, eos_token_id=0, bos_token_id=0)
     return LlamaForCausalLM(config).eval()
+
+
+def asset(loader: str, *args):
+    """``fusekernels.tokenization.assets.<loader>(*args)``, or skip the test when the asset
+    package is not installed."""
+    import pytest
+
+    assets = pytest.importorskip("fusekernels.tokenization.assets")
+    try:
+        return getattr(assets, loader)(*args)
+    except assets.AssetUnavailable as err:
+        pytest.skip(str(err))

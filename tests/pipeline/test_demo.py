@@ -9,17 +9,9 @@ import torch
 from fusekernels.pipeline.demo import DemoConfig, DemoParts, build_student, kjv_documents, run_demo
 from fusekernels.pipeline.experiment import mince_choices
 
-from .helpers import make_char_tokenizer, make_tiny_llama
+from .helpers import asset as _asset, make_char_tokenizer, make_tiny_llama
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def _asset(loader, *args):
-    assets = pytest.importorskip("fusekernels.tokenization.assets")
-    try:
-        return getattr(assets, loader)(*args)
-    except assets.AssetUnavailable as err:
-        pytest.skip(str(err))
 
 
 def test_kjv_documents_split_train_and_held_out():

@@ -5,16 +5,8 @@ import pytest
 
 from fusekernels.pipeline.reproduce import ReproduceConfig, ReproduceParts, python_doc_texts, run_reproduce
 
-from .helpers import make_tiny_llama
+from .helpers import asset as _asset, make_tiny_llama
 
-
-
-def _asset(loader, *args):
-    assets = pytest.importorskip("fusekernels.tokenization.assets")
-    try:
-        return getattr(assets, loader)(*args)
-    except assets.AssetUnavailable as err:
-        pytest.skip(str(err))
 
 
 def test_python_doc_texts_are_real_documentation():

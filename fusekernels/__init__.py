@@ -9,6 +9,7 @@ alignment core and the alignment without importing torch:
 - ``fusekernels.kernels``: the Triton kernels themselves
 - ``fusekernels.integration``: Hugging Face Trainer integration and data collator
 - ``fusekernels.pipeline``: data pipeline steps and model merging
+- ``fusekernels.recipes``: end-to-end recipes (FuseChat pairwise, demo, reproduce)
 """
 import importlib
 from importlib.metadata import PackageNotFoundError, version
@@ -18,7 +19,7 @@ try:
 except PackageNotFoundError:  # a source tree on sys.path that was never installed
     __version__ = "0+unknown"
 
-_SUBMODULES = ("align", "tokenization", "loss", "kernels", "integration", "pipeline")
+_SUBMODULES = ("align", "tokenization", "loss", "kernels", "integration", "pipeline", "recipes")
 
 
 def __getattr__(name):

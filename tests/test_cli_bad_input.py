@@ -247,7 +247,7 @@ def test_successful_runs_leave_inputs_untouched(ws, tmp_path, capsys, cmd):
 
 
 def test_demo_refuses_an_existing_output_before_any_work(tmp_path, capsys, monkeypatch):
-    import fusekernels.pipeline.demo as demo
+    import fusekernels.recipes.demo as demo
 
     monkeypatch.setattr(demo, "run_demo", lambda *a, **k: pytest.fail("the demo started before checking --out"))
     (tmp_path / "keep.txt").write_text("keep me")

@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._optional import extra_hint
+from .._optional import extra_hint
 
 EXIT_USER_ERROR = 2
 
@@ -50,8 +50,8 @@ def _user_errors():
 
 # ---------------------------------------------------------------------- commands
 def cmd_split(args):
-    from .pipeline.io import load_rows, load_tokenizer
-    from .pipeline.split import split_long_texts
+    from ..pipeline.io import load_rows, load_tokenizer
+    from ..pipeline.split import split_long_texts
 
     _check_out(args.out, args.data, *args.tokenizer)
     data = load_rows(args.data)
@@ -65,9 +65,9 @@ def cmd_split(args):
 def cmd_extract(args):
     import numpy as np
 
-    from .pipeline.extract import META_NAME, extract_teacher_topk, padding_fraction
-    from .pipeline.io import check_model_path, load_model, load_rows, load_tokenizer
-    from .tokenization.batch import arrow_lists
+    from ..pipeline.extract import META_NAME, extract_teacher_topk, padding_fraction
+    from ..pipeline.io import check_model_path, load_model, load_rows, load_tokenizer
+    from ..tokenization.batch import arrow_lists
 
     _check_out(args.out, args.data, args.model, args.tokenizer, resume_marker=META_NAME)
     check_model_path(args.model)  # before the tokenizer: a missing model is reported as such
@@ -87,10 +87,10 @@ def cmd_extract(args):
 
 
 def cmd_vocab_map(args):
-    from .pipeline.io import load_rows, load_tokenizer
-    from .tokenization.vocab_map import build_vocab_map
+    from ..pipeline.io import load_rows, load_tokenizer
+    from ..tokenization.vocab_map import build_vocab_map
 
-    from .storage import check_output_file
+    from ..storage import check_output_file
 
     check_output_file(args.out, suffixes=(".json", ".npz"),
                       inputs=_existing(args.base_tokenizer, args.blend_tokenizer, args.corpus))
@@ -105,8 +105,8 @@ def cmd_vocab_map(args):
 
 
 def cmd_align(args):
-    from .pipeline.align_step import align_teachers, alignment_stats
-    from .pipeline.io import load_rows, load_tokenizer
+    from ..pipeline.align_step import align_teachers, alignment_stats
+    from ..pipeline.io import load_rows, load_tokenizer
 
     if len(args.teacher) != len(args.teacher_tokenizer):
         raise UserError(f"{len(args.teacher)} --teacher but {len(args.teacher_tokenizer)} --teacher-tokenizer")
@@ -119,7 +119,7 @@ def cmd_align(args):
             raise UserError(f"{args.base} has no top-k columns; extract the base model first or pass --no-base-teacher")
         if args.max_length is None:
             raise UserError("--base holds raw texts: pass --max-length to tokenize them")
-        from .pipeline.extract import tokenize_texts
+        from ..pipeline.extract import tokenize_texts
 
         base = tokenize_texts(base_tok, base, max_length=args.max_length, text_column=args.text_column)
     teacher_toks = [load_tokenizer(t) for t in args.teacher_tokenizer]
@@ -145,7 +145,7 @@ def cmd_align(args):
 
 
 def _load_vocab_map(path, base_tok, blend_tok):
-    from .tokenization.vocab_map import VocabMap
+    from ..tokenization.vocab_map import VocabMap
 
     path = Path(path)
     if not path.is_file():
@@ -155,8 +155,8 @@ def _load_vocab_map(path, base_tok, blend_tok):
 
 
 def cmd_pack(args):
-    from .pipeline.io import load_rows
-    from .pipeline.pack import pack_sequences
+    from ..pipeline.io import load_rows
+    from ..pipeline.pack import pack_sequences
 
     _check_out(args.out, args.data)
     data = load_rows(args.data)
@@ -169,10 +169,10 @@ def cmd_pack(args):
 
 
 def cmd_prepare(args):
-    from .pipeline.api import build_fusion_dataset
-    from .pipeline.chat import read_chat_template
-    from .pipeline.io import load_rows, load_tokenizer
-    from .storage import check_output_dir
+    from ..pipeline.api import build_fusion_dataset
+    from ..pipeline.chat import read_chat_template
+    from ..pipeline.io import load_rows, load_tokenizer
+    from ..storage import check_output_dir
 
     tokenizers = args.teacher_tokenizer or list(args.teacher)
     if len(tokenizers) != len(args.teacher):
@@ -206,13 +206,13 @@ def cmd_prepare(args):
 
 
 def cmd_train(args):
-    from .integration.train_command import main as train_main
+    from ..integration.train_command import main as train_main
 
     train_main(args.train_args)
 
 
 def cmd_merge(args):
-    from .pipeline.merge import merge_models
+    from ..pipeline.merge import merge_models
 
     report = merge_models(args.targets, args.out, method=args.method, base=args.base, weights=args.weights,
                           temperature=args.temperature, max_shard_size=_parse_size(args.max_shard_size),
@@ -223,7 +223,7 @@ def cmd_merge(args):
 
 
 def cmd_fusechat(args):
-    from .pipeline.fusechat import PairwiseConfig, run_pairwise
+    from ..recipes.fusechat import PairwiseConfig, run_pairwise
 
     config = PairwiseConfig(
         pivot=args.pivot, sources=args.sources, data=args.data, out=args.out, pivot_tokenizer=args.pivot_tokenizer,
@@ -238,7 +238,7 @@ def cmd_fusechat(args):
 
 
 def cmd_demo(args):
-    from .pipeline.demo import DemoConfig, run_demo
+    from ..recipes.demo import DemoConfig, run_demo
 
     if args.out:
         _check_out(args.out)
@@ -252,7 +252,7 @@ def cmd_demo(args):
 
 
 def cmd_reproduce(args):
-    from .pipeline.reproduce import ReproduceConfig, run_reproduce
+    from ..recipes.reproduce import ReproduceConfig, run_reproduce
 
     fields = ReproduceConfig.__dataclass_fields__
     config = ReproduceConfig(**{name: getattr(args, name) for name in fields if hasattr(args, name)})
@@ -294,14 +294,14 @@ def _existing(*paths):
 
 def _check_out(out, *inputs, resume_marker=None):
     """Refuse a non-empty, overlapping or unwritable --out before any work (see storage)."""
-    from .storage import check_output_dir
+    from ..storage import check_output_dir
 
     check_output_dir(out, inputs=_existing(*inputs), resume_marker=resume_marker)
 
 
 def _save(dataset, out):
     """Save a dataset so that --out appears only once completely written."""
-    from .storage import atomic_dir, check_output_dir
+    from ..storage import atomic_dir, check_output_dir
 
     check_output_dir(out)  # (checked before the work too; something may have appeared since)
     with atomic_dir(out) as tmp:
@@ -323,25 +323,25 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _training_fusions() -> list[str]:
     """Fusion rules a training run can use (rules reading explicit weights need them per row)."""
-    from .loss.registry import FUSION_RULES
+    from ..loss.registry import FUSION_RULES
 
     return [name for name, rule in FUSION_RULES.items() if "teacher_weights" not in rule.needs]
 
 
 def _loss_types() -> list[str]:
-    from .loss.registry import LOSS_TYPES
+    from ..loss.registry import LOSS_TYPES
 
     return list(LOSS_TYPES.names())
 
 
 def _precisions() -> list[str]:
-    from .loss.registry import PRECISIONS
+    from ..loss.registry import PRECISIONS
 
     return list(PRECISIONS.names())
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
@@ -515,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     _common(p, out_help="output folder (rerun with the same options to resume)", num_proc=False)
 
-    from .pipeline.reproduce import ReproduceConfig
+    from ..recipes.reproduce import ReproduceConfig
 
     r = ReproduceConfig()
     p = command("reproduce", cmd_reproduce, "The FuseLLM / FuseChat tables in miniature (opt-in, long): CLM-only, "
@@ -533,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-target", dest="target", action="store_false", help="skip the continually trained target table")
     p.add_argument("--no-cache", dest="cache", action="store_false", help="do not use the teacher-output cache")
 
-    from .pipeline.demo import DemoConfig
+    from ..recipes.demo import DemoConfig
 
     d = DemoConfig()
     p = command("demo", cmd_demo, "End-to-end FuseLLM demo: SmolLM2-135M and Gemma-3-270M fused into a tiny Llama "

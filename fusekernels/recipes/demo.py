@@ -117,7 +117,7 @@ def run_demo(config: DemoConfig | None = None, parts: DemoParts | None = None, *
 def _run_demo(config: DemoConfig, parts: DemoParts | None, verbose: bool) -> dict:
     from fusekernels.storage import atomic_write_json, check_output_dir
 
-    from .api import build_fusion_dataset
+    from ..pipeline.api import build_fusion_dataset
     from .experiment import plot_loss_curves, plot_perplexity
 
     say = print if verbose else (lambda *a, **k: None)

@@ -99,7 +99,7 @@ def eval_blocks(tokenizer, texts, block_size: int):
     """Held-out CLM blocks ``[N, block_size]`` int64 (texts + EOS concatenated, tail dropped)."""
     import torch
 
-    from .extract import tokenize_for_teacher
+    from ..pipeline.extract import tokenize_for_teacher
 
     ids = [i for seq in tokenize_for_teacher(tokenizer, list(texts), 10**9) for i in seq]
     n = len(ids) // block_size

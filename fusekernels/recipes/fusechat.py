@@ -184,12 +184,12 @@ def _step_names(n: int) -> list[str]:
 def _run_steps(config: PairwiseConfig, steps: _Steps, verbose: bool) -> None:
     import datasets
 
-    from .align_step import align_teachers, alignment_stats
-    from .extract import extract_teacher_topk, load_extracted
-    from .io import load_model, load_rows, load_tokenizer
-    from .merge import merge_models
-    from .pack import pack_sequences
-    from .split import split_long_texts
+    from ..pipeline.align_step import align_teachers, alignment_stats
+    from ..pipeline.extract import extract_teacher_topk, load_extracted
+    from ..pipeline.io import load_model, load_rows, load_tokenizer
+    from ..pipeline.merge import merge_models
+    from ..pipeline.pack import pack_sequences
+    from ..pipeline.split import split_long_texts
 
     out = steps.out
     pivot_tok = load_tokenizer(config.pivot_tokenizer or config.pivot)
@@ -288,7 +288,7 @@ def _train(config: PairwiseConfig, pivot_dir: Path, pack_dir: Path, tmp: Path) -
     from transformers import TrainingArguments
 
     from ..integration import FusionArguments, FusionTrainer
-    from .io import load_model, load_tokenizer
+    from ..pipeline.io import load_model, load_tokenizer
 
     model = load_model(pivot_dir)
     tokenizer = load_tokenizer(pivot_dir)

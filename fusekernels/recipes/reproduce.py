@@ -166,7 +166,7 @@ def _split_for_all(parts, config):
     shared (one cache entry) by both tables."""
     import datasets
 
-    from .split import split_long_texts
+    from ..pipeline.split import split_long_texts
 
     tokenizers = [parts.student_tokenizer] + [tok for _, tok, _ in parts.teachers]
     texts = list(parts.train_texts)
@@ -196,7 +196,7 @@ def _held_out(tokenizer, texts, block_size: int, blocks: int):
 
 
 def _student_table(config, parts, texts, out, say) -> dict:
-    from .api import build_fusion_dataset
+    from ..pipeline.api import build_fusion_dataset
     from .experiment import build_student, mince_choices
 
     tok = parts.student_tokenizer
@@ -236,9 +236,9 @@ def _student_table(config, parts, texts, out, say) -> dict:
 
 
 def _target_table(config, parts, texts, out, say) -> dict:
-    from .api import build_fusion_dataset
+    from ..pipeline.api import build_fusion_dataset
     from .experiment import mince_choices, trainable
-    from .io import load_model
+    from ..pipeline.io import load_model
 
     target_model, target_tok, target_name = parts.teachers[0]
     others = parts.teachers[1:]
@@ -308,7 +308,7 @@ def _evaluate(model, evals) -> dict:
 def _merge(init, students, folder, method, evals) -> dict:
     from transformers import AutoModelForCausalLM
 
-    from .merge import merge_models
+    from ..pipeline.merge import merge_models
 
     start = time.perf_counter()
     target = folder / f"fusechat_{method}"

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fusekernels.pipeline.demo import DemoConfig, DemoParts, build_student, kjv_documents, run_demo
-from fusekernels.pipeline.experiment import mince_choices
+from fusekernels.recipes.demo import DemoConfig, DemoParts, build_student, kjv_documents, run_demo
+from fusekernels.recipes.experiment import mince_choices
 
-from .helpers import asset as _asset, make_char_tokenizer, make_tiny_llama
+from tests.pipeline.helpers import asset as _asset, make_char_tokenizer, make_tiny_llama
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -8,9 +8,9 @@ import torch
 pytest.importorskip("transformers")
 from safetensors.torch import load_file  # noqa: E402
 
-from fusekernels.pipeline.fusechat import PairwiseConfig, run_pairwise  # noqa: E402
+from fusekernels.recipes.fusechat import PairwiseConfig, run_pairwise  # noqa: E402
 
-from .helpers import make_char_tokenizer, make_tiny_llama  # noqa: E402
+from tests.pipeline.helpers import make_char_tokenizer, make_tiny_llama  # noqa: E402
 
 TEXTS = ["In the beginning God created the heaven and the earth.",
          "And the earth was without form, and void; and darkness was upon the face of the deep.",

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from fusekernels.pipeline.reproduce import ReproduceConfig, ReproduceParts, python_doc_texts, run_reproduce
+from fusekernels.recipes.reproduce import ReproduceConfig, ReproduceParts, python_doc_texts, run_reproduce
 
-from .helpers import asset as _asset, make_tiny_llama
+from tests.pipeline.helpers import asset as _asset, make_tiny_llama
 
 
 

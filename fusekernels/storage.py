@@ -1,11 +1,11 @@
-"""Fingerprints, the user cache folder, output-folder checks and atomic writes.
+"""The user cache folder, output-folder checks and atomic writes.
 
 Shared by every step that writes to disk or reuses earlier work (pipeline commands, on-disk
 caches, resumable runs), so that they all agree on three rules:
 
-- a cache or a resume is keyed by *content* fingerprints (file bytes, the tokenizer's full
-  definition, the texts), never by object ids or paths alone, so identical runs reuse and any
-  change invalidates;
+- a cache or a resume is keyed by *content* fingerprints (:mod:`fusekernels.fingerprint`: file
+  bytes, the tokenizer's full definition, the texts), never by object ids or paths alone, so
+  identical runs reuse and any change invalidates;
 - an output folder must be empty or absent, must not be or overlap an input, and must be
   writable — checked *before* the work starts;
 - files and folders appear only once completely written (write to a temporary sibling, then
@@ -14,15 +14,12 @@ caches, resumable runs), so that they all agree on three rules:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
-
-_CHUNK = 1 << 20
 
 
 class DamagedFileError(ValueError):
@@ -32,7 +29,6 @@ class DamagedFileError(ValueError):
     def __init__(self, path, reason: str):
         self.path = str(path)
         super().__init__(f"{path} is damaged or not a valid file of its kind: {reason}")
-_FILE_DIGESTS: dict = {}  # (path, size, mtime_ns) -> digest, so a process hashes each file once
 
 
 def _umask_mode(base: int) -> int:
@@ -41,100 +37,6 @@ def _umask_mode(base: int) -> int:
     mask = os.umask(0)
     os.umask(mask)
     return base & ~mask
-
-
-def _hasher():
-    return hashlib.sha256()
-
-
-def file_fingerprint(path: str | os.PathLike) -> str:
-    """Content hash (hex, 32 chars) of a file, or of a folder's files (relative names + bytes).
-
-    Cached in-process by ``(path, size, mtime)``; a 250 MB model file hashes in well under a second.
-    """
-    path = Path(path).resolve()
-    if path.is_dir():
-        h = _hasher()
-        for child in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(str(child.relative_to(path)).encode("utf-8", "surrogatepass") + b"\0")
-            h.update(file_fingerprint(child).encode())
-        return h.hexdigest()[:32]
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    digest = _FILE_DIGESTS.get(key)
-    if digest is None:
-        h = _hasher()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(_CHUNK), b""):
-                h.update(block)
-        digest = _FILE_DIGESTS[key] = h.hexdigest()[:32]
-    return digest
-
-
-def tokenizer_fingerprint(tokenizer, *, ignore: Iterable[str] = ()) -> str:
-    """Content hash (hex, 32 chars) of everything that decides how a tokenizer maps text to ids.
-
-    Fast tokenizers: their full serialised definition (vocabulary, merges, normaliser,
-    pre-tokeniser, post-processor, added tokens). Slow ones: class, vocabulary, special tokens and
-    the SentencePiece model proto when there is one. ``ignore`` names flags among
-    ``add_bos_token``, ``add_eos_token``, ``padding_side`` and ``chat_template`` that the caller's use
-    does not depend on (e.g. ``add_bos_token`` when it tokenizes with ``add_special_tokens=False``).
-    """
-    h = _hasher()
-    h.update(type(tokenizer).__name__.encode() + b"\0")
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        h.update(backend.to_str().encode("utf-8", "surrogatepass"))
-    else:
-        vocab = tokenizer.get_vocab()
-        for token, idx in sorted(vocab.items(), key=lambda item: item[1]):
-            h.update(f"{idx}\t".encode() + token.encode("utf-8", "surrogatepass") + b"\0")
-        sp_model = getattr(tokenizer, "sp_model", None)
-        if sp_model is not None and hasattr(sp_model, "serialized_model_proto"):
-            h.update(sp_model.serialized_model_proto())
-    special = {k: str(v) for k, v in sorted(getattr(tokenizer, "special_tokens_map", {}).items())}
-    h.update(json.dumps(special, sort_keys=True).encode())
-    for name in ("add_bos_token", "add_eos_token", "padding_side", "chat_template"):
-        if name in ignore:
-            continue
-        h.update(f"{name}={getattr(tokenizer, name, None)!r}\0".encode("utf-8", "surrogatepass"))
-    return h.hexdigest()[:32]
-
-
-def model_fingerprint(model) -> str:
-    """Content hash (hex, 32 chars) of an in-memory ``torch.nn.Module``: its class, its config (when
-    it has one) and every tensor of its ``state_dict`` (name, dtype, shape, bytes).
-
-    Prefer :func:`file_fingerprint` of the model's file when there is one: hashing a loaded model
-    reads every parameter (about 1 s per GB)."""
-    import numpy as np
-    import torch
-
-    h = _hasher()
-    h.update(type(model).__name__.encode() + b"\0")
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_json_string"):
-        h.update(config.to_json_string(use_diff=False).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        tensor = tensor.detach().to("cpu").contiguous()
-        h.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-        # raw bytes through a uint8 view: works for bf16 and other dtypes numpy lacks
-        h.update(np.ascontiguousarray(tensor.view(-1).view(torch.uint8).numpy()).data if tensor.numel() else b"")
-    return h.hexdigest()[:32]
-
-
-def texts_fingerprint(texts: Iterable) -> str:
-    """Content hash (hex, 32 chars) of a sequence of strings, order included."""
-    h = _hasher()
-    for text in texts:
-        h.update(str(text).encode("utf-8", "surrogatepass"))
-        h.update(b"\0")
-    return h.hexdigest()[:32]
-
-
-def json_fingerprint(obj) -> str:
-    """Hash (hex, 32 chars) of a JSON-serialisable configuration (key order does not matter)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def cache_dir(*parts: str) -> Path:

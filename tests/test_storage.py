@@ -1,30 +1,9 @@
-"""Fingerprints, output-folder checks and atomic writes (fusekernels.storage)."""
+"""Output-folder checks and atomic writes (fusekernels.storage)."""
 import os
 
 import pytest
 
 from fusekernels import storage
-
-
-def test_file_fingerprint_tracks_content(tmp_path):
-    f = tmp_path / "a.bin"
-    f.write_bytes(b"abc")
-    first = storage.file_fingerprint(f)
-    assert first == storage.file_fingerprint(f)
-    f.write_bytes(b"abd")
-    os.utime(f, ns=(1, 1))
-    assert storage.file_fingerprint(f) != first
-    folder = tmp_path / "d"
-    folder.mkdir()
-    (folder / "x").write_bytes(b"1")
-    one = storage.file_fingerprint(folder)
-    (folder / "y").write_bytes(b"2")
-    assert storage.file_fingerprint(folder) != one
-
-
-def test_texts_and_json_fingerprints():
-    assert storage.texts_fingerprint(["a", "b"]) != storage.texts_fingerprint(["ab"])
-    assert storage.json_fingerprint({"a": 1, "b": 2}) == storage.json_fingerprint({"b": 2, "a": 1})
 
 
 def test_check_output_dir(tmp_path):

@@ -115,10 +115,10 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
         k = max(widths)
 
     from fusekernels.storage import map_cache_file
-    from fusekernels.tokenization.batch import profile_fingerprint
     from fusekernels.tokenization.byte_span import CHECKS, build_byte_span_map
     from fusekernels.tokenization.compat import compat_tables
-    from fusekernels.tokenization.dataset import _METHODS, _fingerprint, _vocab_map_fingerprint
+    from fusekernels.fingerprint import map_fingerprint, profile_fingerprint, vocab_map_fingerprint
+    from fusekernels.tokenization.dataset import _METHODS
 
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
@@ -164,10 +164,10 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
         "teacher_aligned": datasets.List(datasets.Value("int32")),
         **({use_text: base.features[use_text]} if use_text else {}),
     })
-    fingerprint = _fingerprint(joined, ("align_teachers", method, include_base_teacher, fallback, k, use_text,
+    fingerprint = map_fingerprint(joined, ("align_teachers", method, include_base_teacher, fallback, k, use_text,
                                         logits_dtype, check, profile_fingerprint(base_profile),
                                         [profile_fingerprint(p) for p in profiles],
-                                        [_vocab_map_fingerprint(m) if method == "compat_soft" else None
+                                        [vocab_map_fingerprint(m) if method == "compat_soft" else None
                                          for m in maps]))
     stacker = _Stacker(base=base_profile, profiles=profiles, tables=tables, method=method, k=k,
                        include_base_teacher=include_base_teacher, fallback=fallback, use_text=use_text,

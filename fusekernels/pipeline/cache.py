@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from fusekernels.storage import (DamagedFileError, atomic_write_json, cache_dir, file_fingerprint, json_fingerprint,
-                                 model_fingerprint, texts_fingerprint, tokenizer_fingerprint)
+from fusekernels.fingerprint import (file_fingerprint, json_fingerprint, model_fingerprint, texts_fingerprint,
+                                     tokenizer_fingerprint)
+from fusekernels.storage import DamagedFileError, atomic_write_json, cache_dir
 
 CACHE_FORMAT = 1
 KEY_NAME = "cache_key.json"

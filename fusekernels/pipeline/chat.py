@@ -100,7 +100,8 @@ def render_chat_dataset(dataset, tokenizer, *, chat_template: str | None = None,
         return out
 
     from fusekernels import __version__
-    from fusekernels.storage import json_fingerprint, map_cache_file, tokenizer_fingerprint
+    from fusekernels.fingerprint import json_fingerprint, tokenizer_fingerprint
+    from fusekernels.storage import map_cache_file
 
     # deterministic, and written to the user cache (never next to the input dataset)
     fingerprint = json_fingerprint(["render-chat", __version__, dataset._fingerprint, tokenizer_fingerprint(tokenizer),

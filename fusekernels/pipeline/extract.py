@@ -161,7 +161,8 @@ def tokenize_texts(tokenizer, dataset, *, max_length: int, text_column: str = "t
     if not isinstance(max_length, int) or max_length < 1:
         raise ValueError(f"max_length must be an int >= 1, got {max_length!r}")
     from fusekernels import __version__
-    from fusekernels.storage import json_fingerprint, map_cache_file, tokenizer_fingerprint
+    from fusekernels.fingerprint import json_fingerprint, tokenizer_fingerprint
+    from fusekernels.storage import map_cache_file
 
     features = dataset.features.copy()
     features["input_ids"] = List(Value("int32"))
@@ -343,7 +344,7 @@ def _resume_config(model, tokenizer, dataset, **options) -> dict:
     ``batch_size`` is included because rows are padded to the longest of their batch (right
     padding, pad id recorded): other batch compositions change the low bits of the logits.
     """
-    from fusekernels.storage import model_fingerprint, texts_fingerprint, tokenizer_fingerprint
+    from fusekernels.fingerprint import model_fingerprint, texts_fingerprint, tokenizer_fingerprint
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return {**options, "format": _META_FORMAT, "num_rows": len(dataset),

@@ -132,7 +132,8 @@ def pack_sequences(dataset, block_size: int, *, drop_last: bool = True, metric_l
         return out
 
     from fusekernels import __version__
-    from fusekernels.storage import json_fingerprint, map_cache_file
+    from fusekernels.fingerprint import json_fingerprint
+    from fusekernels.storage import map_cache_file
 
     source = dataset.select_columns(columns).with_format("numpy")
     # deterministic, and written to the user cache (never next to the input dataset)

@@ -56,7 +56,8 @@ def split_long_texts(dataset, tokenizers: Sequence, block_size: int, *, text_col
         return out
 
     from fusekernels import __version__
-    from fusekernels.storage import json_fingerprint, map_cache_file, tokenizer_fingerprint
+    from fusekernels.fingerprint import json_fingerprint, tokenizer_fingerprint
+    from fusekernels.storage import map_cache_file
 
     # deterministic, and written to the user cache (never next to the input dataset); a tokenizer
     # that cannot be fingerprinted (a stand-in object) keeps the result in memory instead

@@ -92,7 +92,7 @@ def _inputs(config: PairwiseConfig) -> list[str]:
 
 def _recipe(config: PairwiseConfig) -> dict:
     """Every output-shaping option plus the content fingerprints of the input files."""
-    from ..storage import file_fingerprint
+    from ..fingerprint import file_fingerprint
 
     options = {k: v for k, v in asdict(config).items() if k != "out"}
     options["fingerprints"] = {p: file_fingerprint(p) for p in _inputs(config)}

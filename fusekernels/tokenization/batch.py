@@ -200,30 +200,3 @@ def nested_array(values: np.ndarray, offsets: np.ndarray):
         lists = int(np.prod(values.shape[:level]))
         arr = pa.ListArray.from_arrays(pa.array(np.arange(lists + 1, dtype=np.int32) * values.shape[level]), arr)
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32, copy=False)), arr)
-
-
-_FINGERPRINTS: dict = {}
-
-
-def profile_fingerprint(profile: TokenizerProfile) -> str:
-    """Content hash (hex, 32 chars) of everything a profile feeds into alignment (token strings
-    and bytes, special and byte-fallback flags, kind, marker, dummy prefix, special roles);
-    cached per profile object. Deterministic across processes, unlike ``id(profile)``."""
-    import hashlib
-
-    with _PACK_LOCK:
-        hit = _FINGERPRINTS.get(id(profile))
-        if hit is not None and hit[0] is profile:
-            return hit[1]
-    h = hashlib.sha256()
-    h.update(repr((profile.kind, profile.marker, profile.dummy_prefix, sorted(profile.special_ids.items()),
-                   profile.vocab_size)).encode("utf-8", "surrogatepass"))
-    h.update("\0".join(profile.tokens).encode("utf-8", "surrogatepass"))
-    h.update(b"\1".join(profile.token_bytes))
-    h.update(np.ascontiguousarray(profile.byte_lengths, dtype=np.int32).tobytes())
-    h.update(np.packbits(np.asarray(profile.is_special, dtype=bool)).tobytes())
-    h.update(np.packbits(np.asarray(profile.is_byte_fallback, dtype=bool)).tobytes())
-    digest = h.hexdigest()[:32]
-    with _PACK_LOCK:
-        _FINGERPRINTS[id(profile)] = (profile, digest)
-    return digest

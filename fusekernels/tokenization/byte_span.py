@@ -37,12 +37,12 @@ one-hot fallback: (base id, logit 1.0). Everything is vectorised numpy: O(n + m)
 """
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..fingerprint import profile_fingerprint, token_bytes_fingerprint
 from .profile import TokenizerProfile
 
 __all__ = ["ByteSpanMap", "build_byte_span_map", "byte_span_positions", "byte_span_align",
@@ -89,21 +89,12 @@ class ByteSpanMap:
     @classmethod
     def load_npz(cls, path, base: TokenizerProfile, blend: TokenizerProfile) -> "ByteSpanMap":
         """Load :meth:`save_npz` output; ValueError if built for other tokenizers."""
-        want_base, want_blend = _bytes_fingerprint(base), _bytes_fingerprint(blend)
+        want_base, want_blend = token_bytes_fingerprint(base), token_bytes_fingerprint(blend)
         with np.load(path, allow_pickle=False) as data:
             if str(data["base_fingerprint"]) != want_base or str(data["blend_fingerprint"]) != want_blend:
                 raise ValueError(f"{path}: byte-span map was built for other tokenizers")
             return cls(ids=data["ids"].astype(np.int32), exact=data["exact"].astype(bool),
                        fallback=str(data["fallback"]), base_fingerprint=want_base, blend_fingerprint=want_blend)
-
-
-def _bytes_fingerprint(profile: TokenizerProfile) -> str:
-    h = hashlib.sha256()
-    for data, special in zip(profile.token_bytes, profile.is_special.tolist()):
-        h.update(len(data).to_bytes(4, "little"))
-        h.update(data)
-        h.update(b"\x01" if special else b"\x00")
-    return h.hexdigest()[:32]
 
 
 _FALLBACKS = ("mined", "prefix", "none")
@@ -159,13 +150,12 @@ def build_byte_span_map(base: TokenizerProfile, blend: TokenizerProfile, *, fall
                     if hit is not None:
                         ids[i] = hit
                         break
-        return {"ids": ids, "exact": exact, "base_fingerprint": np.array(_bytes_fingerprint(base)),
-                "blend_fingerprint": np.array(_bytes_fingerprint(blend))}
+        return {"ids": ids, "exact": exact, "base_fingerprint": np.array(token_bytes_fingerprint(base)),
+                "blend_fingerprint": np.array(token_bytes_fingerprint(blend))}
 
     if cache:
         from fusekernels.storage import cached_arrays
 
-        from .batch import profile_fingerprint
 
         # on disk, keyed by both vocabularies' content: later processes skip the MinED search
         arrays = cached_arrays(f"byte-span-{fallback}", f"{profile_fingerprint(base)}-{profile_fingerprint(blend)}",

@@ -32,8 +32,6 @@ reuses it.
 """
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from .._optional import require
@@ -147,29 +145,6 @@ def _align_batch(table, *, base, blend, method, tables, columns, prefix, logits_
     return table
 
 
-def _vocab_map_fingerprint(vocab_map) -> str:
-    from fusekernels.storage import json_fingerprint
-
-    if vocab_map is None:
-        return "none"
-    if isinstance(vocab_map, dict):
-        return json_fingerprint(sorted(vocab_map.items()))
-    return hashlib.sha256(np.ascontiguousarray(vocab_map.base_ids, dtype=np.int32).tobytes()
-                          + str(getattr(vocab_map, "method", "")).encode()).hexdigest()[:32]
-
-
-def _fingerprint(dataset, parts) -> str:
-    """Deterministic: the input's own fingerprint, every output-shaping option and the content
-    fingerprints of both tokenizers and of the vocabulary map (never object ids)."""
-    from fusekernels import __version__
-
-    h = hashlib.sha256(str(dataset._fingerprint).encode())
-    h.update(f"fusekernels {__version__} align-arrow-1".encode())
-    for p in parts:
-        h.update(repr(p).encode("utf-8", "surrogatepass"))
-    return h.hexdigest()[:16]
-
-
 def _restore_format(result, dataset, added):
     """``result`` in ``dataset``'s output format (the map itself runs on Arrow batches)."""
     fmt = dataset.format
@@ -248,11 +223,11 @@ def align_dataset(dataset, base, blend, *, method: str = "byte_span", match: str
         features[f"{prefix}_matched"] = datasets.List(datasets.Value("bool"))
     from fusekernels.storage import map_cache_file
 
-    from .batch import profile_fingerprint
+    from ..fingerprint import map_fingerprint, profile_fingerprint, vocab_map_fingerprint
 
-    fingerprint = _fingerprint(dataset, (method, match, k, prefix, logits_dtype, sorted(cols.items()),
+    fingerprint = map_fingerprint(dataset, (method, match, k, prefix, logits_dtype, sorted(cols.items()),
                                          profile_fingerprint(base), profile_fingerprint(blend),
-                                         _vocab_map_fingerprint(vocab_map) if method == "compat_soft" else None,
+                                         vocab_map_fingerprint(vocab_map) if method == "compat_soft" else None,
                                          return_mask, check))
     added = list(features)[len(dataset.features):]
     result = dataset.with_format("arrow").map(

@@ -13,7 +13,6 @@ Storage: :meth:`VocabMap.save_npz` (int32 arrays + vocabulary fingerprints, comp
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections.abc import Iterable, Sequence
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..fingerprint import tokens_fingerprint
 from .profile import TokenizerProfile
 
 __all__ = ["VocabMap", "build_vocab_map", "marker_replaced", "cooccurrence_counts"]
@@ -44,14 +44,6 @@ def marker_replaced(blend: TokenizerProfile, base: TokenizerProfile) -> list[str
         return list(blend.tokens)
     bm, tm = blend.marker, base.marker
     return [t.replace(bm, tm) for t in blend.tokens]
-
-
-def _fingerprint(tokens: Sequence[str]) -> str:
-    h = hashlib.sha256()
-    for t in tokens:
-        h.update(t.encode("utf-8", "surrogatepass"))
-        h.update(b"\x00")
-    return h.hexdigest()[:32]
 
 
 @dataclass(eq=False)
@@ -94,8 +86,9 @@ class VocabMap:
         with atomic_file(path) as fh:
             np.savez_compressed(fh, base_ids=self.base_ids.astype(np.int32),
                                 distances=self.distances.astype(np.int32),
-                                keys_fingerprint=np.array(_fingerprint(self.keys)),
-                                base_fingerprint=np.array(_fingerprint(self.base_tokens)), method=np.array(self.method))
+                                keys_fingerprint=np.array(tokens_fingerprint(self.keys)),
+                                base_fingerprint=np.array(tokens_fingerprint(self.base_tokens)),
+                                method=np.array(self.method))
 
     @classmethod
     def load_npz(cls, path, base, blend) -> "VocabMap":
@@ -117,8 +110,8 @@ class VocabMap:
                 missing = [n for n in _NPZ_ARRAYS if n not in data.files]
                 if missing:
                     raise DamagedFileError(path, f"arrays {missing} missing")
-                same = (str(data["keys_fingerprint"]) == _fingerprint(keys)
-                        and str(data["base_fingerprint"]) == _fingerprint(base.tokens))
+                same = (str(data["keys_fingerprint"]) == tokens_fingerprint(keys)
+                        and str(data["base_fingerprint"]) == tokens_fingerprint(base.tokens))
                 ids, dist = np.asarray(data["base_ids"]), np.asarray(data["distances"])
                 method = str(data["method"])
         except (OSError, EOFError, zlib.error, zipfile.BadZipFile, KeyError, ValueError) as exc:
@@ -327,7 +320,7 @@ def build_vocab_map(base, blend, *, mode: str = "default", corpus: Iterable[str]
     if mode == "default":
         from fusekernels.storage import cached_arrays
 
-        from .batch import profile_fingerprint
+        from ..fingerprint import profile_fingerprint
 
         # on disk, keyed by both vocabularies' content: later processes skip the MinED search
         arrays = cached_arrays("vocab-map", f"{profile_fingerprint(base)}-{profile_fingerprint(blend)}",

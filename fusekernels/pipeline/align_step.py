@@ -10,7 +10,8 @@ Inputs are row-aligned ``datasets.Dataset`` objects of the same texts (same orde
   tokenizer in ``teacher_tokenizers``.
 
 Each blending teacher is aligned as :func:`fusekernels.tokenization.align_dataset` does it (``method``:
-``"byte_span"`` default, or the published ``"compat_hard"`` / ``"compat_soft"``), all teachers of a
+an entry of :data:`~fusekernels.tokenization.registry.ALIGNMENT_MODES`, ``"byte_span"`` default, or the
+published ``"compat_hard"`` / ``"compat_soft"``), all teachers of a
 batch in the same ``Dataset.map`` call on Arrow batches: byte-span alignment runs as one native call
 per teacher and batch, stacking is vectorised over the batch's positions, and no Python list is
 built per row. The result has
@@ -48,6 +49,7 @@ from typing import Sequence
 import numpy as np
 
 from .._optional import require
+from ..tokenization.registry import ALIGNMENT_MODES, LOGITS_DTYPES
 
 FALLBACKS = ("published", "absent")
 BAD_ROW_POLICIES = ("error", "skip")
@@ -94,8 +96,9 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
         raise ValueError("no teacher: pass teacher datasets or include_base_teacher=True")
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
-    if fallback == "published" and not include_base_teacher and method == "compat_hard" and teachers:
-        raise ValueError("fallback='published' with method='compat_hard' gives a position whose aligned list is "
+    mode = ALIGNMENT_MODES.get_entry(method)
+    if fallback == "published" and not include_base_teacher and mode.empty_lists and teachers:
+        raise ValueError(f"fallback='published' with method={method!r} gives a position whose aligned list is "
                          "empty the base model's own distribution (teacher 0): it needs include_base_teacher=True; "
                          "pass fallback='absent' to leave the teacher absent at such positions instead")
     if on_bad_row not in BAD_ROW_POLICIES:
@@ -115,17 +118,13 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
         k = max(widths)
 
     from fusekernels.storage import map_cache_file
-    from fusekernels.tokenization.byte_span import CHECKS, build_byte_span_map
-    from fusekernels.tokenization.compat import compat_tables
     from fusekernels.fingerprint import map_fingerprint, profile_fingerprint, vocab_map_fingerprint
-    from fusekernels.tokenization.dataset import _METHODS
+    from fusekernels.tokenization.byte_span import CHECKS
 
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     if check not in CHECKS:
         raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
-    if logits_dtype not in ("float16", "float32"):
-        raise ValueError(f"logits_dtype must be 'float16' or 'float32', got {logits_dtype!r}")
+    if logits_dtype not in LOGITS_DTYPES:
+        raise ValueError(f"logits_dtype must be one of {LOGITS_DTYPES}, got {logits_dtype!r}")
     base_profile = TokenizerProfile.from_tokenizer(base_tokenizer)
     profiles = [TokenizerProfile.from_tokenizer(tok) for tok in teacher_tokenizers]
     skipped: list = []
@@ -144,11 +143,7 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
                                  f"{skipped[0][0]}: {skipped[0][1]})")
             base, teachers = base.select(keep), [teacher.select(keep) for teacher in teachers]
     maps = list(vocab_maps) if vocab_maps is not None else [None] * len(teachers)
-    if method == "byte_span":
-        tables = [build_byte_span_map(base_profile, p) for p in profiles]
-    else:
-        tables = [compat_tables(base_profile, p, mode=method.split("_", 1)[1], vocab_map=m)
-                  for p, m in zip(profiles, maps)]
+    tables = [mode.build_tables(base_profile, p, m) for p, m in zip(profiles, maps)]
     text_cols = [use_text] if use_text else []
     parts = [base.select_columns(["input_ids"] + text_cols + own)]
     for t, teacher in enumerate(teachers):
@@ -167,7 +162,7 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
     fingerprint = map_fingerprint(joined, ("align_teachers", method, include_base_teacher, fallback, k, use_text,
                                         logits_dtype, check, profile_fingerprint(base_profile),
                                         [profile_fingerprint(p) for p in profiles],
-                                        [vocab_map_fingerprint(m) if method == "compat_soft" else None
+                                        [vocab_map_fingerprint(m) if mode.uses_vocab_map else None
                                          for m in maps]))
     stacker = _Stacker(base=base_profile, profiles=profiles, tables=tables, method=method, k=k,
                        include_base_teacher=include_base_teacher, fallback=fallback, use_text=use_text,
@@ -193,9 +188,10 @@ def find_bad_rows(base, teachers: Sequence, *, base_profile, teacher_profiles: S
     """``(row, reason)`` of every row that :func:`align_teachers` cannot align: base or teacher ids
     outside their vocabulary, top-k arrays of the wrong shape, NaN / +inf logits, a text that
     differs between the inputs, or token sequences that do not cover the same text (``check``)."""
-    from fusekernels.tokenization.byte_span import _check_same_text, _check_topk
+    from fusekernels.tokenization.byte_span import check_same_text, check_topk
 
     use_text = text_column if text_column and text_column in base.column_names else None
+    reads_text = ALIGNMENT_MODES.get_entry(method).reads_text is not None
     bad: list[tuple[int, str]] = []
     base_np = base.with_format("numpy")
     teachers_np = [t.with_format("numpy") for t in teachers]
@@ -204,7 +200,7 @@ def find_bad_rows(base, teachers: Sequence, *, base_profile, teacher_profiles: S
         try:
             b = base_profile.check_ids(b_row["input_ids"], "base input_ids")
             if include_base_teacher:
-                _check_topk(_stacked(b_row["topk_ids"]), _stacked(b_row["topk_logits"]), b.size,
+                check_topk(_stacked(b_row["topk_ids"]), _stacked(b_row["topk_logits"]), b.size,
                             base_profile.vocab_size)
             for t, (teacher, profile) in enumerate(zip(teachers_np, teacher_profiles)):
                 t_row = teacher[row]
@@ -212,10 +208,10 @@ def find_bad_rows(base, teachers: Sequence, *, base_profile, teacher_profiles: S
                     raise ValueError(f"teacher {t + 1}: column {use_text!r} differs from the base row")
                 try:
                     a = profile.check_ids(t_row["input_ids"], "input_ids")
-                    _check_topk(_stacked(t_row["topk_ids"]), _stacked(t_row["topk_logits"]), a.size,
+                    check_topk(_stacked(t_row["topk_ids"]), _stacked(t_row["topk_logits"]), a.size,
                                 profile.vocab_size)
-                    text = str(b_row[use_text]) if use_text and method == "byte_span" else None
-                    _check_same_text(base_profile, b, profile, a, text=text, check=check)
+                    text = str(b_row[use_text]) if use_text and reads_text else None
+                    check_same_text(b, a, base_profile, profile, text=text, check=check)
                 except ValueError as exc:
                     raise ValueError(f"teacher {t + 1}: {exc}") from None
         except ValueError as exc:

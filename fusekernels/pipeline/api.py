@@ -72,7 +72,8 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
         k: entries of each teacher's distribution kept per position.
         base_model: the student itself (model or path) when its own top-k is to be fused too
             (FuseLLM's continual training of a pretrained target); ``None`` for a fresh student.
-        method: alignment (``"byte_span"`` default, ``"compat_hard"``, ``"compat_soft"``).
+        method: alignment mode of :data:`~fusekernels.tokenization.registry.ALIGNMENT_MODES`
+            (``"byte_span"`` default, ``"compat_hard"``, ``"compat_soft"``, or one registered there).
         fallback: positions a teacher cannot serve (``"absent"`` default, ``"published"``); see
             :func:`fusekernels.pipeline.align_step.align_teachers`.
         cache: teacher-output disk cache: ``True`` (user cache folder), a folder, or ``False``.
@@ -92,6 +93,7 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
     from .align_step import align_teachers, alignment_stats
     from .cache import cached_extract
     from .io import load_tokenizer
+    from ..tokenization.registry import ALIGNMENT_MODES
     from .pack import pack_sequences
     from .split import split_long_texts
 
@@ -105,6 +107,7 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
             raise ValueError(f"teachers[{i}] must be a (model, tokenizer) pair, got {type(pair).__name__}")
     if not isinstance(block_size, int) or block_size < 2:
         raise ValueError(f"block_size must be an int >= 2, got {block_size!r}")
+    ALIGNMENT_MODES.check(method, "method")
     if getattr(student_tokenizer, "eos_token_id", None) is None:
         raise ValueError("student_tokenizer has no eos_token_id: the pipeline appends EOS to every text")
     models = [m for m, _ in teachers]

@@ -169,7 +169,7 @@ def align_chat_teachers(student, teachers: Sequence, *, student_tokenizer, teach
     require("datasets", "align_chat_teachers")
     import datasets
 
-    from fusekernels.tokenization.byte_span import _transfer_rows, build_byte_span_map
+    from fusekernels.tokenization.byte_span import build_byte_span_map, transfer_rows
     from fusekernels.tokenization.profile import TokenizerProfile
 
     teachers, teacher_tokenizers = list(teachers), list(teacher_tokenizers)
@@ -220,7 +220,7 @@ def align_chat_teachers(student, teachers: Sequence, *, student_tokenizer, teach
             if pairs:
                 dst, src = np.asarray(pairs).T
                 topk_ids, topk_logits = np.asarray(row["topk_ids"]), np.asarray(row["topk_logits"], dtype=np.float32)
-                m_ids, m_logits, counts = _transfer_rows(table.ids[topk_ids[src]], topk_logits[src])
+                m_ids, m_logits, counts = transfer_rows(table.ids[topk_ids[src]], topk_logits[src])
                 width = min(k, m_ids.shape[1])
                 t_ids[dst, column + t, :width], t_logits[dst, column + t, :width] = m_ids[:, :width], m_logits[:, :width]
                 aligned.append(int((counts > 0).sum()))

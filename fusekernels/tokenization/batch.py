@@ -18,6 +18,7 @@ import threading
 import numpy as np
 
 from .profile import TokenizerProfile
+from .registry import MATCH_RULES
 
 __all__ = ["byte_span_align_flat", "arrow_lists", "arrow_matrix", "list_array", "nested_array"]
 
@@ -78,8 +79,8 @@ def byte_span_align_flat(base_ids, base_offsets, blend_ids, blend_offsets, topk_
 
     from .byte_span import CHECKS, build_byte_span_map
 
-    if match not in ("span", "end"):
-        raise ValueError(f"match must be 'span' or 'end', got {match!r}")
+    if match not in MATCH_RULES:
+        raise ValueError(f"match must be one of {MATCH_RULES}, got {match!r}")
     if check not in CHECKS:
         raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
     table = build_byte_span_map(base, blend) if id_map is None else id_map

@@ -44,6 +44,7 @@ import numpy as np
 
 from ..fingerprint import profile_fingerprint, token_bytes_fingerprint
 from .profile import TokenizerProfile
+from .registry import MATCH_RULES
 
 __all__ = ["ByteSpanMap", "build_byte_span_map", "byte_span_positions", "byte_span_align",
            "byte_span_align_batch", "check_same_text", "decoded_token_strings", "CHECKS"]
@@ -343,8 +344,8 @@ def byte_span_positions(base_ids, blend_ids, base: TokenizerProfile, blend: Toke
     Raises:
         ValueError when the sequences cover different texts (naming both byte lengths).
     """
-    if match not in ("span", "end"):
-        raise ValueError(f"match must be 'span' or 'end', got {match!r}")
+    if match not in MATCH_RULES:
+        raise ValueError(f"match must be one of {MATCH_RULES}, got {match!r}")
     b = base.check_ids(base_ids, "base_ids")
     a = blend.check_ids(blend_ids, "blend_ids")
     b_len, a_len = base.byte_lengths[b], blend.byte_lengths[a]
@@ -361,7 +362,10 @@ def byte_span_positions(base_ids, blend_ids, base: TokenizerProfile, blend: Toke
     return _unique_matches(bkey, akey)
 
 
-def _check_topk(topk_ids, topk_logits, n: int, blend_vocab: int) -> tuple[np.ndarray, np.ndarray]:
+def check_topk(topk_ids, topk_logits, n: int, blend_vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a teacher's top-k at ``n`` blending positions: ``topk_ids`` int [n, k] inside
+    ``[0, blend_vocab)``, ``topk_logits`` float [n, k] without NaN or +inf (-inf marks padding).
+    Returns both as arrays; ``ValueError`` naming the argument otherwise."""
     tid = np.asarray(topk_ids)
     tlg = np.asarray(topk_logits)
     if tid.ndim != 2 or tid.shape[0] != n:
@@ -381,8 +385,10 @@ def _check_topk(topk_ids, topk_logits, n: int, blend_vocab: int) -> tuple[np.nda
     return tid, tlg
 
 
-def _transfer_rows(mapped: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Drop unmapped (-1) and repeated base ids per row, keep order, left-align; pad -1 / -inf."""
+def transfer_rows(mapped: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k rows carried into the base vocabulary: ``mapped`` int [r, k] base ids (-1 = unmapped),
+    ``logits`` float [r, k]. Drops unmapped and repeated ids per row, keeps the order, left-aligns;
+    returns ``(ids int32 [r, k] padded -1, logits float32 [r, k] padded -inf, counts int32 [r])``."""
     rows, k = mapped.shape
     order = np.argsort(mapped, axis=1, kind="stable")
     sorted_ids = np.take_along_axis(mapped, order, axis=1)
@@ -424,7 +430,7 @@ def byte_span_align(base_ids, blend_ids, topk_ids, topk_logits, base: TokenizerP
 
     b = base.check_ids(base_ids, "base_ids")
     a = blend.check_ids(blend_ids, "blend_ids")
-    tid, tlg = _check_topk(topk_ids, topk_logits, a.size, blend.vocab_size)
+    tid, tlg = check_topk(topk_ids, topk_logits, a.size, blend.vocab_size)
     table = build_byte_span_map(base, blend) if id_map is None else id_map
     if table.ids.shape[0] != blend.vocab_size:
         raise ValueError(f"id_map covers {table.ids.shape[0]} blending ids, the blending vocabulary has {blend.vocab_size}")
@@ -436,7 +442,7 @@ def byte_span_align(base_ids, blend_ids, topk_ids, topk_logits, base: TokenizerP
     rows = np.flatnonzero(pos >= 0)
     if rows.size and tid.shape[1]:
         src = pos[rows]
-        r_ids, r_logits, r_counts = _transfer_rows(table.ids[tid[src]], tlg[src])
+        r_ids, r_logits, r_counts = transfer_rows(table.ids[tid[src]], tlg[src])
         ids[rows], logits[rows], counts[rows] = r_ids, r_logits, r_counts
     teacher = counts > 0
     fallback = ~teacher

@@ -17,7 +17,7 @@ import threading
 
 import numpy as np
 
-from .byte_span import CHECKS, _check_same_text
+from .byte_span import CHECKS, check_same_text
 from .profile import TokenizerProfile
 
 __all__ = ["compat_tables", "compat_align", "compat_align_batch", "compat_teacher_mask"]
@@ -112,7 +112,7 @@ def compat_align(base_ids, blend_ids, topk_ids, topk_logits, base: TokenizerProf
     a = blend.check_ids(blend_ids, "blend_ids")
     if tables is None:
         tables = compat_tables(base, blend, mode=mode, vocab_map=vocab_map)
-    _check_same_text(base, b, blend, a, text=None, check=check)
+    check_same_text(b, a, base, blend, text=None, check=check)
     alignment = _align_one(base, blend, b, a)
     result = transfer_topk(b, a, alignment, topk_ids, topk_logits, tables, mode=mode)
     if return_mask:
@@ -140,7 +140,7 @@ def compat_align_batch(items, base: TokenizerProfile, blend: TokenizerProfile, *
         b = base.check_ids(item[0], f"items[{p}].base_ids")
         a = blend.check_ids(item[1], f"items[{p}].blend_ids")
         try:
-            _check_same_text(base, b, blend, a, text=None, check=check)
+            check_same_text(b, a, base, blend, text=None, check=check)
         except ValueError as exc:
             raise ValueError(f"items[{p}]: {exc}") from None
         checked.append((b, a, item[2], item[3]))

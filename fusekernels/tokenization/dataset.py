@@ -35,7 +35,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._optional import require
-from .profile import TokenizerProfile
+from .profile import TokenizerProfile, as_profile
+from .registry import ALIGNMENT_MODES, LOGITS_DTYPES, MATCH_RULES
 
 __all__ = ["align_dataset", "DEFAULT_COLUMNS"]
 
@@ -47,7 +48,6 @@ DEFAULT_COLUMNS = {
     "metric_ce": "blend_metric_ce",
     "text": None,
 }
-_METHODS = ("byte_span", "compat_hard", "compat_soft")
 
 
 def _fit_width(ids: np.ndarray, logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,22 +68,17 @@ def _matrix(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def _per_row(table, *, base, blend, method, tables, columns, k, match, threads, check):
-    """The row-by-row path: compatible methods, ragged top-k rows, and the error messages of bad
-    rows. Returns the flat ``(ids [M, k], logits float32 [M, k], matched [M])``."""
-    from .byte_span import byte_span_align
-    from .compat import compat_align_batch
-
-    texts = table.column(columns["text"]).to_pylist() if columns.get("text") else None
+def _per_row(table, *, base, blend, mode, tables, columns, k, match, threads, check):
+    """The row-by-row path (every mode; ragged top-k rows; the error messages of bad rows).
+    Returns the flat ``(ids [M, k], logits float32 [M, k], matched [M])``."""
+    texts = None
+    if columns.get("text") and mode.reads_text is not None:
+        texts = table.column(columns["text"]).to_pylist()
     rows = [(np.asarray(b), np.asarray(a), _matrix(tid), _matrix(tlg))
             for b, a, tid, tlg in zip(*(table.column(columns[c]).to_pylist()
                                         for c in ("base_ids", "blend_ids", "topk_ids", "topk_logits")))]
-    if method == "byte_span":
-        results = [byte_span_align(*row, base, blend, id_map=tables, match=match, check=check, return_mask=True,
-                                   text=None if texts is None else texts[r]) for r, row in enumerate(rows)]
-    else:
-        results = compat_align_batch(rows, base, blend, mode=method.split("_", 1)[1], tables=tables, threads=threads,
-                                     check=check, return_mask=True)
+    results = mode.align_rows(rows, base, blend, tables=tables, texts=texts, match=match, check=check,
+                              threads=threads)
     fitted = [_fit_width(result.ids, result.logits, k) for result, _ in results]
     if not fitted:
         return np.zeros((0, k), np.int32), np.zeros((0, k), np.float32), np.zeros(0, bool)
@@ -95,31 +90,34 @@ def _per_row(table, *, base, blend, method, tables, columns, k, match, threads, 
 def align_arrow_batch(table, *, base, blend, method, tables, columns, k, match="span", threads=1, check="length"):
     """Align one Arrow batch (a ``pyarrow.Table`` with the input columns of the module docstring).
 
-    Byte-span batches whose top-k rows are all [n_r, k'] go through one native call
-    (:func:`~fusekernels.tokenization.batch.byte_span_align_flat`); other inputs row by row.
+    ``method`` names an entry of :data:`~fusekernels.tokenization.registry.ALIGNMENT_MODES`;
+    ``tables`` is its ``build_tables`` result. Batches whose top-k rows are all [n_r, k'] go
+    through the mode's whole-batch path when it has one (byte-span: one native call,
+    :func:`~fusekernels.tokenization.batch.byte_span_align_flat`); other inputs row by row.
     Returns ``(ids int32 [M, k], logits float32 [M, k], matched bool [M], offsets int64 [R + 1])``
     over the M base positions of the R rows."""
-    from .batch import arrow_lists, arrow_matrix, byte_span_align_flat
+    from .batch import arrow_lists, arrow_matrix
 
+    mode = ALIGNMENT_MODES.get_entry(method)
     b, b_off = arrow_lists(table.column(columns["base_ids"]))
-    if method == "byte_span":
+    if mode.align_flat is not None:
         a, a_off = arrow_lists(table.column(columns["blend_ids"]))
         tid = arrow_matrix(table.column(columns["topk_ids"]))
         tlg = arrow_matrix(table.column(columns["topk_logits"]))
         if (tid is not None and tlg is not None and np.array_equal(tid[1], a_off) and np.array_equal(tlg[1], a_off)
                 and tid[0].shape == tlg[0].shape):
             texts = None
-            if columns.get("text") and "unless_space" in (base.dummy_prefix, blend.dummy_prefix):
+            if columns.get("text") and mode.texts_needed(base, blend):
                 texts = table.column(columns["text"]).to_pylist()
             try:
-                ids, logits, matched = byte_span_align_flat(b, b_off, a, a_off, tid[0], tlg[0], base, blend,
-                                                            id_map=tables, texts=texts, match=match, check=check,
-                                                            k=k, threads=threads)
+                ids, logits, matched = mode.align_flat(b, b_off, a, a_off, tid[0], tlg[0], base, blend,
+                                                       id_map=tables, texts=texts, match=match, check=check,
+                                                       k=k, threads=threads)
             except ValueError:
                 pass  # the per-row path below raises the per-row message (no "rows[r]" prefix)
             else:
                 return ids, logits, matched, b_off
-    ids, logits, matched = _per_row(table, base=base, blend=blend, method=method, tables=tables, columns=columns,
+    ids, logits, matched = _per_row(table, base=base, blend=blend, mode=mode, tables=tables, columns=columns,
                                     k=k, match=match, threads=threads, check=check)
     return ids, logits, matched, b_off
 
@@ -166,12 +164,14 @@ def align_dataset(dataset, base, blend, *, method: str = "byte_span", match: str
         dataset: a ``datasets.Dataset`` with the input columns.
         base: :class:`TokenizerProfile` (or tokenizer) of the base model.
         blend: :class:`TokenizerProfile` (or tokenizer) of the blending model.
-        method: ``"byte_span"`` (default), ``"compat_hard"`` or ``"compat_soft"`` (published).
+        method: an alignment mode of :data:`~fusekernels.tokenization.registry.ALIGNMENT_MODES`:
+            ``"byte_span"`` (default), ``"compat_hard"`` or ``"compat_soft"`` (published), or one
+            registered there.
         match: byte-span rule, ``"span"`` or ``"end"`` (see ``byte_span_positions``).
         k: top-k width of the stored arrays (default: taken from the first row).
         vocab_map: soft-mode map (default: the MinED map of ``build_vocab_map``).
         columns: overrides of :data:`DEFAULT_COLUMNS`.
-        logits_dtype: ``"float16"`` (as published) or ``"float32"``.
+        logits_dtype: ``"float16"`` (as published) or ``"float32"`` (``LOGITS_DTYPES``).
         batch_size: rows per ``Dataset.map`` batch.
         num_proc: worker processes of ``Dataset.map`` (None: this process).
         desc: progress-bar label of ``Dataset.map``.
@@ -185,19 +185,16 @@ def align_dataset(dataset, base, blend, *, method: str = "byte_span", match: str
     require("datasets", "align_dataset")
     import datasets
 
-    from .byte_span import CHECKS, build_byte_span_map
-    from .compat import compat_tables
-    from .vocab_map import _profile
+    from .byte_span import CHECKS
 
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    if match not in ("span", "end"):
-        raise ValueError(f"match must be 'span' or 'end', got {match!r}")
+    mode = ALIGNMENT_MODES.get_entry(method)
+    if match not in MATCH_RULES:
+        raise ValueError(f"match must be one of {MATCH_RULES}, got {match!r}")
     if check not in CHECKS:
         raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
-    if logits_dtype not in ("float16", "float32"):
-        raise ValueError(f"logits_dtype must be 'float16' or 'float32', got {logits_dtype!r}")
-    base, blend = _profile(base, "base"), _profile(blend, "blend")
+    if logits_dtype not in LOGITS_DTYPES:
+        raise ValueError(f"logits_dtype must be one of {LOGITS_DTYPES}, got {logits_dtype!r}")
+    base, blend = as_profile(base, "base"), as_profile(blend, "blend")
     cols = dict(DEFAULT_COLUMNS)
     if columns:
         unknown = set(columns) - set(DEFAULT_COLUMNS)
@@ -211,10 +208,7 @@ def align_dataset(dataset, base, blend, *, method: str = "byte_span", match: str
         raise ValueError("dataset must not be empty")
     if k is None:
         k = len(dataset[0][cols["topk_ids"]][0])
-    if method == "byte_span":
-        tables = build_byte_span_map(base, blend)
-    else:
-        tables = compat_tables(base, blend, mode=method.split("_", 1)[1], vocab_map=vocab_map)
+    tables = mode.build_tables(base, blend, vocab_map)
     features = dataset.features.copy()
     features[f"{prefix}_topk_ids"] = datasets.Array2D(shape=(None, k), dtype="int32")
     features[f"{prefix}_topk_logits"] = datasets.Array2D(shape=(None, k), dtype=logits_dtype)
@@ -227,7 +221,7 @@ def align_dataset(dataset, base, blend, *, method: str = "byte_span", match: str
 
     fingerprint = map_fingerprint(dataset, (method, match, k, prefix, logits_dtype, sorted(cols.items()),
                                          profile_fingerprint(base), profile_fingerprint(blend),
-                                         vocab_map_fingerprint(vocab_map) if method == "compat_soft" else None,
+                                         vocab_map_fingerprint(vocab_map) if mode.uses_vocab_map else None,
                                          return_mask, check))
     added = list(features)[len(dataset.features):]
     result = dataset.with_format("arrow").map(

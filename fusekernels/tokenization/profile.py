@@ -191,6 +191,16 @@ class TokenizerProfile:
         return profile
 
 
+def as_profile(obj, arg: str = "tokenizer") -> TokenizerProfile:
+    """``obj`` as a :class:`TokenizerProfile`: a profile itself, or the (cached) profile of a Hugging
+    Face tokenizer; ``TypeError`` naming ``arg`` otherwise."""
+    if isinstance(obj, TokenizerProfile):
+        return obj
+    if hasattr(obj, "get_vocab") and hasattr(obj, "encode"):
+        return TokenizerProfile.from_tokenizer(obj)
+    raise TypeError(f"{arg} must be a TokenizerProfile or a Hugging Face tokenizer, got {type(obj).__name__}")
+
+
 _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
 

@@ -21,21 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..fingerprint import tokens_fingerprint
-from .profile import TokenizerProfile
+from .profile import TokenizerProfile, as_profile
 
 __all__ = ["VocabMap", "build_vocab_map", "marker_replaced", "cooccurrence_counts"]
 
 _WINDOW = 5
 _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
-
-
-def _profile(obj, arg: str) -> TokenizerProfile:
-    if isinstance(obj, TokenizerProfile):
-        return obj
-    if hasattr(obj, "get_vocab") and hasattr(obj, "encode"):
-        return TokenizerProfile.from_tokenizer(obj)
-    raise TypeError(f"{arg} must be a TokenizerProfile or a Hugging Face tokenizer, got {type(obj).__name__}")
 
 
 def marker_replaced(blend: TokenizerProfile, base: TokenizerProfile) -> list[str]:
@@ -103,7 +95,7 @@ class VocabMap:
 
         from fusekernels.storage import DamagedFileError
 
-        base, blend = _profile(base, "base"), _profile(blend, "blend")
+        base, blend = as_profile(base, "base"), as_profile(blend, "blend")
         keys = marker_replaced(blend, base)
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -138,7 +130,7 @@ class VocabMap:
         exact ones."""
         from fusekernels.storage import DamagedFileError
 
-        base, blend = _profile(base, "base"), _profile(blend, "blend")
+        base, blend = as_profile(base, "base"), as_profile(blend, "blend")
         try:
             with open(path, encoding="utf-8") as fh:
                 mapping = json.load(fh)
@@ -309,7 +301,7 @@ def build_vocab_map(base, blend, *, mode: str = "default", corpus: Iterable[str]
         raise ValueError("mode='co_occurrence' needs corpus (texts) or corpus_ids")
     base_tok = None if isinstance(base, TokenizerProfile) else base
     blend_tok = None if isinstance(blend, TokenizerProfile) else blend
-    base, blend = _profile(base, "base"), _profile(blend, "blend")
+    base, blend = as_profile(base, "base"), as_profile(blend, "blend")
     key = (id(base), id(blend))
     if mode == "default":
         with _CACHE_LOCK:

@@ -38,8 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..pipeline.pack import METRIC_LEVELS
+
 TEACHER_COLUMNS = ("teacher_ids", "teacher_logits", "teacher_ce")
-METRIC_LEVELS = ("sequence", "token")
 _INT32_LIMIT = 2**31  # teacher ids travel as int32
 
 

@@ -1,19 +1,11 @@
-"""``fusekernels train``: FusionTrainer driven by ``HfArgumentParser``, from flags or a config file.
+"""A training run as ``fusekernels train`` does it (:func:`run_training`), from its options.
 
-Every option of ``transformers.TrainingArguments`` (with its defaults: checkpoints every 500
-steps, ...), of :class:`FusionArguments` and of the two small classes below can be given on the
-command line (``--learning_rate 1e-4`` or ``--learning-rate 1e-4``) or in a YAML / JSON file
-whose keys are the same names; flags after the file override it::
-
-    fusekernels train run.yaml
-    fusekernels train run.yaml --max_steps 100
-    fusekernels train --model student/ --data packed/ --output_dir out/ --bf16 true --lam 0.9
-
-``--resume_from_checkpoint latest`` (or a checkpoint folder) continues an interrupted run in its
-``output_dir``: the run's options are stored there (``fusekernels_train.json``) and a resume is
-refused when an option that shapes the result differs. Without it, ``output_dir`` must be empty.
-The few flags of earlier versions (``--out``, ``--steps``, ``--batch-size``, ``--grad-accum``,
-``--lr``, ``--cpu``) still work.
+The options are ``transformers.TrainingArguments``, :class:`FusionArguments` and the two small
+classes below; the command line and config files that fill them are :mod:`fusekernels.cli.train`.
+``training_args.resume_from_checkpoint`` (``latest`` or a checkpoint folder) continues an
+interrupted run in its ``output_dir``: the run's options are stored there
+(``fusekernels_train.json``) and a resume is refused when an option that shapes the result
+differs. Without it, ``output_dir`` must be empty.
 """
 from __future__ import annotations
 
@@ -21,9 +13,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..pipeline.io import MODEL_DTYPES
+
 RUN_CONFIG = "fusekernels_train.json"
-LEGACY_FLAGS = {"--out": "--output_dir", "--steps": "--max_steps", "--batch-size": "--per_device_train_batch_size",
-                "--grad-accum": "--gradient_accumulation_steps", "--lr": "--learning_rate", "--cpu": "--use_cpu"}
 # TrainingArguments that may change between an interrupted run and its resume (they do not
 # change the trained weights): logging, reporting, saving, evaluation and data-loader workers.
 RESUMABLE_CHANGES = ("resume_from_checkpoint", "output_dir", "logging_dir", "report_to", "run_name", "disable_tqdm",
@@ -41,8 +33,8 @@ class ModelArguments:
         "help": "Base (student) model: folder or .gguf file.", "aliases": ["--model_name_or_path"]})
     tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer (default: the model's)."})
     dtype: str | None = field(default=None, metadata={
-        "help": "Weights dtype when loading: float32 | bfloat16 | float16 (default: as saved). Mixed precision "
-                "is --bf16 / --fp16.", "choices": ["float32", "bfloat16", "float16"]})
+        "help": "Weights dtype when loading (default: as saved). Mixed precision is --bf16 / --fp16.",
+        "choices": MODEL_DTYPES})
 
 
 @dataclass
@@ -58,69 +50,6 @@ class DataArguments:
                 "reported (at the end, or per --eval_strategy)."})
     text_column: str = field(default="text", metadata={"help": "Column of --eval_data holding raw texts."})
     max_length: int = field(default=2048, metadata={"help": "Truncation length of raw --eval_data texts."})
-
-
-def build_parser():
-    from transformers import HfArgumentParser, TrainingArguments
-
-    from .trainer import FusionArguments
-
-    return HfArgumentParser((ModelArguments, DataArguments, FusionArguments, TrainingArguments),
-                            prog="fusekernels train",
-                            description="Train the base model with the fusion loss (FusionTrainer). Usage: "
-                                        "fusekernels train [CONFIG.yaml|CONFIG.json] [--option value ...]")
-
-
-def load_config_file(path: str | Path) -> dict:
-    """The option dict of a ``.yaml`` / ``.yml`` / ``.json`` run configuration."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        config = yaml.safe_load(text)
-    elif path.suffix.lower() == ".json":
-        config = json.loads(text)
-    else:
-        raise ValueError(f"config file {path.name} must end in .yaml, .yml or .json")
-    if config is None:
-        config = {}
-    if not isinstance(config, dict):
-        raise ValueError(f"config file {path} must hold a mapping of option names to values")
-    return config
-
-
-def parse_train_args(argv: list[str]):
-    """``(ModelArguments, DataArguments, FusionArguments, TrainingArguments)`` from the command
-    line: an optional config file first, then flags (which override the file)."""
-    argv = [str(a) for a in argv]
-    parser = build_parser()
-    config = {}
-    if argv and not argv[0].startswith("-"):
-        config = load_config_file(argv.pop(0))
-    translated = []
-    for arg in argv:
-        name, sep, value = arg.partition("=")
-        translated.append(LEGACY_FLAGS.get(name, name) + sep + value)
-    if config:
-        dests = {action.dest for action in parser._actions}
-        unknown = sorted(k for k in config if k not in dests)
-        if unknown:
-            raise ValueError(f"unknown option(s) in the config file: {unknown} (see fusekernels train --help)")
-        for action in parser._actions:  # values from the file satisfy required options
-            if action.dest in config:
-                action.required = False
-        parser.set_defaults(**config)
-    model_args, data_args, fusion_args, training_args = parser.parse_args_into_dataclasses(args=translated)
-    if model_args.model is None:
-        raise ValueError("--model is required (the base model folder or .gguf file)")
-    if data_args.data is None:
-        raise ValueError("--data is required (the training data with teacher columns)")
-    if training_args.output_dir is None:
-        raise ValueError("--output_dir is required")
-    return model_args, data_args, fusion_args, training_args
 
 
 def _run_config(model_args, data_args, fusion_args, training_args) -> dict:
@@ -213,15 +142,3 @@ def run_training(model_args, data_args, fusion_args, training_args, *, callbacks
     if eval_data is not None:
         metrics = trainer.evaluate()
     return trainer, result, metrics
-
-
-def main(argv: list[str]) -> None:
-    """Entry point of ``fusekernels train`` (arguments after the command name)."""
-    parsed = parse_train_args(argv)
-    _, result, metrics = run_training(*parsed)
-    out = parsed[3].output_dir
-    line = f"train: {result.global_step} steps, mean training loss {result.training_loss:.4f}"
-    if metrics:
-        line += (f"; eval loss {metrics.get('eval_loss', float('nan')):.4f}, "
-                 f"eval perplexity {metrics.get('eval_perplexity', float('nan')):.3f}")
-    print(f"{line}; model saved to {out}")

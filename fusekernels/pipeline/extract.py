@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .._optional import require
+from ..tokenization.registry import LOGITS_DTYPES
 
 META_NAME = "extract_meta.json"
 
@@ -294,8 +295,8 @@ def _validate(dataset, text_column, k, batch_size, shard_size, logits_dtype, tok
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be an int >= 1, got {shard_size!r}")
-    if logits_dtype not in ("float16", "float32"):
-        raise ValueError(f"logits_dtype must be 'float16' or 'float32', got {logits_dtype!r}")
+    if logits_dtype not in LOGITS_DTYPES:
+        raise ValueError(f"logits_dtype must be one of {LOGITS_DTYPES}, got {logits_dtype!r}")
     if tokenizer.eos_token_id is None:
         raise ValueError("tokenizer has no eos_token_id: the pipeline appends EOS to every text")
     if len(dataset) == 0:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from .._optional import require
 
+# Weights dtypes a model may be loaded in (or a merge written in).
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
 TEXT_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 
 

@@ -99,6 +99,16 @@ def variation_weights(variations: Sequence[float], temperature: float | None = N
     return (v / total).tolist()
 
 
+STREAMED_METHODS = ("varm", "linear")  # merged here, tensor by tensor; the others run through mergekit
+
+
+def merge_methods() -> tuple[str, ...]:
+    """Every ``method`` :func:`merge_models` takes: VaRM and linear, then mergekit's."""
+    from .mergekit_merge import MERGEKIT_METHODS
+
+    return STREAMED_METHODS + MERGEKIT_METHODS
+
+
 def merge_models(targets: Sequence[str | os.PathLike], output: str | os.PathLike, *, method: str = "varm",
                  base: str | os.PathLike | None = None, weights: Sequence[float] | None = None,
                  temperature: float | None = None, max_shard_size: int = 2 * 1024**3,
@@ -132,8 +142,8 @@ def merge_models(targets: Sequence[str | os.PathLike], output: str | os.PathLike
             raise ValueError("temperature= is only used by method='varm'")
         return merge_with_mergekit(targets, output, method=method, base=base, weights=weights, density=density,
                                    t=t, normalize=normalize, dtype=dtype, seed=seed, max_shard_size=max_shard_size)
-    if method not in ("varm", "linear"):
-        raise ValueError(f"method must be one of {('varm', 'linear') + MERGEKIT_METHODS}, got {method!r}")
+    if method not in STREAMED_METHODS:
+        raise ValueError(f"method must be one of {merge_methods()}, got {method!r}")
     if not targets:
         raise ValueError("targets must list at least one checkpoint")
     if method == "varm" and base is None:

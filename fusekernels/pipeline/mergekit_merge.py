@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from .io import MODEL_DTYPES
+
 MERGEKIT_METHODS = ("ties", "dare_ties", "dare_linear", "slerp", "task_arithmetic")
 _USES_DENSITY = ("ties", "dare_ties", "dare_linear")
 
@@ -81,8 +83,8 @@ def mergekit_config(targets: Sequence[str | os.PathLike], method: str, *, base=N
         config = {"models": models, "merge_method": method, "base_model": str(Path(base)),
                   "parameters": {"normalize": bool(normalize)}}
     if dtype is not None:
-        if dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+        if dtype not in MODEL_DTYPES:
+            raise ValueError(f"dtype must be one of {MODEL_DTYPES}, got {dtype!r}")
         config["dtype"] = dtype
     return config
 

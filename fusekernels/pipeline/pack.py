@@ -18,6 +18,10 @@ from __future__ import annotations
 import numpy as np
 
 from .._optional import require
+from ..tokenization.registry import LOGITS_DTYPES
+
+# Granularity of the teacher CE metric of a block: one value per block, or one per token.
+METRIC_LEVELS = ("sequence", "token")
 
 PACKED_COLUMNS = ("input_ids", "teacher_ids", "teacher_logits", "teacher_ce")
 
@@ -105,8 +109,8 @@ def pack_sequences(dataset, block_size: int, *, drop_last: bool = True, metric_l
     from datasets import Array2D, Array3D, Features, List, Value
 
     _check_options(block_size, metric_level)
-    if logits_dtype not in ("float16", "float32"):
-        raise ValueError(f"logits_dtype must be 'float16' or 'float32', got {logits_dtype!r}")
+    if logits_dtype not in LOGITS_DTYPES:
+        raise ValueError(f"logits_dtype must be one of {LOGITS_DTYPES}, got {logits_dtype!r}")
     missing = [c for c in PACKED_COLUMNS if c not in dataset.column_names]
     if missing:
         raise ValueError(f"dataset lacks column(s) {missing}; build them with stack_teachers() "
@@ -148,8 +152,8 @@ def pack_sequences(dataset, block_size: int, *, drop_last: bool = True, metric_l
 def _check_options(block_size, metric_level):
     if not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
-    if metric_level not in ("sequence", "token"):
-        raise ValueError(f"metric_level must be 'sequence' or 'token', got {metric_level!r}")
+    if metric_level not in METRIC_LEVELS:
+        raise ValueError(f"metric_level must be one of {METRIC_LEVELS}, got {metric_level!r}")
 
 
 def _stack_nd(value, ndim, column, row) -> np.ndarray:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .._optional import require
+from . import choices
 from .experiment import build_student as _build_student
 from .experiment import (datasets_caching_disabled, eval_blocks, gemma3_path, mince_choices, perplexity, smollm2_path,
                          train_arm)
@@ -36,30 +37,35 @@ TEACHERS = ("smollm2", "gemma3")
 @dataclass
 class DemoConfig:
     """Sizes and options; the defaults run in under 5 minutes on a 2-core CPU (first run)."""
-    steps: int = 40
-    seed: int = 0
-    out: str | None = None
-    train_docs: int = 40
-    eval_docs: int = 8
-    verses_per_doc: int = 4
-    first_verse: int = 0
-    block_size: int = 128
-    batch_size: int = 8
-    lr: float = 2e-3
-    warmup_steps: int = 5
-    lam: float = 0.5
-    fusion: str = "mince"
-    loss_type: str = "kl"
-    method: str = "byte_span"
-    fallback: str = "absent"
-    k: int = 10
-    teacher_batch_size: int = 8
-    log_every: int = 5
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    cache: bool = True
-    plots: bool = True
+    steps: int = field(default=40, metadata={"min": 1, "help": "optimizer steps of each training run"})
+    seed: int = field(default=0, metadata={"help": "seed of the student initialisation and data order"})
+    out: str | None = field(default=None, metadata={"help": "folder for results and models; None = a new temporary "
+                                                             "folder"})
+    train_docs: int = field(default=40, metadata={"min": 1, "help": "training documents of --verses-per-doc KJV verses"})
+    eval_docs: int = field(default=8, metadata={"min": 1, "help": "held-out documents"})
+    verses_per_doc: int = field(default=4, metadata={"help": "KJV verses per document"})
+    first_verse: int = field(default=0, metadata={"help": "index of the first KJV verse used"})
+    block_size: int = field(default=128, metadata={"min": 1, "help": "student context length"})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "training blocks per step"})
+    lr: float = field(default=2e-3, metadata={"help": "peak learning rate (cosine schedule)"})
+    warmup_steps: int = field(default=5, metadata={"help": "linear warm-up steps"})
+    lam: float = field(default=0.5, metadata={"help": "weight of the CLM term in the fusion run"})
+    fusion: str = field(default="mince", metadata={"choices": choices.training_fusions,
+                                                   "help": "how the teachers are fused"})
+    loss_type: str = field(default="kl", metadata={"choices": choices.loss_types, "help": "fusion term"})
+    method: str = field(default="byte_span", metadata={"choices": choices.alignment_modes, "help": "token alignment"})
+    fallback: str = field(default="absent", metadata={
+        "choices": choices.fallbacks,
+        "help": "unaligned positions: one-hot on the current token (published) or no teacher"})
+    k: int = field(default=10, metadata={"help": "top-k entries kept per position"})
+    teacher_batch_size: int = field(default=8, metadata={"help": "texts per teacher forward pass"})
+    log_every: int = field(default=5, metadata={"help": "training steps between loss log lines"})
+    hidden_size: int = field(default=128, metadata={"help": "student hidden size"})
+    num_layers: int = field(default=2, metadata={"help": "student layers"})
+    num_heads: int = field(default=4, metadata={"help": "student attention heads"})
+    cache: bool = field(default=True, metadata={"help": "use the teacher-output cache",
+                                                "negate_help": "do not use the teacher-output cache"})
+    plots: bool = field(default=True, metadata={"help": "write PNG plots", "negate_help": "write no PNG plots"})
 
 
 @dataclass

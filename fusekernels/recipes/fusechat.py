@@ -26,8 +26,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from . import choices
 
 RECIPE_NAME = "recipe.json"
 SUMMARY_NAME = "summary.json"
@@ -37,35 +39,40 @@ SUMMARY_NAME = "summary.json"
 class PairwiseConfig:
     """Options of :func:`run_pairwise` (paths are models: folders or ``.gguf`` files)."""
 
-    pivot: str
-    sources: list
-    data: str
-    out: str
-    pivot_tokenizer: str | None = None
-    source_tokenizers: list | None = None
-    text_column: str = "text"
-    max_length: int = 2048
-    k: int = 10
-    align_method: str = "byte_span"
-    fusion: str = "mince"
-    loss_type: str = "ce"
-    lam: float = 0.9
-    lam_schedule: str = "hard"
-    temperature: float = 1.0
-    precision: str = "fp32"
-    steps: int = 1000
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 1e-5
-    warmup_steps: int = 0
-    seed: int = 42
-    extract_batch_size: int = 8
-    merge_method: str = "varm"
-    merge_weights: list | None = None
-    merge_temperature: float | None = None
-    density: list | None = None
-    t: float = 0.5
-    cpu: bool = False
+    pivot: str = field(metadata={"help": "pivot model (folder, .gguf or Hub model id): the start of every target"})
+    sources: list[str] = field(metadata={"help": "source models (folders, .gguf or Hub model ids)"})
+    data: str = field(metadata={"help": "texts (file or saved dataset)"})
+    out: str = field(metadata={"help": "output folder (rerun with the same options to resume)"})
+    pivot_tokenizer: str | None = field(default=None, metadata={"help": "pivot tokenizer (default: the pivot's)"})
+    source_tokenizers: list[str] | None = field(default=None, metadata={
+        "help": "source tokenizers (default: each source's)"})
+    text_column: str = field(default="text", metadata={"help": "column holding the text"})
+    max_length: int = field(default=2048, metadata={"min": 1, "help": "block size of split, extract and pack"})
+    k: int = field(default=10, metadata={"min": 1, "help": "top-k stored per position"})
+    align_method: str = field(default="byte_span", metadata={"flag": "--method", "choices": choices.alignment_modes,
+                                                             "help": "token alignment"})
+    fusion: str = field(default="mince", metadata={"choices": choices.training_fusions,
+                                                   "help": "fusion of pivot and source"})
+    loss_type: str = field(default="ce", metadata={"choices": choices.loss_types, "help": "fusion term (FuseChat: ce)"})
+    lam: float = field(default=0.9, metadata={"help": "weight of the CLM term (FuseChat: 0.9)"})
+    lam_schedule: str = field(default="hard", metadata={"choices": choices.lam_schedules, "help": "lam schedule"})
+    temperature: float = field(default=1.0, metadata={"help": "teacher temperature"})
+    precision: str = field(default="fp32", metadata={
+        "choices": choices.precisions, "help": "extraction and loss in fp32, or rounded as the published code"})
+    steps: int = field(default=1000, metadata={"min": 1, "help": "optimizer steps per pair"})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "blocks per micro-batch"})
+    grad_accum: int = field(default=1, metadata={"min": 1, "help": "gradient accumulation steps"})
+    lr: float = field(default=1e-5, metadata={"help": "peak learning rate"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
+    seed: int = field(default=42, metadata={"help": "training seed (and DARE's)"})
+    extract_batch_size: int = field(default=8, metadata={"min": 1, "help": "sequences per forward pass of extraction"})
+    merge_method: str = field(default="varm", metadata={"flag": "--merge", "choices": choices.merge_methods,
+                                                        "help": "merge of the target models"})
+    merge_weights: list[float] | None = field(default=None, metadata={"help": "per-target merge weights"})
+    merge_temperature: float | None = field(default=None, metadata={"help": "VaRM softmax temperature"})
+    density: list[float] | None = field(default=None, metadata={"help": "ties / dare_*: density (default 0.5)"})
+    t: float = field(default=0.5, metadata={"help": "slerp interpolation"})
+    cpu: bool = field(default=False, metadata={"help": "run on the CPU even when a GPU is present"})
 
     def __post_init__(self):
         self.sources = [str(s) for s in self.sources]

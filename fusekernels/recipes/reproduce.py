@@ -42,29 +42,32 @@ DOC_MODULES = ("json", "os", "pathlib", "collections", "itertools", "functools",
 @dataclass
 class ReproduceConfig:
     """Sizes of a reproduction run (the defaults take about an hour on a 2-core CPU)."""
-    seeds: int = 3
-    out: str | None = None
-    train_docs: int = 96
-    verses_per_doc: int = 4
-    eval_blocks: int = 16
-    block_size: int = 128
-    k: int = 10
-    steps: int = 60
-    batch_size: int = 8
-    lr: float = 2e-3
-    warmup_steps: int = 5
-    lam: float = 0.5
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    target: bool = True
-    target_steps: int = 20
-    target_batch_size: int = 4
-    target_lr: float = 2e-5
-    target_lam: float = 0.9
-    teacher_batch_size: int = 8
-    cache: bool = True
-    log_every: int = 5
+    seeds: int = field(default=3, metadata={"min": 1, "help": "seeds 0..N-1 (init and data order)"})
+    out: str | None = field(default=None, metadata={"required": True,
+                                                     "help": "results folder (JSON, RESULTS.md, PNG plots, models)"})
+    train_docs: int = field(default=96, metadata={"min": 1, "help": "training documents of --verses-per-doc KJV verses"})
+    verses_per_doc: int = field(default=4, metadata={"min": 1, "help": "KJV verses per document"})
+    eval_blocks: int = field(default=16, metadata={"min": 1, "help": "held-out blocks per evaluation domain"})
+    block_size: int = field(default=128, metadata={"min": 1, "help": "student context length"})
+    k: int = field(default=10, metadata={"min": 1, "help": "top-k entries kept per position"})
+    steps: int = field(default=60, metadata={"min": 1, "help": "optimizer steps of each table-1 arm"})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "training blocks per step (table 1)"})
+    lr: float = field(default=2e-3, metadata={"help": "peak learning rate (table 1)"})
+    warmup_steps: int = field(default=5, metadata={"min": 1, "help": "linear warm-up steps"})
+    lam: float = field(default=0.5, metadata={"help": "weight of the CLM term (table 1)"})
+    hidden_size: int = field(default=128, metadata={"min": 1, "help": "student hidden size"})
+    num_layers: int = field(default=2, metadata={"min": 1, "help": "student layers"})
+    num_heads: int = field(default=4, metadata={"min": 1, "help": "student attention heads"})
+    target: bool = field(default=True, metadata={"help": "run table 2 (the first teacher continually trained)",
+                                                 "negate_help": "skip the continually trained target table"})
+    target_steps: int = field(default=20, metadata={"min": 1, "help": "optimizer steps of each table-2 arm"})
+    target_batch_size: int = field(default=4, metadata={"min": 1, "help": "training blocks per step (table 2)"})
+    target_lr: float = field(default=2e-5, metadata={"help": "peak learning rate (table 2)"})
+    target_lam: float = field(default=0.9, metadata={"help": "weight of the CLM term (table 2)"})
+    teacher_batch_size: int = field(default=8, metadata={"min": 1, "help": "texts per teacher forward pass"})
+    cache: bool = field(default=True, metadata={"help": "use the teacher-output cache",
+                                                "negate_help": "do not use the teacher-output cache"})
+    log_every: int = field(default=5, metadata={"help": "training steps between loss log lines"})
 
 
 @dataclass

@@ -26,6 +26,8 @@ from .profile import TokenizerProfile, as_profile
 __all__ = ["VocabMap", "build_vocab_map", "marker_replaced", "cooccurrence_counts"]
 
 _WINDOW = 5
+# MinED map, or MinED with the co-occurrence refinement of ties (published).
+VOCAB_MAP_MODES = ("default", "co_occurrence")
 _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -293,8 +295,8 @@ def build_vocab_map(base, blend, *, mode: str = "default", corpus: Iterable[str]
     The default-mode map of a profile pair is cached (same object returned) and stored on disk in
     the user cache folder, keyed by content fingerprints of both vocabularies, for later processes.
     """
-    if mode not in ("default", "co_occurrence"):
-        raise ValueError(f"mode must be 'default' or 'co_occurrence', got {mode!r}")
+    if mode not in VOCAB_MAP_MODES:
+        raise ValueError(f"mode must be one of {VOCAB_MAP_MODES}, got {mode!r}")
     if not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be a positive int, got {window!r}")
     if mode == "co_occurrence" and corpus is None and corpus_ids is None:

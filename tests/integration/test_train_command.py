@@ -12,7 +12,8 @@ from datasets import Dataset  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from fusekernels.cli import main  # noqa: E402
-from fusekernels.integration.train_command import parse_train_args, run_training  # noqa: E402
+from fusekernels.cli.train import parse_train_args  # noqa: E402
+from fusekernels.integration.train_command import run_training  # noqa: E402
 from tests.integration.helpers import synthetic_examples, tiny_llama  # noqa: E402
 from tests.pipeline.helpers import make_char_tokenizer  # noqa: E402
 

@@ -43,12 +43,15 @@ def test_registered_rule_reaches_the_loss(uniform_rule):
 
 def test_registered_rule_reaches_arguments_and_cli(uniform_rule):
     pytest.importorskip("transformers")
-    from fusekernels.cli import build_parser
+    from fusekernels.cli import parse_args
     from fusekernels.integration import FusionArguments
 
     assert FusionArguments(fusion="toy_uniform").fusion == "toy_uniform"
-    args = build_parser().parse_args(["demo", "--fusion", "toy_uniform"])
-    assert args.fusion == "toy_uniform"
+    for command in ("demo", "fusechat"):
+        argv = [command, "--fusion", "toy_uniform"] + (["--pivot", "p", "--sources", "s", "--data", "d", "--out", "o"]
+                                                       if command == "fusechat" else [])
+        assert parse_args(argv)[1].fusion == "toy_uniform"
+    assert parse_args(["train", "--fusion", "toy_uniform"])[1].fusion == "toy_uniform"
 
 
 def test_unknown_names_list_the_choices():

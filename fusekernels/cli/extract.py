@@ -1,0 +1,80 @@
+"""``fusekernels extract``: one model's top-k logits and CE metric over texts, resumable."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .common import check_out, command_parser, torch_dtype
+from .options import add_options, from_namespace
+
+HELP = "Top-k logits and per-sequence CE metric of one model, resumable."
+
+
+def _precisions():
+    from ..loss.registry import PRECISIONS
+
+    return PRECISIONS.names()
+
+
+def _logits_dtypes():
+    from ..tokenization.registry import LOGITS_DTYPES
+
+    return LOGITS_DTYPES
+
+
+def _model_dtypes():
+    from ..pipeline.io import MODEL_DTYPES
+
+    return MODEL_DTYPES
+
+
+@dataclass(kw_only=True)
+class ExtractArguments:
+    model: str = field(metadata={"help": "model folder, .gguf file or Hub model id"})
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer (default: the model's)"})
+    data: str = field(metadata={"help": "texts (file or saved dataset)"})
+    k: int = field(default=10, metadata={"min": 1, "help": "top-k logits stored per position"})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "sequences per forward pass"})
+    max_length: int | None = field(default=None, metadata={"min": 1,
+                                                            "help": "truncation length (default: the tokenizer's)"})
+    shard_size: int = field(default=1024, metadata={"min": 1, "help": "sequences per output shard"})
+    per_token_ce: bool = field(default=False, metadata={"help": "also store the per-token CE metric"})
+    logits_dtype: str = field(default="float16", metadata={"choices": _logits_dtypes,
+                                                           "help": "storage dtype of the top-k logits"})
+    device: str | None = field(default=None, metadata={"help": "e.g. cuda, cpu (default: CUDA when available, "
+                                                                "else CPU)"})
+    dtype: str | None = field(default=None, metadata={"choices": _model_dtypes,
+                                                       "help": "model weights (default: as saved)"})
+    precision: str = field(default="fp32", metadata={
+        "choices": _precisions,
+        "help": "top-k and CE of the fp32 logits, or of fp16 logits with fp16 CE as published"})
+    out: str = field(metadata={"help": "output folder (shards; rerun to resume)"})
+    text_column: str = field(default="text", metadata={"help": "column holding the text"})
+
+
+def build_parser():
+    parser = command_parser("extract", HELP)
+    add_options(parser, ExtractArguments)
+    return parser
+
+
+def run(args) -> None:
+    import numpy as np
+
+    from ..pipeline.extract import META_NAME, extract_teacher_topk, padding_fraction
+    from ..pipeline.io import check_model_path, load_model, load_rows, load_tokenizer
+    from ..tokenization.batch import arrow_lists
+
+    a = from_namespace(ExtractArguments, args)
+    check_out(a.out, a.data, a.model, a.tokenizer, resume_marker=META_NAME)
+    check_model_path(a.model)  # before the tokenizer: a missing model is reported as such
+    data = load_rows(a.data)
+    tokenizer = load_tokenizer(a.tokenizer or a.model)
+    model = load_model(a.model, **({"dtype": torch_dtype(a.dtype)} if a.dtype else {}))
+    out = extract_teacher_topk(model, tokenizer, data, k=a.k, batch_size=a.batch_size, max_length=a.max_length,
+                               text_column=a.text_column, per_token_ce=a.per_token_ce, logits_dtype=a.logits_dtype,
+                               output_dir=a.out, shard_size=a.shard_size, device=a.device, precision=a.precision)
+    lengths = np.diff(arrow_lists(out.with_format("arrow")["input_ids"])[1])
+    padding = [padding_fraction(lengths.tolist(), batch_size=a.batch_size, shard_size=a.shard_size, grouped=g)
+               for g in (False, True)]
+    print(f"extract: {len(out)} sequences, {int(lengths.sum())} tokens, top-{a.k} stored in {a.out}; "
+          f"padding {padding[1]:.1%} of the forward positions ({padding[0]:.1%} without length grouping)")

@@ -1,0 +1,90 @@
+"""``fusekernels prepare``: texts -> split -> extract (cached) -> align -> pack in one command."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .align import alignment_modes, fallbacks
+from .common import UserError, command_parser, save_dataset
+from .options import add_options, from_namespace
+
+HELP = ("Texts -> split -> extract every teacher (disk cache) -> align to the student -> pack, in one command "
+        "(build_fusion_dataset).")
+
+
+@dataclass(kw_only=True)
+class PrepareArguments:
+    data: str = field(metadata={"help": "texts (.jsonl/.json/.parquet/.csv/.txt or a saved dataset)"})
+    student_tokenizer: str = field(metadata={"help": "the target model's tokenizer (path or asset name)"})
+    teacher: list[str] = field(metadata={"action": "append",
+                                         "help": "teacher model: folder, .gguf or Hub model id (repeatable)"})
+    teacher_tokenizer: list[str] = field(default_factory=list, metadata={
+        "action": "append", "help": "its tokenizer (repeatable, same order; default: the teacher path)"})
+    base_model: str | None = field(default=None, metadata={
+        "help": "the student model itself, to fuse its own distribution too (FuseLLM)"})
+    block_size: int = field(default=2048, metadata={"min": 1, "help": "training block length"})
+    k: int = field(default=10, metadata={"min": 1, "help": "top-k entries kept per position"})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "texts per teacher forward pass"})
+    method: str = field(default="byte_span", metadata={"choices": alignment_modes, "help": "token alignment"})
+    fallback: str = field(default="absent", metadata={"choices": fallbacks,
+                                                      "help": "positions a teacher cannot serve"})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "teacher-output cache folder (default: the user cache folder)"})
+    cache: bool = field(default=True, metadata={"help": "use the teacher-output cache",
+                                                "negate_help": "do not use the teacher-output cache"})
+    messages_column: str = field(default="messages", metadata={
+        "help": "chat data: column of conversations (role/content lists); when --data has it, each model renders "
+                "them with its chat template, only assistant tokens get labels, and each conversation is truncated "
+                "to --block-size tokens"})
+    chat_template: list[str] | None = field(default=None, metadata={
+        "metavar": "FILE", "help": "chat data: a Jinja template file per teacher (same order; '-' or 'none' for its "
+                                   "tokenizer's own)"})
+    student_chat_template: str | None = field(default=None, metadata={
+        "metavar": "FILE", "help": "chat data: a Jinja template file for the student (default: its tokenizer's own)"})
+    out: str = field(metadata={"help": "output folder for the packed dataset"})
+    text_column: str = field(default="text", metadata={"help": "column holding the text"})
+    num_proc: int | None = field(default=None, metadata={"min": 1,
+                                                          "help": "worker processes for datasets.map"})
+
+
+def build_parser():
+    parser = command_parser("prepare", HELP)
+    add_options(parser, PrepareArguments)
+    return parser
+
+
+def run(args) -> None:
+    from ..pipeline.api import build_fusion_dataset
+    from ..pipeline.chat import read_chat_template
+    from ..pipeline.io import load_rows, load_tokenizer
+    from ..storage import check_output_dir
+
+    a = from_namespace(PrepareArguments, args)
+    tokenizers = a.teacher_tokenizer or list(a.teacher)
+    if len(tokenizers) != len(a.teacher):
+        raise UserError(f"{len(a.teacher)} --teacher but {len(tokenizers)} --teacher-tokenizer")
+    if a.chat_template is not None and len(a.chat_template) != len(a.teacher):
+        raise UserError(f"{len(a.teacher)} --teacher but {len(a.chat_template)} --chat-template "
+                        "(one per teacher; '-' for the tokenizer's own)")
+    templates = [read_chat_template(t, arg="--chat-template") for t in a.chat_template or []] or None
+    student_template = read_chat_template(a.student_chat_template, arg="--student-chat-template")
+    check_output_dir(a.out, inputs=[a.data, *a.teacher], arg="--out")
+    data = load_rows(a.data)
+    chat = a.messages_column in data.column_names
+    if not chat and a.text_column not in data.column_names:
+        raise UserError(f"--data has neither a {a.text_column!r} (--text-column) nor a {a.messages_column!r} "
+                        f"(--messages-column) column; columns: {data.column_names}")
+    if not chat and (templates or a.student_chat_template):
+        raise UserError(f"chat templates given but --data has no {a.messages_column!r} column (--messages-column)")
+    teachers = [(model, load_tokenizer(tok)) for model, tok in zip(a.teacher, tokenizers)]
+    packed, report = build_fusion_dataset(
+        data, load_tokenizer(a.student_tokenizer), teachers, block_size=a.block_size, k=a.k,
+        base_model=a.base_model, method=a.method, fallback=a.fallback, text_column=a.text_column,
+        batch_size=a.batch_size, cache=(a.cache_dir or True) if a.cache else False, num_proc=a.num_proc,
+        return_report=True, messages_column=a.messages_column, chat_templates=templates,
+        student_chat_template=student_template)
+    save_dataset(packed, a.out)
+    coverage = ", ".join(f"{t['name']} {t['coverage']:.1%} ({t['cache']})" for t in report.teachers)
+    kind = (f"chat run, {report.texts} conversations -> {report.blocks} blocks of {a.block_size} tokens "
+            f"({report.label_tokens} assistant label tokens kept)" if report.chat else
+            f"{report.texts} texts -> {report.blocks} blocks of {a.block_size} tokens")
+    print(f"prepare: {kind} in {a.out}; alignment coverage: {coverage}")

@@ -16,7 +16,7 @@ def _precisions():
 
 
 def _logits_dtypes():
-    from ..tokenization.registry import LOGITS_DTYPES
+    from ..tokenization.dataset import LOGITS_DTYPES
 
     return LOGITS_DTYPES
 

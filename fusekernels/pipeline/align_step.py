@@ -49,7 +49,8 @@ from typing import Sequence
 import numpy as np
 
 from .._optional import require
-from ..tokenization.registry import ALIGNMENT_MODES, LOGITS_DTYPES
+from ..tokenization.dataset import LOGITS_DTYPES
+from ..tokenization.registry import ALIGNMENT_MODES
 
 FALLBACKS = ("published", "absent")
 BAD_ROW_POLICIES = ("error", "skip")

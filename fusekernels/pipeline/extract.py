@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .._optional import require
-from ..tokenization.registry import LOGITS_DTYPES
+from ..tokenization.dataset import LOGITS_DTYPES
 
 META_NAME = "extract_meta.json"
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._optional import require
-from ..tokenization.registry import LOGITS_DTYPES
+from ..tokenization.dataset import LOGITS_DTYPES
 
 # Granularity of the teacher CE metric of a block: one value per block, or one per token.
 METRIC_LEVELS = ("sequence", "token")

@@ -18,7 +18,6 @@ import threading
 import numpy as np
 
 from .profile import TokenizerProfile
-from .registry import MATCH_RULES
 
 __all__ = ["byte_span_align_flat", "arrow_lists", "arrow_matrix", "list_array", "nested_array"]
 
@@ -77,7 +76,7 @@ def byte_span_align_flat(base_ids, base_offsets, blend_ids, blend_offsets, topk_
     """
     from fusekernels import _C
 
-    from .byte_span import CHECKS, build_byte_span_map
+    from .byte_span import CHECKS, MATCH_RULES, build_byte_span_map
 
     if match not in MATCH_RULES:
         raise ValueError(f"match must be one of {MATCH_RULES}, got {match!r}")

@@ -44,7 +44,6 @@ import numpy as np
 
 from ..fingerprint import profile_fingerprint, token_bytes_fingerprint
 from .profile import TokenizerProfile
-from .registry import MATCH_RULES
 
 __all__ = ["ByteSpanMap", "build_byte_span_map", "byte_span_positions", "byte_span_align",
            "byte_span_align_batch", "check_same_text", "decoded_token_strings", "CHECKS"]
@@ -173,6 +172,9 @@ def build_byte_span_map(base: TokenizerProfile, blend: TokenizerProfile, *, fall
 
 
 CHECKS = ("length", "bytes", "prefix", "none")
+# Byte-span rule (see byte_span_positions): a base token takes the distribution of the blending
+# token with the same byte span, or of the blending token ending where it ends.
+MATCH_RULES = ("span", "end")
 _CHECK_HINT = ("special tokens count as 0 bytes; check='prefix' accepts a sequence truncated at a maximum "
                "length, check='none' skips this check")
 

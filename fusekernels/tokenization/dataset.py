@@ -36,10 +36,12 @@ import numpy as np
 
 from .._optional import require
 from .profile import TokenizerProfile, as_profile
-from .registry import ALIGNMENT_MODES, LOGITS_DTYPES, MATCH_RULES
+from .registry import ALIGNMENT_MODES
 
 __all__ = ["align_dataset", "DEFAULT_COLUMNS"]
 
+# Storage dtype of aligned / extracted top-k logits (float16 as published).
+LOGITS_DTYPES = ("float16", "float32")
 DEFAULT_COLUMNS = {
     "base_ids": "input_ids",
     "blend_ids": "blend_input_ids",
@@ -185,7 +187,7 @@ def align_dataset(dataset, base, blend, *, method: str = "byte_span", match: str
     require("datasets", "align_dataset")
     import datasets
 
-    from .byte_span import CHECKS
+    from .byte_span import CHECKS, MATCH_RULES
 
     mode = ALIGNMENT_MODES.get_entry(method)
     if match not in MATCH_RULES:

@@ -27,12 +27,6 @@ from typing import Callable, Optional
 
 from ..registry import Registry
 
-# Storage dtype of aligned / extracted top-k logits (float16 as published).
-LOGITS_DTYPES = ("float16", "float32")
-# Byte-span rule (see byte_span_positions): a base token takes the distribution of the blending
-# token with the same byte span, or of the blending token ending where it ends.
-MATCH_RULES = ("span", "end")
-
 
 def _no_tables(base, blend, vocab_map=None):
     return None

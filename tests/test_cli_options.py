@@ -155,16 +155,16 @@ def test_train_keeps_its_own_debug_option():
     assert args.traceback is True and args.verbosity == "warning"
 
 
-def test_verbosity_sets_the_fusekernels_logger(tmp_path, capsys):
-    argv = ["pack", "--data", str(tmp_path / "missing"), "--block-size", "8", "--out", str(tmp_path / "o")]
-    logger = logging.getLogger("fusekernels")
-    try:
-        assert main(["-q"] + argv) == 2 and logger.level == logging.WARNING
-        assert main(argv + ["--verbose"]) == 2 and logger.level == logging.DEBUG
-        assert main(argv) == 2 and logger.level == logging.INFO
-        assert parse_args(["-v"] + argv + ["-q"])[1].verbosity == "warning"  # the last one wins
-    finally:
-        logger.setLevel(logging.NOTSET)
+def test_verbosity_sets_the_fusekernels_logger(tmp_path, monkeypatch):
+    levels = []
+    pack = command_module("pack")
+    monkeypatch.setattr(pack, "run", lambda args: levels.append(logging.getLogger("fusekernels").level))
+    argv = ["pack", "--data", "d", "--block-size", "8", "--out", "o"]
+    assert main(["-q"] + argv) == 0 and main(argv + ["--verbose"]) == 0 and main(argv) == 0
+    assert levels == [logging.WARNING, logging.DEBUG, logging.INFO]
+    assert logging.getLogger("fusekernels").level == logging.NOTSET  # restored after the command
+    assert not logging.getLogger("fusekernels").handlers
+    assert parse_args(["-v"] + argv + ["-q"])[1].verbosity == "warning"  # the last one wins
 
 
 def test_help_lists_every_command_and_live_choices(capsys):
@@ -191,3 +191,23 @@ def test_command_reference_page_is_current():
     assert page.read_text(encoding="utf-8") == markdown()
     for name in COMMANDS:
         assert f"## `fusekernels {name}`" in page.read_text(encoding="utf-8")
+
+
+def test_decisions_are_logged_on_stderr_unless_quiet(tmp_path, capsys):
+    pytest.importorskip("datasets")
+    from tests.pipeline.helpers import make_char_tokenizer, make_tiny_llama
+
+    tok = make_char_tokenizer()
+    make_tiny_llama(len(tok), seed=1, max_positions=64).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    (tmp_path / "docs.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in ("In the beginning.", "Amen.")))
+    argv = ["extract", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "docs.jsonl"), "--k", "2",
+            "--max-length", "16", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 0  # a rerun resumes (every shard done) and logs it
+    captured = capsys.readouterr()
+    assert "resuming: 1 of 1 shards done" in captured.err and captured.out.startswith("extract: 2 sequences")
+    assert main(argv + ["-q"]) == 0
+    captured = capsys.readouterr()
+    assert "resuming" not in captured.err and captured.out.startswith("extract: 2 sequences")

@@ -21,6 +21,7 @@ tracebacks; ``-v`` / ``-q`` set how much is logged.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
@@ -46,7 +47,6 @@ COMMANDS = {
     "reproduce": "reproduce",
 }
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
-_HANDLER: logging.Handler | None = None
 
 
 def command_module(name: str):
@@ -98,18 +98,21 @@ def _parse_command(top: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def setup_logging(verbosity: str = "info") -> None:
-    """Route the ``fusekernels`` logger to stderr at ``verbosity`` (debug / info / warning): one
-    line per message, as the commands' progress and decisions."""
-    global _HANDLER
+@contextlib.contextmanager
+def logging_to_stderr(verbosity: str = "info"):
+    """Route the ``fusekernels`` logger to stderr at ``verbosity`` (debug / info / warning) while
+    a command runs: one line per message, its progress and decisions. Restored afterwards."""
     logger = logging.getLogger("fusekernels")
-    if _HANDLER is None:
-        _HANDLER = logging.StreamHandler()
-        _HANDLER.setFormatter(logging.Formatter("%(message)s"))
-    _HANDLER.stream = sys.stderr  # (the current stderr: tests capture it per run)
-    if _HANDLER not in logger.handlers:
-        logger.addHandler(_HANDLER)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    old = logger.level
+    logger.addHandler(handler)
     logger.setLevel(_LEVELS[verbosity])
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
 
 
 def main(argv=None) -> int:
@@ -119,8 +122,8 @@ def main(argv=None) -> int:
     try:
         with extra_hint():
             args = _parse_command(top)  # (a config file may be missing or hold bad values)
-            setup_logging(args.verbosity)
-            command_module(command).run(args)
+            with logging_to_stderr(args.verbosity):
+                command_module(command).run(args)
     except user_errors() as err:
         if args.traceback or "--traceback" in top.args:
             raise

@@ -10,12 +10,14 @@ differs. Without it, ``output_dir`` must be empty.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..pipeline.io import MODEL_DTYPES
 
 RUN_CONFIG = "fusekernels_train.json"
+logger = logging.getLogger(__name__)
 # TrainingArguments that may change between an interrupted run and its resume (they do not
 # change the trained weights): logging, reporting, saving, evaluation and data-loader workers.
 RESUMABLE_CHANGES = ("resume_from_checkpoint", "output_dir", "logging_dir", "report_to", "run_name", "disable_tqdm",
@@ -91,7 +93,7 @@ def resolve_checkpoint(training_args) -> str | None:
     return str(value)
 
 
-def run_training(model_args, data_args, fusion_args, training_args, *, callbacks=None, log=print):
+def run_training(model_args, data_args, fusion_args, training_args, *, callbacks=None):
     """Train as ``fusekernels train`` does; returns ``(TrainOutput, eval metrics or None)``.
 
     Checks the output folder (empty, or holding the same run when resuming) before loading
@@ -116,7 +118,7 @@ def run_training(model_args, data_args, fusion_args, training_args, *, callbacks
             raise ValueError("cannot resume: options that shape the result changed since the interrupted run ("
                              + "; ".join(diffs) + ")")
         check_writable(out, arg="--output_dir")
-        log(f"train: resuming from {checkpoint}")
+        logger.info(f"train: resuming from {checkpoint}")
     tokenizer = load_tokenizer(model_args.tokenizer or model_args.model)
     train_data = load_rows(data_args.data)
     eval_data = load_rows(data_args.eval_data) if data_args.eval_data else None

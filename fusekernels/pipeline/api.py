@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 
 @dataclass
@@ -53,7 +53,7 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
                          text_column: str = "text", batch_size: int = 8, logits_dtype: str = "float16",
                          load_kwargs: dict | None = None, cache: bool | str | os.PathLike = True,
                          teacher_names: Sequence[str] | None = None, num_proc: int | None = None,
-                         progress: bool = True, log: Callable[[str], None] | None = print,
+                         progress: bool = True,
                          return_report: bool = False, messages_column: str = "messages",
                          chat_templates: Sequence[str | None] | None = None, student_chat_template: str | None = None):
     """Build a packed FuseLLM training dataset from raw texts (see module docstring).
@@ -78,7 +78,6 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
             :func:`fusekernels.pipeline.align_step.align_teachers`.
         cache: teacher-output disk cache: ``True`` (user cache folder), a folder, or ``False``.
         teacher_names: names used in the log lines and the report (default: file names / classes).
-        log: receives one line per cache decision (``None``: silent).
         messages_column: chat data: when ``texts`` is a ``datasets.Dataset`` with this column (or a
             list of conversations, lists of ``{"role", "content"}`` dicts), every model sees the
             conversations rendered with its own chat template, the teachers are aligned on the
@@ -123,7 +122,7 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
                            return_report=return_report,
                            extract=dict(k=k, max_length=block_size, batch_size=batch_size, text_column="text",
                                         logits_dtype=logits_dtype, load_kwargs=load_kwargs, cache=cache,
-                                        progress=progress, log=log))
+                                        progress=progress))
 
     start = time.perf_counter()
     split = split_long_texts(dataset.select_columns([text_column]), [student_tokenizer, *tokenizers], block_size,
@@ -132,7 +131,7 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
     report.stages["split"] = {"seconds": time.perf_counter() - start, "texts": len(dataset)}
 
     extract = dict(k=k, max_length=block_size, batch_size=batch_size, text_column=text_column,
-                   logits_dtype=logits_dtype, load_kwargs=load_kwargs, cache=cache, progress=progress, log=log)
+                   logits_dtype=logits_dtype, load_kwargs=load_kwargs, cache=cache, progress=progress)
     sources = ([("base", base_model, student_tokenizer)] if base_model is not None else []) + \
         list(zip(names, models, tokenizers))
     rows = []

@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from fusekernels.fingerprint import (file_fingerprint, json_fingerprint, model_fingerprint, texts_fingerprint,
                                      tokenizer_fingerprint)
 from fusekernels.storage import DamagedFileError, atomic_write_json, cache_dir
 
 CACHE_FORMAT = 1
+logger = logging.getLogger(__name__)
 KEY_NAME = "cache_key.json"
 SHARD_SIZE = 256  # rows per resumable shard of an entry being written
 _UNUSED_FLAGS = ("add_bos_token", "add_eos_token", "padding_side", "chat_template")
@@ -71,7 +72,7 @@ def extraction_key(model, tokenizer, texts, *, k: int, max_length: int, logits_d
 def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, batch_size: int = 8,
                    text_column: str = "text", logits_dtype: str = "float16", per_token_ce: bool = False,
                    load_kwargs: dict | None = None, cache: bool | str | os.PathLike = True,
-                   progress: bool = True, log: Callable[[str], None] | None = print, name: str | None = None):
+                   progress: bool = True, name: str | None = None):
     """:func:`extract_teacher_topk` through the disk cache. Returns ``(dataset, CacheInfo)``.
 
     Args:
@@ -81,8 +82,8 @@ def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, b
             only that column next to the extraction columns.
         max_length: truncation length (required: it is part of the key).
         cache: ``True`` (the user cache folder), a folder, or ``False`` (no cache, plain extraction).
-        log: called with one line when an entry is reused, resumed or written (``None``: silent).
-        name: the teacher's name in those lines.
+        name: the teacher's name in the log lines (``fusekernels.pipeline.cache`` logger, info level)
+            that say when an entry is reused, resumed or written.
     """
     from .extract import extract_teacher_topk, load_extracted
 
@@ -90,7 +91,6 @@ def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, b
         raise ValueError(f"dataset has no column {text_column!r} (columns: {dataset.column_names})")
     if not isinstance(max_length, int) or max_length < 1:
         raise ValueError(f"max_length must be an int >= 1, got {max_length!r}")
-    say = log or (lambda line: None)
     label = name or (Path(model).name if isinstance(model, (str, os.PathLike)) else type(model).__name__)
     texts = dataset.select_columns([text_column])
     run = dict(k=k, batch_size=batch_size, max_length=max_length, text_column=text_column,
@@ -108,13 +108,13 @@ def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, b
         if final.is_dir():
             rows = _load_entry(final, key, load_extracted)
             if rows is not None:
-                say(f"{label}: teacher outputs reused from the cache ({final})")
+                logger.info(f"{label}: teacher outputs reused from the cache ({final})")
                 return rows, CacheInfo("reused", final, digest)
-            say(f"{label}: cache entry {final} is damaged or stale; recomputing it")
+            logger.warning(f"{label}: cache entry {final} is damaged or stale; recomputing it")
             shutil.rmtree(final)
         status = "resumed" if _has_shards(partial) else "computed"
         if status == "resumed":
-            say(f"{label}: resuming an interrupted cache write ({partial})")
+            logger.info(f"{label}: resuming an interrupted cache write ({partial})")
         try:
             rows = extract_teacher_topk(_load(model, load_kwargs), tokenizer, texts, output_dir=partial,
                                         shard_size=SHARD_SIZE, **run)
@@ -127,7 +127,7 @@ def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, b
                                         shard_size=SHARD_SIZE, **run)
         atomic_write_json(partial / KEY_NAME, key)
         os.replace(partial, final)  # the entry appears complete or not at all
-        say(f"{label}: teacher outputs written to the cache ({final})")
+        logger.info(f"{label}: teacher outputs written to the cache ({final})")
         return load_extracted(final), CacheInfo(status, final, digest)
 
 

@@ -31,6 +31,7 @@ launches use the gloo backend); every process then returns the complete dataset.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -41,6 +42,7 @@ from .._optional import require
 from ..tokenization.dataset import LOGITS_DTYPES
 
 META_NAME = "extract_meta.json"
+logger = logging.getLogger(__name__)
 
 
 def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: int = 8,
@@ -99,7 +101,7 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
         _write_meta(out, config)
         if resumed:
             done = sum((out / f"shard-{i:05d}").is_dir() for i in range(len(shards)))
-            print(f"resuming: {done} of {len(shards)} shards done in {out}", flush=True)
+            logger.info(f"resuming: {done} of {len(shards)} shards done in {out}")
     state.wait_for_everyone()
     with state.split_between_processes(list(range(len(shards)))) as mine:
         for shard in mine:

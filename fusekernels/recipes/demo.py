@@ -112,7 +112,10 @@ def build_student(config: DemoConfig, tokenizer, seed: int):
 
 
 def run_demo(config: DemoConfig | None = None, parts: DemoParts | None = None, *, verbose: bool = True) -> dict:
-    """Run the demo; returns the results dict (also written to ``<out>/demo_results.json``)."""
+    """Run the demo; returns the results dict (also written to ``<out>/demo_results.json``).
+
+    ``verbose``: progress bars and the printed report; progress lines go to the ``fusekernels``
+    logger (info level)."""
     require("transformers", "the demo")
     require("datasets", "the demo")
     config = config or DemoConfig()
@@ -126,7 +129,6 @@ def _run_demo(config: DemoConfig, parts: DemoParts | None, verbose: bool) -> dic
     from ..pipeline.api import build_fusion_dataset
     from .experiment import plot_loss_curves, plot_perplexity
 
-    say = print if verbose else (lambda *a, **k: None)
     if config.out:
         out = check_output_dir(config.out, arg="out")
     else:
@@ -143,7 +145,7 @@ def _run_demo(config: DemoConfig, parts: DemoParts | None, verbose: bool) -> dic
         parts.train_texts, student_tok, [(model, tok) for model, tok, _ in parts.teachers],
         block_size=config.block_size, k=config.k, method=config.method, fallback=config.fallback,
         batch_size=config.teacher_batch_size, cache=config.cache, teacher_names=names, progress=verbose,
-        log=say if verbose else None, return_report=True)
+        return_report=True)
     results["pipeline"] = report.to_dict()
     results["mince_choices"] = mince_choices(packed, names)
     evaluation = eval_blocks(student_tok, parts.eval_texts, config.block_size)
@@ -172,7 +174,8 @@ def _run_demo(config: DemoConfig, parts: DemoParts | None, verbose: bool) -> dic
         results["plots"] = ["loss_curves.png", "perplexity.png"]
     atomic_write_json(out / "demo_results.json", results)
     results["out"] = str(out)
-    say(format_report(results))
+    if verbose:
+        print(format_report(results))
     return results
 
 

@@ -24,6 +24,7 @@ of them changed is refused, naming it. The summary table at the end lists every 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,7 @@ from pathlib import Path
 from . import choices
 
 RECIPE_NAME = "recipe.json"
+logger = logging.getLogger(__name__)
 SUMMARY_NAME = "summary.json"
 
 
@@ -132,8 +134,8 @@ def _check_resume(out: Path, recipe: dict, inputs: list) -> bool:
 class _Steps:
     """Runs named steps into atomic folders, skipping those already complete; records a summary."""
 
-    def __init__(self, out: Path, verbose: bool):
-        self.out, self.verbose, self.rows = out, verbose, []
+    def __init__(self, out: Path):
+        self.out, self.rows = out, []
 
     def run(self, name: str, build, describe=None) -> Path:
         from ..storage import atomic_dir
@@ -143,8 +145,7 @@ class _Steps:
         if final.is_dir():
             status = "resumed"
         else:
-            if self.verbose:
-                print(f"fusechat: {name} ...", flush=True)
+            logger.info(f"fusechat: {name} ...")
             with atomic_dir(final) as tmp:
                 build(tmp)
             status = "ran"
@@ -156,7 +157,10 @@ class _Steps:
 
 
 def run_pairwise(config: PairwiseConfig, *, verbose: bool = True) -> dict:
-    """Run (or resume) the pairwise recipe; returns the summary (also ``out/summary.json``)."""
+    """Run (or resume) the pairwise recipe; returns the summary (also ``out/summary.json``).
+
+    ``verbose``: progress bars and the printed summary table; each step and a resume are logged
+    (``fusekernels.recipes.fusechat`` logger, info level)."""
     from ..storage import atomic_write_json
 
     out = Path(config.out)
@@ -169,10 +173,10 @@ def run_pairwise(config: PairwiseConfig, *, verbose: bool = True) -> dict:
     n_steps = 4 + 4 * len(config.sources)
     if resumed:
         done = sum((out / name).is_dir() for name in _step_names(len(config.sources)))
-        print(f"fusechat: resuming: {done} of {n_steps} steps done in {out}", flush=True)
+        logger.info(f"fusechat: resuming: {done} of {n_steps} steps done in {out}")
     else:
         atomic_write_json(out / RECIPE_NAME, recipe)
-    steps = _Steps(out, verbose)
+    steps = _Steps(out)
     _run_steps(config, steps, verbose)
     summary = {"out": str(out), "resumed": resumed, "steps": steps.rows}
     atomic_write_json(out / SUMMARY_NAME, summary)

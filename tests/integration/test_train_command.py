@@ -15,7 +15,7 @@ from fusekernels.cli import main  # noqa: E402
 from fusekernels.cli.train import parse_train_args  # noqa: E402
 from fusekernels.integration.train_command import run_training  # noqa: E402
 from tests.integration.helpers import synthetic_examples, tiny_llama  # noqa: E402
-from tests.pipeline.helpers import make_char_tokenizer  # noqa: E402
+from tests.pipeline.helpers import log_lines, make_char_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -74,18 +74,17 @@ def test_yaml_config_every_option_and_checkpoints_on(assets, tmp_path):
 def test_interrupted_run_resumed_equals_uninterrupted(assets, tmp_path):
     """4 steps in one go == 2 steps, interruption, resume from checkpoint-2 with the same
     options: same losses and components at every step (CPU, fixed seed)."""
-    full_trainer, _, _ = run_training(*_parsed(assets, tmp_path / "full"),
-                                      log=lambda *_: None)
+    full_trainer, _, _ = run_training(*_parsed(assets, tmp_path / "full"))
     full = _losses(full_trainer)
     assert sorted(full) == [1, 2, 3, 4]
     assert (tmp_path / "full" / "checkpoint-2").is_dir() and (tmp_path / "full" / "checkpoint-4").is_dir()
     assert (tmp_path / "full" / "model.safetensors").is_file()
 
     out = tmp_path / "interrupted"
-    first, _, _ = run_training(*_parsed(assets, out), callbacks=[StopAfter(2)], log=lambda *_: None)
+    first, _, _ = run_training(*_parsed(assets, out), callbacks=[StopAfter(2)])
     assert sorted(_losses(first)) == [1, 2] and (out / "checkpoint-2").is_dir()
-    messages = []
-    resumed, result, _ = run_training(*_parsed(assets, out, resume_from_checkpoint="latest"), log=messages.append)
+    with log_lines([]) as messages:
+        resumed, result, _ = run_training(*_parsed(assets, out, resume_from_checkpoint="latest"))
     assert messages and "resuming from" in messages[0] and result.global_step == 4
     combined = {**_losses(first), **_losses(resumed)}
     assert sorted(combined) == [1, 2, 3, 4]
@@ -103,7 +102,7 @@ def _parsed(assets, out, **extra):
 
 def test_resume_refuses_changed_options_and_nonempty_output(assets, tmp_path, capsys):
     out = tmp_path / "run"
-    run_training(*_parsed(assets, out, max_steps=2), log=lambda *_: None)
+    run_training(*_parsed(assets, out, max_steps=2))
     with pytest.raises(ValueError, match=r"cannot resume: .*learning_rate"):
         run_training(*_parsed(assets, out, max_steps=2, learning_rate=5e-4, resume_from_checkpoint="latest"))
     with pytest.raises(ValueError, match=r"cannot resume: .*lam"):

@@ -1,4 +1,7 @@
 """Small tokenizers and models built inside the tests (no files, no network)."""
+import contextlib
+import logging
+
 import torch
 
 PRINTABLE = [chr(c) for c in range(32, 127)] + ["\n"]
@@ -51,3 +54,21 @@ def asset(loader: str, *args):
         return getattr(assets, loader)(*args)
     except assets.AssetUnavailable as err:
         pytest.skip(str(err))
+
+
+@contextlib.contextmanager
+def log_lines(lines: list, level=logging.INFO):
+    """Collect the messages of the ``fusekernels`` loggers into ``lines`` (at ``level`` and up)."""
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("fusekernels")
+    handler, old = Collect(level), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)

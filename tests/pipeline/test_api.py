@@ -7,7 +7,7 @@ import pytest
 from fusekernels.pipeline import (align_teachers, build_fusion_dataset, extract_teacher_topk, pack_sequences,
                                   split_long_texts, tokenize_texts)
 
-from .helpers import make_tiny_llama
+from .helpers import log_lines, make_tiny_llama
 
 
 def _asset(name):
@@ -29,10 +29,9 @@ def setup():
 
 def test_one_call_equals_the_steps(setup, tmp_path):
     student, teachers, texts = setup
-    lines = []
-    packed, report = build_fusion_dataset(texts, student, teachers, block_size=64, k=4, cache=tmp_path,
-                                          teacher_names=["gpt2", "qwen"], progress=False, log=lines.append,
-                                          return_report=True)
+    with log_lines([]) as lines:  # the cache decisions are logged (fusekernels.pipeline.cache, info)
+        packed, report = build_fusion_dataset(texts, student, teachers, block_size=64, k=4, cache=tmp_path,
+                                              teacher_names=["gpt2", "qwen"], progress=False, return_report=True)
     # the same chain by hand
     data = split_long_texts(datasets.Dataset.from_dict({"text": texts}), [student] + [t for _, t in teachers], 64)
     rows = [extract_teacher_topk(m, t, data, k=4, max_length=64, progress=False) for m, t in teachers]
@@ -53,7 +52,7 @@ def test_one_call_equals_the_steps(setup, tmp_path):
 
     again, report2 = build_fusion_dataset(datasets.Dataset.from_dict({"text": texts, "id": list(range(len(texts)))}),
                                           student, teachers, block_size=64, k=4, cache=tmp_path, progress=False,
-                                          log=None, return_report=True)
+                                          return_report=True)
     assert [t["cache"] for t in report2.teachers] == ["reused", "reused"]
     assert again["input_ids"] == packed["input_ids"]
 

@@ -9,7 +9,7 @@ from fusekernels.pipeline import cache as cache_mod
 from fusekernels.pipeline.cache import cached_extract, extraction_key
 from fusekernels.pipeline.extract import extract_teacher_topk
 
-from .helpers import make_char_tokenizer, make_tiny_llama, make_word_tokenizer
+from .helpers import log_lines, make_char_tokenizer, make_tiny_llama, make_word_tokenizer
 
 TEXTS = ["In the beginning God created the heaven and the earth.", "And the earth was without form, and void.",
          "And God said, Let there be light: and there was light.", "short"]
@@ -21,9 +21,10 @@ def texts():
 
 
 def _run(model, tok, data, root, lines=None, **kw):
-    opts = dict(k=4, max_length=32, progress=False, cache=root, log=(lines.append if lines is not None else None))
+    opts = dict(k=4, max_length=32, progress=False, cache=root)
     opts.update(kw)
-    return cached_extract(model, tok, data, **opts)
+    with log_lines(lines if lines is not None else []):
+        return cached_extract(model, tok, data, **opts)
 
 
 def _same(a, b):

@@ -122,7 +122,7 @@ def test_pipeline_api_builds_chat_data(tokenizers):
                 for s, n in enumerate(("smollm2", "qwen"))]
     packed, report = build_fusion_dataset(CONVERSATIONS, student_tok, teachers, block_size=48, k=4, cache=False,
                                           chat_templates=[None, CHATML], student_chat_template=student_template,
-                                          progress=False, log=None, return_report=True)
+                                          progress=False, return_report=True)
     assert packed.column_names == ["input_ids", "teacher_ids", "teacher_logits", "teacher_ce", "labels"]
     assert packed.features["teacher_ids"].shape == (None, 2, 4)
     labels = np.concatenate([np.asarray(x) for x in packed["labels"]])

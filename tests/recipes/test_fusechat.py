@@ -10,7 +10,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from fusekernels.recipes.fusechat import PairwiseConfig, run_pairwise  # noqa: E402
 
-from tests.pipeline.helpers import make_char_tokenizer, make_tiny_llama  # noqa: E402
+from tests.pipeline.helpers import log_lines, make_char_tokenizer, make_tiny_llama  # noqa: E402
 
 TEXTS = ["In the beginning God created the heaven and the earth.",
          "And the earth was without form, and void; and darkness was upon the face of the deep.",
@@ -61,9 +61,9 @@ def test_pairwise_end_to_end_and_resume(inputs, tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["steps"][-1]["step"] == "merged"
 
     # rerun: every step resumes; an interrupted run (last steps missing) redoes only those
-    capsys.readouterr()
-    again = run_pairwise(_config(inputs, out), verbose=False)
-    assert "resuming: 12 of 12 steps done" in capsys.readouterr().out
+    with log_lines([]) as lines:
+        again = run_pairwise(_config(inputs, out), verbose=False)
+    assert any("resuming: 12 of 12 steps done" in line for line in lines)
     assert all(row["status"] == "resumed" for row in again["steps"])
     import shutil
 

@@ -17,6 +17,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "datasets": "hf",
     "accelerate": "hf",
     "safetensors": "hf",
+    "huggingface_hub": "hf",
     "yaml": "hf",  # YAML config files of the commands (pyyaml)
     "triton": "triton",
     "gguf": "assets",

@@ -61,15 +61,15 @@ def run(args) -> None:
     import numpy as np
 
     from ..pipeline.extract import META_NAME, extract_teacher_topk, padding_fraction
-    from ..pipeline.io import check_model_path, load_model, load_rows, load_tokenizer
+    from ..pipeline.io import load_model, load_rows, load_tokenizer, resolve_model
     from ..tokenization.batch import arrow_lists
 
     a = from_namespace(ExtractArguments, args)
     check_out(a.out, a.data, a.model, a.tokenizer, resume_marker=META_NAME)
-    check_model_path(a.model)  # before the tokenizer: a missing model is reported as such
+    model_path = resolve_model(a.model)  # before the tokenizer: a missing model is reported as such
     data = load_rows(a.data)
-    tokenizer = load_tokenizer(a.tokenizer or a.model)
-    model = load_model(a.model, **({"dtype": torch_dtype(a.dtype)} if a.dtype else {}))
+    tokenizer = load_tokenizer(a.tokenizer or model_path)
+    model = load_model(model_path, **({"dtype": torch_dtype(a.dtype)} if a.dtype else {}))
     out = extract_teacher_topk(model, tokenizer, data, k=a.k, batch_size=a.batch_size, max_length=a.max_length,
                                text_column=a.text_column, per_token_ce=a.per_token_ce, logits_dtype=a.logits_dtype,
                                output_dir=a.out, shard_size=a.shard_size, device=a.device, precision=a.precision)

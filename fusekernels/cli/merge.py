@@ -24,7 +24,7 @@ def _model_dtypes():
 @dataclass(kw_only=True)
 class MergeArguments:
     targets: list[str] = field(metadata={
-        "help": "safetensors checkpoints (folders or files; model folders for the mergekit methods)"})
+        "help": "safetensors checkpoints (folders, files or Hub model ids; model folders for the mergekit methods)"})
     base: str | None = field(default=None, metadata={
         "help": "common starting (pivot) model: varm, ties, dare_*, task_arithmetic"})
     method: str = field(default="varm", metadata={"choices": merge_methods, "help": "merge method"})
@@ -48,6 +48,13 @@ class MergeArguments:
     out: str = field(metadata={"help": "output folder or .safetensors file"})
 
 
+def _local(spec: str) -> str:
+    """A Hub model id as its local snapshot folder; paths as given (merge_models checks them)."""
+    from ..pipeline.io import hub_model_id, resolve_model
+
+    return str(resolve_model(spec)) if hub_model_id(spec) else spec
+
+
 def build_parser():
     parser = command_parser("merge", HELP)
     add_options(parser, MergeArguments)
@@ -58,7 +65,9 @@ def run(args) -> None:
     from ..pipeline.merge import merge_models
 
     a = from_namespace(MergeArguments, args)
-    report = merge_models(a.targets, a.out, method=a.method, base=a.base, weights=a.weights,
+    targets = [_local(t) for t in a.targets]
+    base = _local(a.base) if a.base is not None else None
+    report = merge_models(targets, a.out, method=a.method, base=base, weights=a.weights,
                           temperature=a.temperature, max_shard_size=parse_size(a.max_shard_size), density=a.density,
                           t=a.t if len(a.t) > 1 else a.t[0], seed=a.seed, normalize=a.normalize, dtype=a.merge_dtype)
     print(f"merge ({report.method}): {len(report.weights)} tensors, {report.num_parameters} parameters -> "

@@ -20,7 +20,7 @@ class PrepareArguments:
     teacher_tokenizer: list[str] = field(default_factory=list, metadata={
         "action": "append", "help": "its tokenizer (repeatable, same order; default: the teacher path)"})
     base_model: str | None = field(default=None, metadata={
-        "help": "the student model itself, to fuse its own distribution too (FuseLLM)"})
+        "help": "the student model itself (path or Hub model id), to fuse its own distribution too (FuseLLM)"})
     block_size: int = field(default=2048, metadata={"min": 1, "help": "training block length"})
     k: int = field(default=10, metadata={"min": 1, "help": "top-k entries kept per position"})
     batch_size: int = field(default=8, metadata={"min": 1, "help": "texts per teacher forward pass"})

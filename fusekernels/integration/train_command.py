@@ -32,7 +32,7 @@ class ModelArguments:
     """The student model (``fusekernels train`` options)."""
 
     model: str | None = field(default=None, metadata={
-        "help": "Base (student) model: folder or .gguf file.", "aliases": ["--model_name_or_path"]})
+        "help": "Base (student) model: folder, .gguf file or Hub model id.", "aliases": ["--model_name_or_path"]})
     tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer (default: the model's)."})
     dtype: str | None = field(default=None, metadata={
         "help": "Weights dtype when loading (default: as saved). Mixed precision is --bf16 / --fp16.",

@@ -92,6 +92,10 @@ def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, b
     if not isinstance(max_length, int) or max_length < 1:
         raise ValueError(f"max_length must be an int >= 1, got {max_length!r}")
     label = name or (Path(model).name if isinstance(model, (str, os.PathLike)) else type(model).__name__)
+    if isinstance(model, (str, os.PathLike)):
+        from .io import resolve_model
+
+        model = resolve_model(model)  # a Hub model id becomes its snapshot folder (keyed by its files)
     texts = dataset.select_columns([text_column])
     run = dict(k=k, batch_size=batch_size, max_length=max_length, text_column=text_column,
                logits_dtype=logits_dtype, per_token_ce=per_token_ce, progress=progress)

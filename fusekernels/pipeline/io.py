@@ -3,7 +3,11 @@
 - Tokenizers: a Hugging Face folder, a ``.gguf`` file, a SentencePiece ``.model`` file, or the
   name of a tokenizer shipped in an installed asset package (``fusekernels.tokenization.assets``,
   e.g. ``mistral-v1``, ``smollm2``).
-- Models: a Hugging Face folder or a ``.gguf`` file (dequantised to float; needs ``gguf``).
+- Models: a Hugging Face folder, a ``.gguf`` file (dequantised to float; needs ``gguf``), or a Hub
+  model id (``org/name``) that is no local path: its files are fetched as ``from_pretrained``
+  fetches them (``huggingface_hub``, into the Hub cache) and used as a local folder, so that
+  fingerprints and caches see files; offline (``HF_HUB_OFFLINE=1``) only the Hub cache is read,
+  and an id missing there is a one-line ``FileNotFoundError``. Tokenizers take Hub ids too.
 - Text: a saved ``datasets`` folder, an extraction output folder, or a ``.jsonl``/``.json``/
   ``.parquet``/``.csv``/``.txt`` file (``.txt``: one document per line).
 """
@@ -18,11 +22,14 @@ from .._optional import require
 
 # Weights dtypes a model may be loaded in (or a merge written in).
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
+# What a model / tokenizer given as a Hub id needs from its repository (configs, weights, vocabularies).
+HUB_TOKENIZER_FILES = ["*.json", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
+HUB_MODEL_FILES = HUB_TOKENIZER_FILES + ["*.safetensors"]
 TEXT_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 
 
 def load_tokenizer(spec: str | os.PathLike):
-    """A ``PreTrainedTokenizerBase`` from a path or an asset name (see module docstring)."""
+    """A ``PreTrainedTokenizerBase`` from a path, an asset name or a Hub model id (see module docstring)."""
     require("transformers", "load_tokenizer")
     from transformers import AutoTokenizer
 
@@ -43,8 +50,12 @@ def load_tokenizer(spec: str | os.PathLike):
 
     if str(spec) in TOKENIZER_NAMES:
         return load_asset(str(spec))
-    raise FileNotFoundError(f"tokenizer {str(spec)!r} is neither an existing path nor one of the packaged "
-                            f"tokenizers {TOKENIZER_NAMES}")
+    what = f"tokenizer {str(spec)!r} is neither an existing path nor one of the packaged tokenizers {TOKENIZER_NAMES}"
+    repo_id = hub_model_id(spec)
+    if repo_id is None:
+        raise FileNotFoundError(what)
+    folder = hub_snapshot(repo_id, patterns=HUB_TOKENIZER_FILES, missing=what + "; as a Hub model id")
+    return _loaded(folder, AutoTokenizer.from_pretrained, str(folder))
 
 
 def check_model_path(spec: str | os.PathLike) -> Path:
@@ -57,12 +68,68 @@ def check_model_path(spec: str | os.PathLike) -> Path:
     return path
 
 
+def resolve_model(spec: str | os.PathLike) -> Path:
+    """The local folder or ``.gguf`` file of a model given as a path or as a Hub model id (fetched
+    into the Hub cache, or found there offline). ``FileNotFoundError`` naming ``spec`` otherwise."""
+    if Path(spec).exists() or hub_model_id(spec) is None:
+        return check_model_path(spec)
+    repo_id = hub_model_id(spec)
+    folder = hub_snapshot(repo_id, patterns=HUB_MODEL_FILES,
+                          missing=f"model not found: {repo_id!r} is no local path, and as a Hub model id")
+    if not any(folder.glob("*.safetensors")):  # weights published as PyTorch .bin files only
+        folder = hub_snapshot(repo_id, patterns=HUB_MODEL_FILES + ["*.bin"],
+                              missing=f"model not found: {repo_id!r} is no local path, and as a Hub model id")
+    return folder
+
+
+def hub_model_id(spec) -> str | None:
+    """``spec`` as a Hub model id (``name`` or ``org/name``), or None when it is an existing path,
+    has a file suffix the loaders read (``.gguf``, ``.model``), or is no valid id."""
+    text = str(spec)
+    if Path(text).exists() or text.endswith((".gguf", ".model")):
+        return None
+    try:
+        from huggingface_hub.utils import validate_repo_id
+    except ImportError:
+        return None
+    try:
+        validate_repo_id(text)
+    except ValueError:
+        return None
+    return text
+
+
+def hub_offline() -> bool:
+    """True when the Hub may not be contacted (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return constants.is_offline_mode() or any(f.upper() in ("1", "ON", "YES", "TRUE") for f in flags)
+
+
+def hub_snapshot(repo_id: str, *, patterns: list[str], missing: str) -> Path:
+    """The local snapshot folder of the Hub repository ``repo_id`` holding the files that match
+    ``patterns`` (downloaded as ``from_pretrained`` downloads them; offline: the Hub cache only).
+    ``missing`` starts the one-line ``FileNotFoundError`` when it cannot be had."""
+    require("huggingface_hub", f"loading {repo_id!r} from the Hub")
+    from huggingface_hub import snapshot_download
+
+    offline = hub_offline()
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline))
+    except Exception as exc:  # offline cache misses, unknown repositories, network errors
+        first = (str(exc).strip().splitlines() or [""])[0]
+        why = (" it is not in the local Hub cache and HF_HUB_OFFLINE is set" if offline else
+               f" it cannot be fetched ({type(exc).__name__}: {first})")
+        raise FileNotFoundError(missing + why) from None
+
+
 def load_model(spec: str | os.PathLike, **kwargs):
-    """``AutoModelForCausalLM`` from a folder or a ``.gguf`` file."""
+    """``AutoModelForCausalLM`` from a folder, a ``.gguf`` file or a Hub model id."""
     require("transformers", "load_model")
     from transformers import AutoModelForCausalLM
 
-    path = check_model_path(spec)
+    path = resolve_model(spec)
     if path.is_dir():
         return _loaded(path, AutoModelForCausalLM.from_pretrained, str(path), **kwargs)
     return _loaded(path, AutoModelForCausalLM.from_pretrained, str(path.parent), gguf_file=path.name, **kwargs)

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from . import choices
@@ -163,6 +163,12 @@ def run_pairwise(config: PairwiseConfig, *, verbose: bool = True) -> dict:
     (``fusekernels.recipes.fusechat`` logger, info level)."""
     from ..storage import atomic_write_json
 
+    from ..pipeline.io import hub_model_id, resolve_model
+
+    # Hub model ids become their local snapshot folders (their files are fingerprinted like any input)
+    if any(hub_model_id(m) for m in [config.pivot, *config.sources]):
+        config = replace(config, pivot=str(resolve_model(config.pivot)),
+                         sources=[str(resolve_model(s)) for s in config.sources])
     out = Path(config.out)
     for given in _inputs(config):
         if not Path(given).exists():

@@ -24,7 +24,7 @@ python3 -m venv "$work/sdist-env"
   || { cat "$work/sdist.log"; exit 1; }
 sdist=$(ls "$work"/dist/fusekernels-*.tar.gz)
 tar tzf "$sdist" >"$work/sdist.txt"
-for need in CMakeLists.txt pyproject.toml LICENSE README.md csrc/core/ csrc/bindings/module.cpp \
+for need in setup.py CMakeLists.txt MANIFEST.in pyproject.toml LICENSE README.md csrc/core/ csrc/bindings/module.cpp \
             fusekernels/__init__.py fusekernels/py.typed; do
   grep -q "^fusekernels-[^/]*/$need" "$work/sdist.txt" || { echo "sdist lacks $need"; exit 1; }
 done

@@ -31,8 +31,8 @@ def test_texts_and_json_fingerprints():
 def _profile(tokens, **extra):
     data = [t.encode() for t in tokens]
     fields = dict(kind="bpe", marker="", dummy_prefix="never", special_ids={}, vocab_size=len(tokens), tokens=tokens,
-                  token_bytes=data, byte_lengths=np.array([len(d) for d in data]), is_special=np.zeros(len(tokens), bool),
-                  is_byte_fallback=np.zeros(len(tokens), bool))
+                  token_bytes=data, byte_lengths=np.array([len(d) for d in data]),
+                  is_special=np.zeros(len(tokens), bool), is_byte_fallback=np.zeros(len(tokens), bool))
     fields.update(extra)
     return SimpleNamespace(**fields)
 

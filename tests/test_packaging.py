@@ -63,7 +63,8 @@ def test_extra_of_module_matches_the_extras():
     distribution = {"yaml": "pyyaml"}  # import names that differ from the distribution's
     for module, extra in EXTRA_OF_MODULE.items():
         names = {Requirement(r).name.replace("-", "_") for r in EXTRAS[extra]}
-        assert distribution.get(module, module) in names or f"{module}[" in str(EXTRAS[extra]), f"{module} is not in [{extra}]"
+        assert distribution.get(module, module) in names or f"{module}[" in str(EXTRAS[extra]), \
+            f"{module} is not in [{extra}]"
 
 
 def test_license_and_typing_metadata():

@@ -27,7 +27,9 @@ from fusekernels.align.dtw import Alignment
 
 __all__ = ["TransferTables", "TopKResult", "build_transfer_tables", "transfer_topk", "transfer_topk_batch"]
 
-_MODES = ("hard", "soft")
+# Hard: a blending id reaches the base vocabulary only through an identical token; soft: also
+# through the vocabulary map (MinED).
+TRANSFER_MODES = ("hard", "soft")
 
 
 @dataclass(frozen=True, eq=False)
@@ -262,8 +264,8 @@ def _run(items: list[tuple[np.ndarray, ...]], tables: TransferTables, mode: str,
          name_items: bool) -> list[TopKResult]:
     if not isinstance(tables, TransferTables):
         raise TypeError(f"tables must be a TransferTables, got {type(tables).__name__}")
-    if mode not in _MODES:
-        raise ValueError(f"mode must be 'hard' or 'soft', got {mode!r}")
+    if mode not in TRANSFER_MODES:
+        raise ValueError(f"mode must be one of {TRANSFER_MODES}, got {mode!r}")
     if mode == "soft" and tables.soft is None:
         raise ValueError("mode='soft' needs tables built with a vocab_map (build_transfer_tables(..., vocab_map=...))")
     threads = check_threads(threads)

@@ -56,7 +56,8 @@ class AlignArguments:
     vocab_map: list[str] | None = field(default=None, metadata={
         "action": "append", "help": "soft-mode map per teacher (.json or .npz)"})
     base_teacher: bool = field(default=True, metadata={
-        "help": "the base model's own top-k is teacher 0", "negate_help": "the base model's own top-k is not a teacher"})
+        "help": "the base model's own top-k is teacher 0",
+        "negate_help": "the base model's own top-k is not a teacher"})
     max_length: int | None = field(default=None, metadata={"min": 1,
                                                             "help": "tokenize raw base texts to this length"})
     check: str = field(default="prefix", metadata={

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from .common import command_parser, parse_size
 from .options import add_options, from_namespace
 
-HELP = "Merge target models in parameter space (FuseChat VaRM, linear; TIES, DARE, SLERP, task arithmetic via mergekit)."
+HELP = ("Merge target models in parameter space (FuseChat VaRM, linear; TIES, DARE, SLERP, task arithmetic via "
+        "mergekit).")
 
 
 def merge_methods():

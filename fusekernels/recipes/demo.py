@@ -41,7 +41,8 @@ class DemoConfig:
     seed: int = field(default=0, metadata={"help": "seed of the student initialisation and data order"})
     out: str | None = field(default=None, metadata={"help": "folder for results and models; None = a new temporary "
                                                              "folder"})
-    train_docs: int = field(default=40, metadata={"min": 1, "help": "training documents of --verses-per-doc KJV verses"})
+    train_docs: int = field(default=40, metadata={"min": 1,
+                                                "help": "training documents of --verses-per-doc KJV verses"})
     eval_docs: int = field(default=8, metadata={"min": 1, "help": "held-out documents"})
     verses_per_doc: int = field(default=4, metadata={"help": "KJV verses per document"})
     first_verse: int = field(default=0, metadata={"help": "index of the first KJV verse used"})

@@ -48,7 +48,8 @@ class ReproduceConfig:
     seeds: int = field(default=3, metadata={"min": 1, "help": "seeds 0..N-1 (init and data order)"})
     out: str | None = field(default=None, metadata={"required": True,
                                                      "help": "results folder (JSON, RESULTS.md, PNG plots, models)"})
-    train_docs: int = field(default=96, metadata={"min": 1, "help": "training documents of --verses-per-doc KJV verses"})
+    train_docs: int = field(default=96, metadata={"min": 1,
+                                                "help": "training documents of --verses-per-doc KJV verses"})
     verses_per_doc: int = field(default=4, metadata={"min": 1, "help": "KJV verses per document"})
     eval_blocks: int = field(default=16, metadata={"min": 1, "help": "held-out blocks per evaluation domain"})
     block_size: int = field(default=128, metadata={"min": 1, "help": "student context length"})

@@ -22,7 +22,6 @@ from .profile import TokenizerProfile
 
 __all__ = ["compat_tables", "compat_align", "compat_align_batch", "compat_teacher_mask"]
 
-_MODES = ("hard", "soft")
 _TABLE_CACHE: dict = {}
 _TABLE_LOCK = threading.Lock()
 
@@ -33,10 +32,10 @@ def compat_tables(base: TokenizerProfile, blend: TokenizerProfile, *, mode: str 
     ``vocab_map`` (soft mode): a :class:`~fusekernels.tokenization.vocab_map.VocabMap` or the
     published ``{x': base token string}`` dict; default ``build_vocab_map(base, blend)``.
     """
-    from fusekernels.align.topk_transfer import build_transfer_tables
+    from fusekernels.align.topk_transfer import TRANSFER_MODES, build_transfer_tables
 
-    if mode not in _MODES:
-        raise ValueError(f"mode must be 'hard' or 'soft', got {mode!r}")
+    if mode not in TRANSFER_MODES:
+        raise ValueError(f"mode must be one of {TRANSFER_MODES}, got {mode!r}")
     if mode == "soft" and vocab_map is None:
         from .vocab_map import build_vocab_map
 

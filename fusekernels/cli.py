@@ -256,7 +256,7 @@ def cmd_reproduce(args):
 
     fields = ReproduceConfig.__dataclass_fields__
     config = ReproduceConfig(**{name: getattr(args, name) for name in fields if hasattr(args, name)})
-    run_reproduce(config)
+    run_reproduce(config, command="fusekernels " + " ".join(sys.argv[1:]))
 
 
 # ---------------------------------------------------------------------- parser
@@ -523,12 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "first teacher continually trained as the target; held-out perplexity mean +- std over seeds.")
     p.add_argument("--out", required=True, help="results folder (JSON, RESULTS.md, PNG plots, models)")
     p.add_argument("--seeds", type=_positive_int, default=r.seeds, help="seeds 0..N-1 (init and data order)")
-    for name in ("train_docs", "verses_per_doc", "eval_blocks", "block_size", "k", "steps", "batch_size",
-                 "warmup_steps", "hidden_size", "num_layers", "num_heads", "target_steps", "target_batch_size",
-                 "teacher_batch_size"):
+    for name in ("docs_per_domain", "verses_per_doc", "doc_chars", "eval_blocks", "block_size", "k", "steps",
+                 "batch_size", "warmup_steps", "hidden_size", "num_layers", "num_heads", "target_steps",
+                 "target_batch_size", "teacher_batch_size", "log_every"):
         p.add_argument("--" + name.replace("_", "-"), type=_positive_int, default=getattr(r, name),
                        help=name.replace("_", " "))
-    for name in ("lr", "lam", "target_lr", "target_lam"):
+    for name in ("lr", "lam", "alm_temperature", "target_lr", "target_lam"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(r, name), help=name.replace("_", " "))
     p.add_argument("--no-target", dest="target", action="store_false", help="skip the continually trained target table")
     p.add_argument("--no-cache", dest="cache", action="store_false", help="do not use the teacher-output cache")

@@ -211,3 +211,14 @@ def test_decisions_are_logged_on_stderr_unless_quiet(tmp_path, capsys):
     assert main(argv + ["-q"]) == 0
     captured = capsys.readouterr()
     assert "resuming" not in captured.err and captured.out.startswith("extract: 2 sequences")
+
+
+def test_bool_or_folder_options(tmp_path):
+    """``cache: bool | str`` (reproduce): on, off, or a folder, from flags and from a file."""
+    base = ["reproduce", "--out", "o"]
+    assert parse_args(base)[1].cache is True
+    assert parse_args(base + ["--no-cache"])[1].cache is False
+    assert parse_args(base + ["--cache", "false"])[1].cache is False
+    assert parse_args(base + ["--cache", str(tmp_path)])[1].cache == str(tmp_path)
+    (tmp_path / "r.json").write_text(json.dumps({"out": "o", "cache": str(tmp_path / "c")}))
+    assert parse_args(["reproduce", str(tmp_path / "r.json")])[1].cache == str(tmp_path / "c")

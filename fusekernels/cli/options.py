@@ -16,7 +16,8 @@ default come from the annotation and the field, and its ``metadata`` may add (th
 - ``negate``: the flag that sets a ``True``-by-default bool to False (default ``--no-field-name``).
 
 Bools take an optional value (``--keep-tail``, ``--keep-tail false``); a bool that defaults to
-True also gets ``--no-<name>``. ``list[X]`` fields take one or more values.
+True also gets ``--no-<name>``; a ``bool | str`` field takes true / false or a string (e.g.
+``--cache FOLDER``). ``list[X]`` fields take one or more values.
 
 :func:`parse` reads a command's arguments: an optional YAML / JSON config file first, whose keys
 are field names (``block_size`` or ``block-size``), then flags, which override the file::
@@ -103,11 +104,23 @@ class _Append(argparse.Action):
         setattr(namespace, self.dest, items)
 
 
+def bool_or_str(text):
+    """``true/false`` (any spelling of :func:`str_to_bool`) -> bool, anything else as given
+    (argparse type of ``bool | str`` fields such as ``cache``: on, off, or a folder)."""
+    try:
+        return str_to_bool(text)
+    except argparse.ArgumentTypeError:
+        return str(text)
+
+
 def _unwrap(annotation):
-    """``(type, origin, args)`` of an annotation, ``X | None`` taken as ``X``."""
+    """``(type, origin, args)`` of an annotation, ``X | None`` taken as ``X`` (``bool | str``
+    stays a union: see :func:`bool_or_str`)."""
     origin = typing.get_origin(annotation)
     if origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if set(args) == {bool, str}:
+            return bool_or_str, None, ()
         if len(args) != 1:
             raise TypeError(f"only X | None unions can become options, got {annotation}")
         return _unwrap(args[0])
@@ -133,9 +146,10 @@ def add_options(parser: argparse.ArgumentParser, cls, *, title: str | None = Non
             kwargs["metavar"] = meta["metavar"]
         annotation, origin, args = _unwrap(hints[f.name])
         choices = meta.get("choices")
-        if annotation is bool:
-            target.add_argument(*names, type=meta.get("type", str_to_bool), nargs="?", const=True,
-                                **{"metavar": "BOOL", **kwargs})
+        if annotation is bool or annotation is bool_or_str:
+            convert, metavar = (str_to_bool, "BOOL") if annotation is bool else (bool_or_str, "BOOL|VALUE")
+            target.add_argument(*names, type=meta.get("type", convert), nargs="?", const=True,
+                                **{"metavar": metavar, **kwargs})
             if default is True:
                 target.add_argument(meta.get("negate", f"--no-{dashed}"), dest=f.name, action="store_false",
                                     help=meta.get("negate_help", f"set {names[0]} to false"))

@@ -1,6 +1,8 @@
 """``fusekernels reproduce``: the FuseLLM / FuseChat tables in miniature (options: ReproduceConfig)."""
 from __future__ import annotations
 
+import sys
+
 from .common import command_parser
 from .options import add_options, from_namespace
 
@@ -20,4 +22,4 @@ def build_parser():
 def run(args) -> None:
     from ..recipes.reproduce import ReproduceConfig, run_reproduce
 
-    run_reproduce(from_namespace(ReproduceConfig, args))
+    run_reproduce(from_namespace(ReproduceConfig, args), command="fusekernels " + " ".join(sys.argv[1:]))

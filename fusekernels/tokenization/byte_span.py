@@ -301,7 +301,7 @@ def check_same_text(base_ids, blend_ids, base: TokenizerProfile, blend: Tokenize
     return _check_same_text(base, b, blend, a, text=text, check=check)
 
 
-def _span_keys(lengths: np.ndarray, ends: np.ndarray, start: int) -> np.ndarray:
+def span_keys(lengths: np.ndarray, ends: np.ndarray, start: int) -> np.ndarray:
     """int64 [n] keys ``start_offset * 2**32 + end_offset`` (non-decreasing along the sequence)
     from the token byte lengths [n] and their cumulative sums [n]."""
     starts = ends - lengths
@@ -354,8 +354,8 @@ def byte_span_positions(base_ids, blend_ids, base: TokenizerProfile, blend: Toke
     b_end, a_end = np.cumsum(b_len, dtype=np.int64), np.cumsum(a_len, dtype=np.int64)
     b_start, a_start = _check_same_text(base, b, blend, a, text=text, check=check,
                                         totals=(int(b_end[-1]), int(a_end[-1])))
-    bkey = _span_keys(b_len, b_end, b_start)
-    akey = _span_keys(a_len, a_end, a_start)
+    bkey = span_keys(b_len, b_end, b_start)
+    akey = span_keys(a_len, a_end, a_start)
     if match == "end":
         # (end offset, non-empty) so an empty special (EOS) pairs with an empty special only.
         mask = np.int64(0xFFFFFFFF)

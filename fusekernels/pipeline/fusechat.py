@@ -187,7 +187,7 @@ def _run_steps(config: PairwiseConfig, steps: _Steps, verbose: bool) -> None:
     from .align_step import align_teachers, alignment_stats
     from .extract import extract_teacher_topk, load_extracted
     from .io import load_model, load_rows, load_tokenizer
-    from .merge import merge_models
+    from .merge import get_merge_method, merge_models
     from .pack import pack_sequences
     from .split import split_long_texts
 
@@ -254,10 +254,12 @@ def _run_steps(config: PairwiseConfig, steps: _Steps, verbose: bool) -> None:
 
     def merge(tmp):
         # merge_models refuses an existing folder: write into a fresh name inside the temporary one
+        spec = get_merge_method(config.merge_method)  # the registry says what the method takes
         merge_models(targets, tmp / "model", method=config.merge_method,
-                     base=pivot_dir if config.merge_method != "linear" and config.merge_method != "slerp" else None,
+                     base=pivot_dir if spec.base != "unused" else None,
                      weights=config.merge_weights, temperature=config.merge_temperature, density=config.density,
-                     t=config.t, seed=config.seed, progress=False)
+                     **{k: v for k, v in (("t", config.t), ("seed", config.seed)) if k in spec.options},
+                     progress=False)
         for item in (tmp / "model").iterdir():
             os.replace(item, tmp / item.name)
         (tmp / "model").rmdir()

@@ -15,15 +15,18 @@ FuseChat merge code does whenever ANY model's variation is 0; ``"ratio"`` keeps 
 so the unchanged model gets weight 0 (uniform only when no model changed it). ``linear`` is the
 baseline: fixed weights per model (uniform by default) for every tensor.
 
-Rounding: a weighted tensor is computed as ``sum_m w[m] * x[m] / sum_m w[m]`` in float64 with
-the weights as given (e.g. 1, 1, 2 or the raw variations) and rounded once to the checkpoint
-dtype, so bf16 / fp16 merges are correctly rounded (equal to mergekit's linear merge bit for bit
-where mergekit's float32 arithmetic is exact, e.g. integer weights).
+Rounding: a weighted bf16 / fp16 tensor is computed as ``sum_m w[m] * x[m] / sum_m w[m]`` in
+float64 with the weights as given (e.g. 1, 1, 2, or 0.3 read as 3/10) and rounded once, so
+bf16 / fp16 merges are correctly rounded (in the tests a linear merge of bf16 / fp16
+checkpoints equals mergekit's bit for bit; mergekit rounds decimal weights to float32 first,
+so it is given 3 / 5 / 2 for 0.3 / 0.5 / 0.2). float32 tensors keep float32 arithmetic, as
+mergekit (see :func:`combine`).
 
 Streaming: tensors are read with ``safetensors.safe_open``, one tensor of each model at a time,
-and no file stays mapped between reads, so peak memory is about (number of targets + 2) copies
-of the largest tensor, a bounded float64 scratch and the output shard being filled, independent
-of the model size. Output shards are written as soon as they reach ``max_shard_size`` bytes.
+and no file stays mapped between reads, so peak memory is about (number of targets + 3) copies
+of the largest tensor (plus bounded float64 blocks for bf16 / fp16) and the output shard being
+filled, independent of the model size. Output shards are written as soon as they reach
+``max_shard_size`` bytes.
 """
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ INDEX_NAME = "model.safetensors.index.json"
 # Files that are weights in another format: never copied next to the merged safetensors.
 _NOT_COPIED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack")
 ZERO_VARIATION_RULES = ("uniform", "ratio")
-_SCRATCH = 1 << 20  # elements per float64 accumulation block
+_SCRATCH = 1 << 21  # elements per float64 accumulation block (16 MiB)
 
 
 class SafetensorsCheckpoint:
@@ -302,40 +305,56 @@ def _checked_weights(method, key, weights, n) -> list[float]:
 
 
 def combine(tensors: Sequence, weights: Sequence[float], dtype):
-    """``sum_m weights[m] * tensors[m] / sum_m weights[m]``, correctly rounded to ``dtype``.
+    """``sum_m weights[m] * tensors[m] / sum_m weights[m]`` in ``dtype``.
 
     tensors: same-shape floating CPU tensors (any float dtypes); weights: floats, any scale,
     non-zero sum (short decimals are read as the decimals they print as: 0.3 is 3/10).
-    Accumulates in float64 over blocks of ``2**20`` elements, so the scratch stays bounded, then
-    rounds once to ``dtype`` (:func:`round_from_float64`). With integer or short decimal weights
-    (uniform, FuseChat's 1:2, 0.25 / 0.75) the float64 sum is exact for values of similar
-    magnitude, so the result is the correctly rounded one; other weights (VaRM's variations)
-    are within one float64 rounding of it.
+
+    - bf16 / fp16 (and narrower) outputs: accumulated in float64 over blocks of ``2**21``
+      elements (the scratch stays bounded) and rounded once (:func:`round_from_float64`).
+      With integer or short decimal weights (uniform, FuseChat's 1:2, 0.25 / 0.75) the float64
+      sum of bf16 / fp16 values is exact, so the result is the correctly rounded one; other
+      weights (VaRM's variations) are within one float64 rounding of it.
+    - float32 / float64 outputs: accumulated in that dtype, integer weights raw and divided once
+      by their sum as mergekit's linear merge does, other weights normalised first (the last
+      float32 bit is not guaranteed).
     """
     import torch
 
     weights = _integer_weights(weights)
     total = math.fsum(weights)
+    if dtype in (torch.float32, torch.float64):
+        # integer weights: raw, one division (mergekit's arithmetic); others: normalised first,
+        # so that weights like [0, 1, 0] give a target's tensor exactly
+        integers = all(float(w).is_integer() for w in weights)
+        out = torch.zeros(tensors[0].shape, dtype=dtype)
+        for weight, tensor in zip(weights, tensors):
+            out.add_(tensor, alpha=weight if integers else weight / total)
+        return out.div_(total) if integers else out
     out = torch.empty(tensors[0].shape, dtype=dtype)
     flat_out = out.view(-1)
     flats = [t.reshape(-1) for t in tensors]
     n = flat_out.numel()
+    # reused float64 blocks; few, large blocks keep the number of (multi-threaded) ops small
+    acc = torch.empty(min(n, _SCRATCH), dtype=torch.float64)
+    part = torch.empty_like(acc)
     for start in range(0, n, _SCRATCH):
         stop = min(n, start + _SCRATCH)
-        acc = torch.zeros(stop - start, dtype=torch.float64)
-        for weight, flat in zip(weights, flats):
-            acc.add_(flat[start:stop].to(torch.float64), alpha=float(weight))
-        acc.div_(total)
-        flat_out[start:stop] = round_from_float64(acc, dtype)
+        a, b = acc[:stop - start], part[:stop - start]
+        a.copy_(flats[0][start:stop]).mul_(weights[0])
+        for weight, flat in zip(weights[1:], flats[1:]):
+            a.add_(b.copy_(flat[start:stop]), alpha=weight)  # exact products, float64 sums
+        a.div_(total)
+        flat_out[start:stop] = round_from_float64(a, dtype)
     return out
 
 
 def _integer_weights(weights: Sequence[float]) -> list[float]:
     """The weights scaled to small integers when they are short decimals (0.3, 0.5, 0.2 ->
     3, 5, 2; the merge divides by their sum, so the scale is free): the products with bf16 /
-    fp16 / fp32 values and their sums are then exact in float64, and a result that is exactly
-    halfway between two representable values (frequent with such weights) rounds to even as
-    it should, not by the sign of a float64 error in 0.3. Other weights are returned as they are."""
+    fp16 values and their sums are then exact in float64, and a result exactly halfway between
+    two representable values (frequent with such weights) rounds to even as it should, not by
+    the sign of the float64 error in 0.3. Other weights are returned as they are."""
     fractions = [Fraction(repr(float(w))) for w in weights]
     scale = math.lcm(*(f.denominator for f in fractions))
     scaled = [f * scale for f in fractions]
@@ -347,10 +366,12 @@ def _integer_weights(weights: Sequence[float]) -> list[float]:
 def round_from_float64(values, dtype):
     """Round a float64 tensor once (to nearest, ties to even) to ``dtype``.
 
-    torch converts float64 to bf16 / fp16 through float32, which rounds twice and can miss by
-    one ulp when the float32 value lands on a midpoint. Here the float32 step rounds to odd
-    (truncate, then set the last bit when inexact); float32 keeps >= 2 more significand bits
-    than bf16 / fp16, so the second rounding gives the correctly rounded result.
+    torch converts float64 to bf16 / fp16 through float32, which rounds twice: it misses by one
+    ulp where the float32 value lands exactly halfway between two ``dtype`` values although
+    the float64 one is not halfway. Only those elements (found from the float32 bits) are
+    redone, rounding to float32 "to odd" first (truncate, set the last bit when inexact):
+    float32 keeps >= 2 more significand bits than bf16 / fp16, so the second rounding is then
+    the correct one.
     """
     import torch
 
@@ -359,6 +380,25 @@ def round_from_float64(values, dtype):
     single = values.to(torch.float32)
     if dtype == torch.float32:
         return single
+    out = single.to(dtype)
+    bits = single.view(torch.int32)
+    if dtype == torch.bfloat16:  # bf16 is the top half of float32, subnormals included
+        suspect = (bits & 0xFFFF) == 0x8000
+    elif dtype == torch.float16:  # 13 dropped bits in fp16's normal range; its subnormals all
+        suspect = ((bits & 0x1FFF) == 0x1000) | (single.abs() < 2.0**-14)
+    else:
+        suspect = torch.ones_like(bits, dtype=torch.bool)
+    index = suspect.reshape(-1).nonzero().reshape(-1)
+    if index.numel():
+        out.view(-1)[index] = _round_to_odd_first(values.reshape(-1)[index], dtype)
+    return out
+
+
+def _round_to_odd_first(values, dtype):
+    """float64 -> float32 rounded to odd, then -> ``dtype`` (one correct rounding)."""
+    import torch
+
+    single = values.to(torch.float32)
     back = single.to(torch.float64)
     inexact = back != values
     bits = single.view(torch.int32)

@@ -508,3 +508,15 @@ def test_merge_modules_import_without_a_cycle():
     assert "merge" not in imported("mergekit_merge") and "merge" not in imported("merge_registry")
     assert not imported("merge_registry")
     assert {"mergekit_merge", "merge_registry"} <= imported("merge")
+
+
+def test_combine_over_several_scratch_blocks():
+    """A tensor larger than the float64 scratch block is combined block by block, unchanged."""
+    from fusekernels.pipeline import merge as merge_mod
+
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(2200, 2000, generator=g).to(torch.bfloat16) for _ in range(3)]
+    assert xs[0].numel() > 2 * merge_mod._SCRATCH
+    out = merge_mod.combine(xs, [1, 2, 3], torch.bfloat16)
+    expected = merge_mod.round_from_float64(sum(w * x.double() for w, x in zip([1, 2, 3], xs)) / 6, torch.bfloat16)
+    assert torch.equal(out, expected)

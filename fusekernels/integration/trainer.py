@@ -42,13 +42,12 @@ from transformers import Trainer
 from transformers.trainer_utils import unwrap_peft_model
 
 from ..loss.functional import fusion_loss
+from ..loss.registry import BACKENDS, FUSION_RULES, LOSS_TYPES, PRECISIONS
 from .collator import METRIC_LEVELS, TEACHER_COLUMNS, FusionDataCollator
 from .fused_forward import install_fused_forward
 from .metrics import ComponentMeter
 from .schedules import LAM_SCHEDULES, check_lam, lam_at_step
 
-FUSIONS = ("mince", "avgce")
-LOSS_TYPES = ("kl", "ce")
 FUSION_POSITIONS = ("labels", "attention")
 FUSED_LM_HEAD = ("auto", "always", "never")
 # Config attributes that make a model's logits differ from ``lm_head(hidden)``.
@@ -60,9 +59,9 @@ class FusionArguments:
     """Fusion options of :class:`FusionTrainer` (parsable with ``HfArgumentParser``)."""
 
     num_teachers: int | None = field(default=None, metadata={"help": "Teachers per example (checked); None = any."})
-    fusion: str = field(default="mince", metadata={"help": "mince (teacher with the smallest CE) | avgce."})
+    fusion: str = field(default="mince", metadata={"help": "Fusion rule: " + FUSION_RULES.help() + "."})
     metric_level: str = field(default="sequence", metadata={"help": "sequence | token: granularity of teacher_ce."})
-    loss_type: str = field(default="kl", metadata={"help": "kl | ce."})
+    loss_type: str = field(default="kl", metadata={"help": "Fusion term: " + LOSS_TYPES.help() + "."})
     temperature: float = field(default=1.0, metadata={"help": "Teacher temperature."})
     lam: float = field(default=0.9, metadata={"help": "Weight of the CLM term (published 0.9)."})
     lam_schedule: str = field(default="hard", metadata={
@@ -72,20 +71,25 @@ class FusionArguments:
     fused_lm_head: str = field(default="auto", metadata={
         "help": "auto | always | never: loss from hidden states in chunks instead of full logits."})
     chunk_rows: int | None = field(default=None, metadata={"help": "Rows per chunk of the fused LM-head loss."})
-    backend: str = field(default="auto", metadata={"help": "auto | triton | torch."})
+    backend: str = field(default="auto", metadata={"help": BACKENDS.help() + "."})
     log_components: bool = field(default=True, metadata={"help": "Log clm_loss / fusion_loss / lam."})
     precision: str = field(default="fp32", metadata={
-        "help": "fp32 | published: MinCE / AvgCE weights, soft lam and targets rounded as the published code."})
+        "help": PRECISIONS.help() + ": published = MinCE / AvgCE weights, soft lam and targets rounded as the "
+                "published code."})
     base_teacher: bool = field(default=True, metadata={
         "help": "Teacher 0 is the base model's own distribution (published precision: tie rule)."})
 
     def __post_init__(self):
-        for name, allowed in (("fusion", FUSIONS), ("metric_level", METRIC_LEVELS), ("loss_type", LOSS_TYPES),
-                              ("lam_schedule", LAM_SCHEDULES), ("fusion_positions", FUSION_POSITIONS),
-                              ("fused_lm_head", FUSED_LM_HEAD), ("backend", ("auto", "triton", "torch")),
-                              ("precision", ("fp32", "published"))):
+        for name, allowed in (("fusion", FUSION_RULES.names()), ("metric_level", METRIC_LEVELS),
+                              ("loss_type", LOSS_TYPES.names()), ("lam_schedule", LAM_SCHEDULES),
+                              ("fusion_positions", FUSION_POSITIONS), ("fused_lm_head", FUSED_LM_HEAD),
+                              ("backend", BACKENDS.names()), ("precision", PRECISIONS.names())):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"FusionArguments.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if "teacher_weights" in FUSION_RULES[self.fusion].needs:
+            raise ValueError(f"FusionArguments.fusion={self.fusion!r} reads explicit per-row teacher_weights, which "
+                             "training batches do not carry; use a rule that reads teacher_ce "
+                             f"{tuple(n for n, r in FUSION_RULES.items() if 'teacher_weights' not in r.needs)}")
         self.lam = check_lam(self.lam, "FusionArguments.lam")
         if not self.temperature > 0:
             raise ValueError(f"FusionArguments.temperature must be > 0, got {self.temperature}")

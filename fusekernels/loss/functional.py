@@ -11,12 +11,10 @@ from typing import NamedTuple, Optional
 import torch
 
 from .autograd import FusionLossFunction, RowOptions
-from .backend import BACKENDS
 from .inputs import broadcast_per_teacher, check_no_nan, flatten_inputs, flatten_mask
-from .published import PRECISIONS, published_entropy, published_target, published_weights
-from .weights import FUSIONS, REDUCTIONS, fusion_weights, soft_lam, unit_scales
-
-LOSS_TYPES = ("kl", "ce")
+from .published import published_entropy, published_target, published_weights
+from .registry import BACKENDS, FUSION_RULES, LOSS_TYPES, PRECISIONS, REDUCTIONS
+from .weights import fusion_weights, soft_lam, unit_scales
 
 
 class FusionLossOutput(NamedTuple):
@@ -29,26 +27,22 @@ class FusionLossOutput(NamedTuple):
 
 
 def _check_options(fusion, loss_type, temperature, lam, reduction, backend, labels, precision="fp32"):
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    PRECISIONS.check(precision)
     for name, value in (("temperature", temperature), ("lam", lam)):
         if isinstance(value, bool):  # bool is a numbers.Real: True would silently mean 1
             raise TypeError(f"{name} must be a number, got bool {value!r}")
-    if fusion not in FUSIONS:
-        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    rule = FUSION_RULES.get_entry(fusion, "fusion")
+    LOSS_TYPES.check(loss_type)
+    REDUCTIONS.check(reduction)
+    BACKENDS.check(backend)
     if not (isinstance(temperature, numbers.Real) and 0 < temperature < float("inf")):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if isinstance(lam, str):
         if lam != "soft":
             raise ValueError(f"lam must be a number in [0, 1] or 'soft', got {lam!r}")
-        if fusion == "weights":
-            raise ValueError("lam='soft' takes lam from the teachers' rewards: it needs fusion 'mince' or 'avgce'")
+        if rule.soft_reward is None:
+            raise ValueError(f"lam='soft' takes lam from the teachers' rewards: it needs a fusion rule that defines "
+                             f"one {FUSION_RULES.soft_names()}, got {fusion!r}")
         if labels is None:
             raise ValueError("labels is None, so there is no CLM term: lam='soft' needs labels")
         return

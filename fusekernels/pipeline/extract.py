@@ -67,8 +67,9 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
     import torch
 
     _validate(dataset, text_column, k, batch_size, shard_size, logits_dtype, tokenizer)
-    if precision not in ("fp32", "published"):
-        raise ValueError(f"precision must be 'fp32' or 'published', got {precision!r}")
+    from fusekernels.loss.registry import PRECISIONS
+
+    PRECISIONS.check(precision)
     max_length = _max_length(model, tokenizer, max_length)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if isinstance(vocab, int) and k > vocab:

@@ -42,12 +42,12 @@ from typing import Iterable, Sequence
 
 from .._optional import require
 from ..storage import atomic_dir, check_output_dir, check_writable
-from .merge_registry import (MergeMethod, MergeReport, TensorMerge, get_merge_method, merge_method_names,
-                             merge_methods, register_merge_method, unregister_merge_method)
+from .merge_registry import (MERGE_METHODS, MergeMethod, MergeReport, TensorMerge, get_merge_method,
+                             merge_method_names, merge_methods, register_merge_method, unregister_merge_method)
 
-__all__ = ["merge_models", "variation_weights", "MergeReport", "TensorMerge", "MergeMethod", "SafetensorsCheckpoint",
-           "register_merge_method", "unregister_merge_method", "get_merge_method", "merge_method_names",
-           "merge_methods", "check_merge_output", "ZERO_VARIATION_RULES"]
+__all__ = ["merge_models", "variation_weights", "MergeReport", "TensorMerge", "MergeMethod", "MERGE_METHODS",
+           "SafetensorsCheckpoint", "register_merge_method", "unregister_merge_method", "get_merge_method",
+           "merge_method_names", "merge_methods", "check_merge_output", "ZERO_VARIATION_RULES"]
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"

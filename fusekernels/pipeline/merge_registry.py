@@ -19,8 +19,9 @@ one function plus one :func:`register_merge_method` call. There are two kinds:
   ``function(targets, output, *, base, max_shard_size, **options)`` writes the merged model
   into the empty folder ``output`` and returns the per-target weights to report, or None.
 
-``options`` lists the keyword options of ``merge_models`` a method takes; any other option given
-to ``merge_models`` is refused naming it. ``validate(targets, base, **options)`` (optional) checks
+The registry itself is ``MERGE_METHODS``, a ``fusekernels.registry.Registry`` like the loss's.
+``options`` lists the keyword options of ``merge_models`` a method takes; any other option
+given to ``merge_models`` is refused naming it. ``validate(targets, base, **options)`` (optional) checks
 them before any output is created. This module imports nothing heavy: the CLI reads the names
 while building its parser.
 """
@@ -28,6 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
+
+from ..registry import Registry
 
 BASE_POLICIES = ("required", "optional", "unused")
 
@@ -102,46 +105,39 @@ class MergeMethod:
             raise ValueError(f"method={self.name!r} merges at most {self.max_targets} targets, got {num_targets}")
 
 
-_METHODS: dict[str, MergeMethod] = {}
+MERGE_METHODS: Registry[MergeMethod] = Registry("method")
 
 
 def register_merge_method(name: str, function: Callable | None = None, *, replace: bool = False, **spec):
-    """Register ``function`` as merge method ``name`` (keywords: the :class:`MergeMethod` fields).
+    """Register ``function`` as merge method ``name`` in :data:`MERGE_METHODS` (keywords: the
+    :class:`MergeMethod` fields).
 
     Usable directly, ``register_merge_method("mean", mean_fn)``, or as a decorator,
     ``@register_merge_method("mean")``. A name already registered is refused unless ``replace``.
     Returns the function (so the decorator leaves it unchanged).
     """
     def add(fn):
-        method = MergeMethod(name=name, function=fn, **spec)
-        if name in _METHODS and not replace:
-            raise ValueError(f"merge method {name!r} is already registered")
-        _METHODS[name] = method
+        MERGE_METHODS.register(MergeMethod(name=name, function=fn, **spec), replace=replace)
         return fn
 
     return add if function is None else add(function)
 
 
 def unregister_merge_method(name: str) -> None:
-    """Remove a registered method (KeyError naming it when absent)."""
-    if name not in _METHODS:
-        raise KeyError(f"no merge method {name!r}")
-    del _METHODS[name]
+    """Remove a registered method (ValueError listing the choices when absent)."""
+    MERGE_METHODS.unregister(name)
 
 
 def get_merge_method(name: str) -> MergeMethod:
     """The registered method ``name`` (case-insensitive); ValueError listing the choices otherwise."""
-    key = str(name).lower()
-    if key not in _METHODS:
-        raise ValueError(f"method must be one of {merge_method_names()}, got {name!r}")
-    return _METHODS[key]
+    return MERGE_METHODS.get_entry(name.lower() if isinstance(name, str) else name, "method")
 
 
 def merge_method_names() -> tuple[str, ...]:
     """Names of the registered methods, in registration order."""
-    return tuple(_METHODS)
+    return MERGE_METHODS.names()
 
 
 def merge_methods() -> tuple[MergeMethod, ...]:
     """The registered methods, in registration order."""
-    return tuple(_METHODS.values())
+    return tuple(MERGE_METHODS.values())

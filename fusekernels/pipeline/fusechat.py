@@ -77,6 +77,9 @@ class PairwiseConfig:
                 raise ValueError(f"{len(self.source_tokenizers)} source_tokenizers for {len(self.sources)} sources")
         if not 0.0 <= float(self.lam) <= 1.0:
             raise ValueError(f"lam must lie in [0, 1], got {self.lam}")
+        from .merge import MERGE_METHODS
+
+        MERGE_METHODS.check(self.merge_method, "merge_method")  # a registered method, before any work
         for name in ("max_length", "k", "steps", "batch_size", "grad_accum", "extract_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -210,9 +210,10 @@ def merge_models(targets: Sequence[str | os.PathLike], output: str | os.PathLike
         max_shard_size: bytes per output shard (folder output only).
     Options a method does not take are refused naming them (None = not given). The output
     must not exist (or be an empty folder) and must not be, contain or lie inside an input; it
-    is written under a temporary name and renamed when complete. Streamed methods combine
-    floating tensors in float64 and round once to the first target's dtype; other tensors
-    (integer buffers) must be identical in every target and are copied.
+    is written under a temporary name and renamed when complete. Streamed methods write each
+    floating tensor in the first target's dtype (:func:`combine`: bf16 / fp16 computed in float64
+    and rounded once); other tensors (integer buffers) must be identical in every target and
+    are copied.
     """
     spec = get_merge_method(method)
     given = dict(weights=weights, temperature=temperature, zero_variation=zero_variation, density=density, t=t,

@@ -88,6 +88,8 @@ class LossType:
 LOSS_TYPES: Registry[LossType] = Registry("loss_type")
 LOSS_TYPES.register(LossType("kl", "kl", help="sum q (log q - log p) against the fused top-k target"))
 LOSS_TYPES.register(LossType("ce", "ce", help="-sum q log p (same gradient as kl)"))
+LOSS_TYPES.register(LossType("alm", None, needs_topk=False, needs_chunks=True,
+                             help="approximate likelihood matching of aligned text chunks (no vocabulary map)"))
 
 BACKENDS = simple_registry("backend", {
     "auto": "Triton for CUDA tensors when triton imports, torch otherwise",

@@ -19,8 +19,6 @@ LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 KNOWN_CYCLES = [
     # the registry imports the rules' functions; weights / published look the rules up in it
     {"fusekernels.loss.published", "fusekernels.loss.registry", "fusekernels.loss.weights"},
-    # merge dispatches to mergekit_merge, which reuses merge's checkpoint reader and report
-    {"fusekernels.pipeline.merge", "fusekernels.pipeline.mergekit_merge"},
 ]
 
 

@@ -13,7 +13,11 @@ default come from the annotation and the field, and its ``metadata`` may add (th
   number allowed (checked when parsing, e.g. 1 for sizes and counts); ``required``: required on
   the command line although the dataclass has a default; ``action="append"``: a repeatable flag
   (``--teacher a --teacher b``) instead of one flag taking several values (``--sources a b``);
-- ``negate``: the flag that sets a ``True``-by-default bool to False (default ``--no-field-name``).
+- ``negate``: the flag that sets a ``True``-by-default bool to False (default ``--no-field-name``);
+- ``parse``: the option takes one or more string tokens and ``parse(tokens)`` makes the field's
+  value (e.g. merge settings: a number, a gradient or per-parameter filters).
+
+``help`` (and ``choices``) may also be a function, called when the parser is built.
 
 Bools take an optional value (``--keep-tail``, ``--keep-tail false``); a bool that defaults to
 True also gets ``--no-<name>``; a ``bool | str`` field takes true / false or a string (e.g.
@@ -140,10 +144,14 @@ def add_options(parser: argparse.ArgumentParser, cls, *, title: str | None = Non
                    else f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         dashed = f.name.replace("_", "-")
         names = [meta.get("flag", f"--{dashed}"), *meta.get("aliases", ())]
-        kwargs = {"dest": f.name, "help": meta.get("help"), "default": default,
+        text = meta.get("help")
+        kwargs = {"dest": f.name, "help": text() if callable(text) else text, "default": default,
                   "required": bool(meta.get("required", not has_default))}
         if meta.get("metavar"):
             kwargs["metavar"] = meta["metavar"]
+        if meta.get("parse") is not None:  # string tokens, made into the value by from_namespace
+            target.add_argument(*names, nargs="+", **kwargs)
+            continue
         annotation, origin, args = _unwrap(hints[f.name])
         choices = meta.get("choices")
         if annotation is bool or annotation is bool_or_str:
@@ -175,8 +183,13 @@ def add_options(parser: argparse.ArgumentParser, cls, *, title: str | None = Non
 
 def from_namespace(cls, namespace: argparse.Namespace, **overrides):
     """An instance of the dataclass ``cls`` from the parsed options (``overrides`` win)."""
-    values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)
-              if f.init and hasattr(namespace, f.name)}
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.init and hasattr(namespace, f.name):
+            value = getattr(namespace, f.name)
+            if f.metadata.get("parse") is not None and isinstance(value, list):
+                value = f.metadata["parse"](value)
+            values[f.name] = value
     values.update(overrides)
     return cls(**values)
 

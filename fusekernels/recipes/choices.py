@@ -42,6 +42,13 @@ def lam_schedules() -> tuple[str, ...]:
 
 
 def merge_methods() -> tuple[str, ...]:
-    from ..pipeline.merge import merge_methods
+    from ..pipeline.merge import merge_method_names
 
-    return merge_methods()
+    return tuple(merge_method_names())
+
+
+def merge_setting(tokens):
+    """``--t`` tokens: a number, a gradient over the layers or per-parameter filters."""
+    from ..pipeline.mergekit_merge import parse_cli_setting
+
+    return parse_cli_setting(tokens)

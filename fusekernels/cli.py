@@ -194,7 +194,8 @@ def cmd_prepare(args):
     packed, report = build_fusion_dataset(
         data, load_tokenizer(args.student_tokenizer), teachers, block_size=args.block_size, k=args.k,
         base_model=args.base_model, method=args.method, fallback=args.fallback, text_column=args.text_column,
-        batch_size=args.batch_size, cache=False if args.no_cache else (args.cache_dir or True),
+        batch_size=args.batch_size, logits_dtype=args.logits_dtype,
+        cache=False if args.no_cache else (args.cache_dir or True),
         num_proc=args.num_proc, return_report=True, messages_column=args.messages_column,
         chat_templates=templates, student_chat_template=student_template)
     _save(packed, args.out)
@@ -214,6 +215,8 @@ def cmd_train(args):
 def cmd_merge(args):
     from .pipeline.merge import merge_models
 
+    if args.method not in ("varm", "linear"):
+        _check_one_architecture([*args.targets, *([args.base] if args.base else [])])
     report = merge_models(args.targets, args.out, method=args.method, base=args.base, weights=args.weights,
                           temperature=args.temperature, max_shard_size=_parse_size(args.max_shard_size),
                           density=args.density, t=args.t if len(args.t) > 1 else args.t[0], seed=args.seed,
@@ -259,6 +262,23 @@ def cmd_reproduce(args):
     run_reproduce(config)
 
 
+def _check_one_architecture(folders):
+    """mergekit merges models of one architecture only (its --allow-crimes is not exposed): refuse
+    a mix before any work, naming the architectures."""
+    found = {}
+    for folder in folders:
+        config = Path(folder) / "config.json"
+        try:
+            arch = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+        except (OSError, ValueError, AttributeError):
+            continue  # merge_models reports missing or unreadable model folders itself
+        found[str(folder)] = "/".join(arch) or "unknown"
+    if len(set(found.values())) > 1:
+        listed = ", ".join(f"{folder} ({arch})" for folder, arch in found.items())
+        raise UserError(f"the models to merge have different architectures: {listed}; the mergekit methods "
+                        "(ties, dare_*, slerp, task_arithmetic) merge models of one architecture only")
+
+
 # ---------------------------------------------------------------------- parser
 def _parse_size(text: str) -> int:
     units = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
@@ -300,12 +320,15 @@ def _check_out(out, *inputs, resume_marker=None):
 
 
 def _save(dataset, out):
-    """Save a dataset so that --out appears only once completely written."""
-    from .storage import atomic_dir, check_output_dir
+    """Save a dataset so that --out appears only once completely written, with content checksums."""
+    from ._interrupt import check_interrupted
+    from .storage import atomic_dir, check_output_dir, write_checksums
 
     check_output_dir(out)  # (checked before the work too; something may have appeared since)
     with atomic_dir(out) as tmp:
         dataset.save_to_disk(str(tmp))
+        write_checksums(tmp)  # verified when a later step reads it back (load_rows)
+        check_interrupted()  # a Ctrl-C swallowed during the write: no output appears
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -389,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="token alignment")
     p.add_argument("--fallback", choices=["published", "absent"], default="absent",
                    help="positions a teacher cannot serve")
+    p.add_argument("--logits-dtype", choices=["float16", "float32"], default="float16",
+                   help="storage dtype of the teacher logits (float32 for teachers beyond the float16 range)")
     p.add_argument("--cache-dir", help="teacher-output cache folder (default: the user cache folder)")
     p.add_argument("--no-cache", action="store_true", help="do not use the teacher-output cache")
     p.add_argument("--messages-column", default="messages",
@@ -556,9 +581,13 @@ def main(argv=None) -> int:
         args.train_args = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from . import _interrupt
+
+    _interrupt.install()  # a Ctrl-C swallowed by a finaliser still stops the command
     try:
         with extra_hint():
             args.func(args)
+        _interrupt.check_interrupted()
     except _user_errors() as err:
         if args.debug:
             raise
@@ -567,6 +596,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"fusekernels {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _interrupt.uninstall()
     return 0
 
 

@@ -56,7 +56,7 @@ def split_long_texts(dataset, tokenizers: Sequence, block_size: int, *, text_col
         return out
 
     from fusekernels import __version__
-    from fusekernels.storage import json_fingerprint, map_cache_file, tokenizer_fingerprint
+    from fusekernels.storage import cached_map, json_fingerprint, tokenizer_fingerprint
 
     # deterministic, and written to the user cache (never next to the input dataset); a tokenizer
     # that cannot be fingerprinted (a stand-in object) keeps the result in memory instead
@@ -67,8 +67,8 @@ def split_long_texts(dataset, tokenizers: Sequence, block_size: int, *, text_col
                            keep_in_memory=True)
     fingerprint = json_fingerprint(["split", __version__, dataset._fingerprint, text_column, window, batch_size,
                                     tokenizer_fps])[:16]
-    return dataset.map(split_batch, batched=True, batch_size=batch_size, num_proc=num_proc, desc=desc,
-                       new_fingerprint=fingerprint, cache_file_name=map_cache_file(dataset, fingerprint, "split"))
+    return cached_map(dataset, split_batch, label="split", fingerprint=fingerprint, batched=True,
+                      batch_size=batch_size, num_proc=num_proc, desc=desc)
 
 
 def _window(block_size: int, margin: int) -> int:

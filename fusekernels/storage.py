@@ -621,7 +621,8 @@ def _is_map_cache_part(file: Path, path: Path) -> bool:
 
 def _drop_unverified_map_cache(path: Path, sums: Path, say) -> None:
     try:
-        parts = [path.parent / e.name for e in os.scandir(path.parent) if _is_map_cache_part(path.parent / e.name, path)]
+        parts = [path.parent / e.name for e in os.scandir(path.parent)
+                 if _is_map_cache_part(path.parent / e.name, path)]
     except OSError:
         return
     if not parts:

@@ -333,8 +333,9 @@ def test_merge_of_different_architectures_is_one_line_before_work(tmp_path, caps
     from transformers import MistralConfig, MistralForCausalLM
 
     make_tiny_llama(64, seed=0).save_pretrained(tmp_path / "llama")
-    MistralForCausalLM(MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                     num_attention_heads=4, num_key_value_heads=2)).save_pretrained(tmp_path / "mistral")
+    mistral = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2)
+    MistralForCausalLM(mistral).save_pretrained(tmp_path / "mistral")
     code = main(["merge", "--method", "slerp", "--targets", str(tmp_path / "llama"), str(tmp_path / "mistral"),
                  "--out", str(tmp_path / "out")])
     line = _one_error_line("merge", code, capsys.readouterr().err)

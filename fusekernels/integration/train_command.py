@@ -21,6 +21,7 @@ The few flags of earlier versions (``--out``, ``--steps``, ``--batch-size``, ``-
 """
 from __future__ import annotations
 
+import functools
 import json
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -132,6 +133,7 @@ def parse_train_args(argv: list[str]):
     return model_args, data_args, fusion_args, training_args
 
 
+@functools.lru_cache(maxsize=1)
 def _option_types() -> dict:
     """Option name -> its type annotation, over the four argument dataclasses."""
     from transformers import TrainingArguments

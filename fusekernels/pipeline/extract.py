@@ -28,13 +28,13 @@ this extraction (:func:`fusekernels.storage.write_checksums`), verified when a r
 it and by :func:`load_extracted`: a damaged or foreign shard raises
 :class:`fusekernels.storage.DamagedFileError` naming the file. Shards are written under unique
 temporary names, so two runs on the same folder never write into each other's files (the first
-to finish a shard keeps it).
+to finish a shard keeps it). Under ``accelerate launch`` / torchrun the shards are split between
+processes (``accelerate.PartialState().split_between_processes``; CPU-only launches use the gloo
+backend); every process then returns the complete dataset. Without ``output_dir`` every process
+computes every row.
 
 Logits that do not fit the storage dtype (beyond +-65504 for float16, or NaN / +inf from the
-model) stop the extraction with an error naming the row, instead of being stored as inf. Under ``accelerate launch`` / torchrun the shards
-are split between processes (``accelerate.PartialState().split_between_processes``; CPU-only
-launches use the gloo backend); every process then returns the complete dataset. Without
-``output_dir`` every process computes every row.
+model) stop the extraction with an error naming the row, instead of being stored as inf.
 """
 from __future__ import annotations
 

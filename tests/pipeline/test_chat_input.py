@@ -18,7 +18,8 @@ PLAIN = [{"role": "user", "content": "Who created the heaven?"},
 def test_text_parts_are_their_joined_text():
     """Content as a list of text parts used to be rendered as its Python repr and trained on."""
     tok = make_char_tokenizer()
-    parts = [{"role": "user", "content": [{"type": "text", "text": "Who created "}, {"type": "text", "text": "the heaven?"}]},
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Who created "},
+                                          {"type": "text", "text": "the heaven?"}]},
              {"role": "assistant", "content": [{"type": "text", "text": PLAIN[1]["content"]}]}]
     assert render_chat(tok, parts, chat_template=CHATML)[0] == render_chat(tok, PLAIN, chat_template=CHATML)[0]
     assert "'type'" not in render_chat(tok, parts, chat_template=CHATML)[0]
@@ -43,7 +44,8 @@ def test_refused_messages(message, match):
 
 def test_errors_name_the_row_and_a_template_refusal_is_a_value_error():
     tok = make_char_tokenizer()
-    refusing = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('system messages are not supported') }}{% endif %}" + CHATML
+    refusing = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('system messages are not supported') }}"
+                "{% endif %}" + CHATML)
     rows = datasets.Dataset.from_dict({"messages": [PLAIN, [{"role": "system", "content": "Be brief."}] + PLAIN]})
     with pytest.raises(ValueError, match=r"row 1 of 'messages': the chat template cannot render this conversation: "
                                          r"system messages are not supported"):

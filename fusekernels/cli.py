@@ -259,7 +259,7 @@ def cmd_reproduce(args):
 
     fields = ReproduceConfig.__dataclass_fields__
     config = ReproduceConfig(**{name: getattr(args, name) for name in fields if hasattr(args, name)})
-    run_reproduce(config)
+    run_reproduce(config, command="fusekernels " + " ".join(sys.argv[1:]))
 
 
 def _check_one_architecture(folders):
@@ -344,6 +344,25 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return f"{text} (default: %(default)s)".strip()
 
 
+def _training_fusions() -> list[str]:
+    """Fusion rules a training run can use (rules reading explicit weights need them per row)."""
+    from .loss.registry import FUSION_RULES
+
+    return [name for name, rule in FUSION_RULES.items() if "teacher_weights" not in rule.needs]
+
+
+def _loss_types() -> list[str]:
+    from .loss.registry import LOSS_TYPES
+
+    return list(LOSS_TYPES.names())
+
+
+def _precisions() -> list[str]:
+    from .loss.registry import PRECISIONS
+
+    return list(PRECISIONS.names())
+
+
 def _version() -> str:
     from . import __version__
 
@@ -385,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="storage dtype of the top-k logits")
     p.add_argument("--device", help="e.g. cuda, cpu (default: CUDA when available, else CPU)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model weights (default: as saved)")
-    p.add_argument("--precision", choices=["fp32", "published"], default="fp32",
+    p.add_argument("--precision", choices=_precisions(), default="fp32",
                    help="top-k and CE of the fp32 logits, or of fp16 logits with fp16 CE as published")
     _common(p, out_help="output folder (shards; rerun to resume)", num_proc=False)
 
@@ -498,12 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=_positive_int, default=10, help="top-k stored per position")
     p.add_argument("--method", choices=["byte_span", "compat_hard", "compat_soft"], default="byte_span",
                    help="token alignment")
-    p.add_argument("--fusion", choices=["mince", "avgce"], default="mince", help="fusion of pivot and source")
-    p.add_argument("--loss-type", choices=["kl", "ce"], default="ce", help="fusion term (FuseChat: ce)")
+    p.add_argument("--fusion", choices=_training_fusions(), default="mince", help="fusion of pivot and source")
+    p.add_argument("--loss-type", choices=_loss_types(), default="ce", help="fusion term (FuseChat: ce)")
     p.add_argument("--lam", type=float, default=0.9, help="weight of the CLM term (FuseChat: 0.9)")
     p.add_argument("--lam-schedule", choices=["hard", "hard_and_decay", "soft"], default="hard")
     p.add_argument("--temperature", type=float, default=1.0, help="teacher temperature")
-    p.add_argument("--precision", choices=["fp32", "published"], default="fp32",
+    p.add_argument("--precision", choices=_precisions(), default="fp32",
                    help="extraction and loss in fp32, or rounded as the published code")
     p.add_argument("--steps", type=_positive_int, default=1000, help="optimizer steps per pair")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="blocks per micro-batch")
@@ -529,12 +548,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "first teacher continually trained as the target; held-out perplexity mean +- std over seeds.")
     p.add_argument("--out", required=True, help="results folder (JSON, RESULTS.md, PNG plots, models)")
     p.add_argument("--seeds", type=_positive_int, default=r.seeds, help="seeds 0..N-1 (init and data order)")
-    for name in ("train_docs", "verses_per_doc", "eval_blocks", "block_size", "k", "steps", "batch_size",
-                 "warmup_steps", "hidden_size", "num_layers", "num_heads", "target_steps", "target_batch_size",
-                 "teacher_batch_size"):
+    for name in ("docs_per_domain", "verses_per_doc", "doc_chars", "eval_blocks", "block_size", "k", "steps",
+                 "batch_size", "warmup_steps", "hidden_size", "num_layers", "num_heads", "target_steps",
+                 "target_batch_size", "teacher_batch_size", "log_every"):
         p.add_argument("--" + name.replace("_", "-"), type=_positive_int, default=getattr(r, name),
                        help=name.replace("_", " "))
-    for name in ("lr", "lam", "target_lr", "target_lam"):
+    for name in ("lr", "lam", "alm_temperature", "target_lr", "target_lam"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(r, name), help=name.replace("_", " "))
     p.add_argument("--no-target", dest="target", action="store_false", help="skip the continually trained target table")
     p.add_argument("--no-cache", dest="cache", action="store_false", help="do not use the teacher-output cache")
@@ -554,12 +573,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="training blocks per step")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (cosine schedule)")
     p.add_argument("--lam", type=float, default=d.lam, help="weight of the CLM term in the fusion run")
-    p.add_argument("--loss-type", choices=["kl", "ce"], default=d.loss_type, help="fusion term")
+    p.add_argument("--loss-type", choices=_loss_types(), default=d.loss_type, help="fusion term")
     p.add_argument("--method", choices=["byte_span", "compat_hard", "compat_soft"], default=d.method,
                    help="token alignment")
     p.add_argument("--fallback", choices=["published", "absent"], default=d.fallback,
                    help="unaligned positions: one-hot on the current token (published) or no teacher")
-    p.add_argument("--fusion", choices=["mince", "avgce"], default=d.fusion, help="how the teachers are fused")
+    p.add_argument("--fusion", choices=_training_fusions(), default=d.fusion, help="how the teachers are fused")
     p.add_argument("--no-cache", dest="cache", action="store_false", help="do not use the teacher-output cache")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="write no PNG plots")
     p.add_argument("--json", action="store_true", help="print the results as JSON at the end")

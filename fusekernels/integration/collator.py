@@ -18,13 +18,22 @@ column             shape, dtype                  meaning
                                                  (a position with fewer than k aligned pairs)
 ``teacher_ce``     [n_teachers] or               each teacher's cross-entropy metric, per
                    [L, n_teachers] float         sequence or per token (smaller is better)
+``teacher_token_   [L, n_teachers] float,        per-position metric read by
+ce``               optional                      ``metric_level="token"`` when present (the
+                                                 pipeline's nats per byte of the aligned chunk)
+``teacher_chunk_   [L, n_teachers] int,          ``chunks=True`` (``loss_type="alm"``): aligned
+span``             optional                      chunk ending at row t: its rows, else 0
+``teacher_chunk_   [L, n_teachers] float,        the teacher's log-likelihood of that chunk
+logprob``          optional                      (see :mod:`fusekernels.tokenization.chunks`)
 =================  ============================  ==============================================
 
 Batch produced by :class:`FusionDataCollator` (B sequences padded to T on the right):
 ``input_ids`` [B, T] int64, ``attention_mask`` [B, T] int64, ``labels`` [B, T] int64 (-100 on
 padding), ``teacher_ids`` [B, T, n_teachers, k] int32 (0 at padding entries), ``teacher_logits``
 [B, T, n_teachers, k] float32 (``-inf`` on padding), ``teacher_ce`` [B, T, n_teachers] float32
-(per-sequence metrics broadcast to every token). With ``packing=True`` the B sequences are concatenated into one row
+(per-sequence metrics broadcast to every token), and with ``chunks=True`` ``teacher_chunk_span``
+[B, T, n_teachers] int64 (0 on padding) and ``teacher_chunk_logprob`` [B, T, n_teachers] float32.
+With ``packing=True`` the B sequences are concatenated into one row
 ([1, sum L] everywhere), ``position_ids`` restart at 0 for every sequence, the first label of
 every sequence is -100 (so the shifted CLM target never crosses a boundary) and there is no
 ``attention_mask`` (Hugging Face models then detect the packed sequences from ``position_ids``).
@@ -42,6 +51,8 @@ TEACHER_COLUMNS = ("teacher_ids", "teacher_logits", "teacher_ce")
 # Optional key of an example: its row number in the dataset, named by error messages instead of
 # its position in the batch (FusionTrainer's data loaders add it).
 ROW_KEY = "_fusekernels_row"
+CHUNK_COLUMNS = ("teacher_chunk_span", "teacher_chunk_logprob")
+TOKEN_METRIC_COLUMN = "teacher_token_ce"
 METRIC_LEVELS = ("sequence", "token")
 _INT32_LIMIT = 2**31  # teacher ids travel as int32
 
@@ -102,6 +113,8 @@ class FusionDataCollator:
         packing: padding-free mode (one concatenated row, ``position_ids`` per sequence).
         pad_to_multiple_of: round the padded length T up to a multiple of this.
         max_length: reject examples longer than this (None = no limit).
+        chunks: also collate the aligned-chunk columns (``teacher_chunk_span``,
+            ``teacher_chunk_logprob``) that ``loss_type="alm"`` reads; they are then required.
         allow_plain: a batch in which no example has any teacher column collates to the plain
             causal-LM batch (``input_ids``, ``attention_mask``, ``labels``; ``position_ids``
             when packing): evaluation on held-out text without teachers. FusionTrainer and
@@ -115,7 +128,8 @@ class FusionDataCollator:
 
     def __init__(self, pad_token_id: int = 0, *, num_teachers: int | None = None, vocab_size: int | None = None,
                  metric_level: str = "sequence", require_teacher_ce: bool = True, packing: bool = False,
-                 pad_to_multiple_of: int | None = None, max_length: int | None = None, allow_plain: bool = False):
+                 pad_to_multiple_of: int | None = None, max_length: int | None = None, allow_plain: bool = False,
+                 chunks: bool = False):
         if metric_level not in METRIC_LEVELS:
             raise ValueError(f"metric_level must be one of {METRIC_LEVELS}, got {metric_level!r}")
         if num_teachers is not None and num_teachers < 1:
@@ -141,6 +155,7 @@ class FusionDataCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
         self.max_length = max_length
         self.allow_plain = bool(allow_plain)
+        self.chunks = bool(chunks)
 
     # ------------------------------------------------------------------ validation
     def _example(self, feature: Mapping, index: str, num_teachers: int | None) -> dict[str, np.ndarray]:
@@ -175,8 +190,28 @@ class FusionDataCollator:
         out["teacher_ids"], out["teacher_logits"] = self._checked_ids(ids, logits, index), logits
 
         if self.require_teacher_ce:
-            out["teacher_ce"] = self._metric(feature["teacher_ce"], index, length, n_teachers, mask)
+            token = feature.get(TOKEN_METRIC_COLUMN) if self.metric_level == "token" else None
+            out["teacher_ce"] = self._metric(token if token is not None else feature["teacher_ce"], index, length,
+                                             n_teachers, mask, TOKEN_METRIC_COLUMN if token is not None else "teacher_ce")
+        if self.chunks:
+            out.update(self._chunk_columns(feature, index, length, n_teachers))
         return out
+
+    def _chunk_columns(self, feature: Mapping, index: str, length: int, n_teachers: int) -> dict[str, np.ndarray]:
+        missing = [c for c in CHUNK_COLUMNS if feature.get(c) is None]
+        if missing:
+            raise KeyError(f"{index} is missing column(s) {missing}: loss_type='alm' reads the aligned chunks "
+                           "the pipeline writes (fusekernels.pipeline.align_step, chunks)")
+        span = _int_array(feature["teacher_chunk_span"], "teacher_chunk_span", index, 2)
+        logprob = _float_array(feature["teacher_chunk_logprob"], "teacher_chunk_logprob", index)
+        for name, arr in (("teacher_chunk_span", span), ("teacher_chunk_logprob", logprob)):
+            if arr.shape != (length, n_teachers):
+                raise ValueError(f"{index}: {name} must have shape [{length}, {n_teachers}], got {arr.shape}")
+        if (span < 0).any():
+            raise ValueError(f"{index}: teacher_chunk_span must be >= 0")
+        if not np.isfinite(logprob).all() or (logprob > 0).any():
+            raise ValueError(f"{index}: teacher_chunk_logprob must be finite and <= 0")
+        return {"teacher_chunk_span": span, "teacher_chunk_logprob": logprob}
 
     def _token_columns(self, feature: Mapping, index: str) -> dict[str, np.ndarray]:
         """``input_ids`` / ``labels`` / ``attention_mask`` of one example, checked, as int64 [L]."""
@@ -224,10 +259,11 @@ class FusionDataCollator:
                              "(ids at -inf padding entries may be anything)")
         return np.where(valid, ids, 0)
 
-    def _metric(self, value: Any, index: str, length: int, n_teachers: int, mask: np.ndarray) -> np.ndarray:
-        ce = _float_array(value, "teacher_ce", index)
+    def _metric(self, value: Any, index: str, length: int, n_teachers: int, mask: np.ndarray,
+                column: str = "teacher_ce") -> np.ndarray:
+        ce = _float_array(value, column, index)
         if not np.isfinite(ce).all():
-            raise ValueError(f"{index}: teacher_ce contains NaN or inf")
+            raise ValueError(f"{index}: {column} contains NaN or inf")
         if ce.shape == (n_teachers,):
             if self.metric_level == "token":
                 raise ValueError(f"{index}: metric_level='token' needs per-token teacher_ce of shape "
@@ -290,6 +326,8 @@ class FusionDataCollator:
         ids = np.zeros((batch, length, n_teachers, k), dtype=np.int32)
         logits = np.full((batch, length, n_teachers, k), -np.inf, dtype=np.float32)
         ce = np.zeros((batch, length, n_teachers), dtype=np.float32)
+        span = np.zeros((batch, length, n_teachers), dtype=np.int64) if self.chunks else None
+        chunk_lp = np.zeros((batch, length, n_teachers), dtype=np.float32) if self.chunks else None
         for b, e in enumerate(examples):
             n, kk = len(e["input_ids"]), e["teacher_ids"].shape[2]
             input_ids[b, :n] = e["input_ids"]
@@ -299,15 +337,19 @@ class FusionDataCollator:
             logits[b, :n, :, :kk] = e["teacher_logits"]
             if "teacher_ce" in e:
                 ce[b, :n] = e["teacher_ce"]
+            if self.chunks:
+                span[b, :n], chunk_lp[b, :n] = e["teacher_chunk_span"], e["teacher_chunk_logprob"]
         out = {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
                "teacher_ids": ids, "teacher_logits": logits}
         if self.require_teacher_ce:
             out["teacher_ce"] = ce
+        if self.chunks:
+            out["teacher_chunk_span"], out["teacher_chunk_logprob"] = span, chunk_lp
         return {name: torch.from_numpy(value) for name, value in out.items()}
 
     def _pack(self, examples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
         k = max(e["teacher_ids"].shape[2] for e in examples)
-        names = ("input_ids", "labels", "position_ids", "teacher_ids", "teacher_logits", "teacher_ce")
+        names = ("input_ids", "labels", "position_ids", "teacher_ids", "teacher_logits", "teacher_ce", *CHUNK_COLUMNS)
         pieces: dict[str, list[np.ndarray]] = {name: [] for name in names}
         for e in examples:
             n, n_teachers, kk = e["teacher_ids"].shape
@@ -330,6 +372,8 @@ class FusionDataCollator:
             pieces["teacher_logits"].append(logits)
             if "teacher_ce" in e:
                 pieces["teacher_ce"].append(np.asarray(e["teacher_ce"], dtype=np.float32))
+            for name in CHUNK_COLUMNS if self.chunks else ():
+                pieces[name].append(np.asarray(e[name], dtype=np.int64 if name == "teacher_chunk_span" else np.float32))
         if not pieces["input_ids"]:
             raise ValueError("every example in the batch has an all-zero attention_mask")
         return {name: torch.from_numpy(np.concatenate(parts)[None]) for name, parts in pieces.items() if parts}

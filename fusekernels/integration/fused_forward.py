@@ -95,7 +95,10 @@ class FusedForward:
                       reduction="mean", num_items_in_batch=fusion_targets.get("num_items_in_batch"),
                       num_fusion_items=fusion_targets.get("num_fusion_items"), backend=spec["backend"],
                       return_components=spec["components"], precision=spec.get("precision", "fp32"),
-                      base_teacher=spec.get("base_teacher", True))
+                      base_teacher=spec.get("base_teacher", True),
+                      teacher_chunk_span=fusion_targets.get("teacher_chunk_span"),
+                      teacher_chunk_logprob=fusion_targets.get("teacher_chunk_logprob"),
+                      alm_temperature=spec.get("alm_temperature", 1.0))
         if hidden is not None:
             result = fused_linear_fusion_loss(hidden.to(head.weight.dtype), head.weight, labels,
                                               fusion_targets["teacher_ids"], fusion_targets["teacher_logits"],

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from .collator import TEACHER_COLUMNS, FusionDataCollator
+from .collator import CHUNK_COLUMNS, TEACHER_COLUMNS, TOKEN_METRIC_COLUMN, FusionDataCollator
 from .metrics import ComponentMeter
 from .schedules import lam_at_step
 from .trainer import FusionArguments, fusion_compute_loss, shift_labels
@@ -106,7 +106,7 @@ class FusionLossFunction(TrainerCallback):
 
     def _take_teacher_columns(self, _module, args, kwargs):
         """Forward pre-hook: pop the teacher tensors from the call and keep them for the loss."""
-        teacher = {name: kwargs.pop(name) for name in TEACHER_COLUMNS if name in kwargs}
+        teacher = {name: kwargs.pop(name) for name in (*TEACHER_COLUMNS, *CHUNK_COLUMNS) if name in kwargs}
         # A call without teacher columns (generation, a manual forward, a plain eval batch) clears
         # the previous batch, so the loss can never pair the logits of one call with the targets
         # of another.
@@ -130,7 +130,7 @@ class FusionLossFunction(TrainerCallback):
         if self not in trainer.callback_handler.callbacks:
             trainer.add_callback(self)
         trainer._set_signature_columns_if_needed()  # the columns kept by remove_unused_columns
-        for column in (*TEACHER_COLUMNS, "position_ids"):
+        for column in (*TEACHER_COLUMNS, *CHUNK_COLUMNS, TOKEN_METRIC_COLUMN, "position_ids"):
             if column not in trainer._signature_columns:
                 trainer._signature_columns.append(column)
         if isinstance(trainer.data_collator, FusionDataCollator) and not trainer.data_collator.allow_plain:

@@ -42,13 +42,13 @@ from transformers import Trainer
 from transformers.trainer_utils import unwrap_peft_model
 
 from ..loss.functional import fusion_loss
-from .collator import METRIC_LEVELS, ROW_KEY, TEACHER_COLUMNS, FusionDataCollator
+from ..loss.registry import BACKENDS, FUSION_RULES, LOSS_TYPES, PRECISIONS
+from .collator import (CHUNK_COLUMNS, METRIC_LEVELS, ROW_KEY, TEACHER_COLUMNS, TOKEN_METRIC_COLUMN,
+                       FusionDataCollator)
 from .fused_forward import install_fused_forward
 from .metrics import ComponentMeter
 from .schedules import LAM_SCHEDULES, check_lam, lam_at_step
 
-FUSIONS = ("mince", "avgce")
-LOSS_TYPES = ("kl", "ce")
 FUSION_POSITIONS = ("labels", "attention")
 FUSED_LM_HEAD = ("auto", "always", "never")
 # Config attributes that make a model's logits differ from ``lm_head(hidden)``.
@@ -60,10 +60,14 @@ class FusionArguments:
     """Fusion options of :class:`FusionTrainer` (parsable with ``HfArgumentParser``)."""
 
     num_teachers: int | None = field(default=None, metadata={"help": "Teachers per example (checked); None = any."})
-    fusion: str = field(default="mince", metadata={"help": "mince (teacher with the smallest CE) | avgce."})
-    metric_level: str = field(default="sequence", metadata={"help": "sequence | token: granularity of teacher_ce."})
-    loss_type: str = field(default="kl", metadata={"help": "kl | ce."})
+    fusion: str = field(default="mince", metadata={"help": "Fusion rule: " + FUSION_RULES.help() + "."})
+    metric_level: str = field(default="sequence", metadata={
+        "help": "sequence | token: granularity of the teachers' metric (token: per position, e.g. MinCE picks a "
+                "teacher per token; reads the pipeline's teacher_token_ce column when present)."})
+    loss_type: str = field(default="kl", metadata={"help": "Fusion term: " + LOSS_TYPES.help() + "."})
     temperature: float = field(default=1.0, metadata={"help": "Teacher temperature."})
+    alm_temperature: float = field(default=1.0, metadata={
+        "help": "loss_type=alm: temperature of the chunk likelihoods (binary KL of exp(logp / tau))."})
     lam: float = field(default=0.9, metadata={"help": "Weight of the CLM term (published 0.9)."})
     lam_schedule: str = field(default="hard", metadata={
         "help": "hard (constant) | hard_and_decay (lam -> 1) | soft (per sample: lam = 1 - best reward exp(-ce))."})
@@ -72,23 +76,30 @@ class FusionArguments:
     fused_lm_head: str = field(default="auto", metadata={
         "help": "auto | always | never: loss from hidden states in chunks instead of full logits."})
     chunk_rows: int | None = field(default=None, metadata={"help": "Rows per chunk of the fused LM-head loss."})
-    backend: str = field(default="auto", metadata={"help": "auto | triton | torch."})
+    backend: str = field(default="auto", metadata={"help": BACKENDS.help() + "."})
     log_components: bool = field(default=True, metadata={"help": "Log clm_loss / fusion_loss / lam."})
     precision: str = field(default="fp32", metadata={
-        "help": "fp32 | published: MinCE / AvgCE weights, soft lam and targets rounded as the published code."})
+        "help": PRECISIONS.help() + ": published = MinCE / AvgCE weights, soft lam and targets rounded as the "
+                "published code."})
     base_teacher: bool = field(default=True, metadata={
         "help": "Teacher 0 is the base model's own distribution (published precision: tie rule)."})
 
     def __post_init__(self):
-        for name, allowed in (("fusion", FUSIONS), ("metric_level", METRIC_LEVELS), ("loss_type", LOSS_TYPES),
-                              ("lam_schedule", LAM_SCHEDULES), ("fusion_positions", FUSION_POSITIONS),
-                              ("fused_lm_head", FUSED_LM_HEAD), ("backend", ("auto", "triton", "torch")),
-                              ("precision", ("fp32", "published"))):
+        for name, allowed in (("fusion", FUSION_RULES.names()), ("metric_level", METRIC_LEVELS),
+                              ("loss_type", LOSS_TYPES.names()), ("lam_schedule", LAM_SCHEDULES),
+                              ("fusion_positions", FUSION_POSITIONS), ("fused_lm_head", FUSED_LM_HEAD),
+                              ("backend", BACKENDS.names()), ("precision", PRECISIONS.names())):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"FusionArguments.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if "teacher_weights" in FUSION_RULES[self.fusion].needs:
+            raise ValueError(f"FusionArguments.fusion={self.fusion!r} reads explicit per-row teacher_weights, which "
+                             "training batches do not carry; use a rule that reads teacher_ce "
+                             f"{tuple(n for n, r in FUSION_RULES.items() if 'teacher_weights' not in r.needs)}")
         self.lam = check_lam(self.lam, "FusionArguments.lam")
         if not self.temperature > 0:
             raise ValueError(f"FusionArguments.temperature must be > 0, got {self.temperature}")
+        if not self.alm_temperature > 0:
+            raise ValueError(f"FusionArguments.alm_temperature must be > 0, got {self.alm_temperature}")
         if self.num_teachers is not None and self.num_teachers < 1:
             raise ValueError(f"FusionArguments.num_teachers must be >= 1, got {self.num_teachers}")
         if self.chunk_rows is not None and self.chunk_rows < 1:
@@ -173,7 +184,8 @@ def _fusion_rows_mask(config: FusionArguments, labels: torch.Tensor, attention_m
 
 
 def fusion_compute_loss(outputs, labels, num_items_in_batch=None, *, teacher_ids, teacher_logits,
-                        teacher_ce=None, attention_mask=None, num_fusion_items=None,
+                        teacher_ce=None, attention_mask=None, num_fusion_items=None, teacher_chunk_span=None,
+                        teacher_chunk_logprob=None,
                         config: FusionArguments | None = None, lam: float | None = None,
                         return_components: bool = False):
     """Fusion loss of a causal-LM output, with ``Trainer.compute_loss_func``'s calling convention.
@@ -186,6 +198,8 @@ def fusion_compute_loss(outputs, labels, num_items_in_batch=None, *, teacher_ids
         teacher_ids: the collator's int32 [B, T, n, k] teacher top-k ids.
         teacher_logits: the collator's float [B, T, n, k] teacher top-k logits.
         teacher_ce: the collator's float [B, T, n] teacher CE metric.
+        teacher_chunk_span, teacher_chunk_logprob: the collator's [B, T, n] aligned chunks
+            (``loss_type="alm"``, collator built with ``chunks=True``).
         attention_mask: the collator's [B, T] mask (or None).
         num_fusion_items: denominator of the fusion term for ``fusion_positions="attention"``
             (attended tokens of the accumulated batch); None = this batch's count.
@@ -209,7 +223,8 @@ def fusion_compute_loss(outputs, labels, num_items_in_batch=None, *, teacher_ids
         lam=lam if lam is not None else "soft" if config.lam_schedule == "soft" else config.lam, fusion_mask=_fusion_rows_mask(config, labels, attention_mask),
         reduction="mean", num_items_in_batch=num_items_in_batch, num_fusion_items=num_fusion_items,
         backend=config.backend, return_components=return_components, precision=config.precision,
-        base_teacher=config.base_teacher)
+        base_teacher=config.base_teacher, teacher_chunk_span=teacher_chunk_span,
+        teacher_chunk_logprob=teacher_chunk_logprob, alm_temperature=config.alm_temperature)
 
 
 def fused_head_supported(model: nn.Module) -> tuple[bool, str]:
@@ -258,7 +273,8 @@ class FusionTrainer(Trainer):
             data_collator = FusionDataCollator(pad_token_id=pad if pad is not None else 0,
                                                num_teachers=self.fusion_args.num_teachers,
                                                vocab_size=vocab if isinstance(vocab, int) else None,
-                                               metric_level=self.fusion_args.metric_level, allow_plain=True)
+                                               metric_level=self.fusion_args.metric_level, allow_plain=True,
+                                               chunks=LOSS_TYPES[self.fusion_args.loss_type].needs_chunks)
         elif isinstance(data_collator, FusionDataCollator) and not data_collator.allow_plain:
             data_collator = copy.copy(data_collator)
         if isinstance(data_collator, FusionDataCollator):
@@ -357,7 +373,7 @@ class FusionTrainer(Trainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        for column in (*TEACHER_COLUMNS, "position_ids"):
+        for column in (*TEACHER_COLUMNS, *CHUNK_COLUMNS, TOKEN_METRIC_COLUMN, "position_ids"):
             if column not in self._signature_columns:
                 self._signature_columns.append(column)
 
@@ -421,7 +437,7 @@ class FusionTrainer(Trainer):
         if inputs.get("labels") is None:
             raise ValueError("the batch has no labels: FusionTrainer needs batches from FusionDataCollator")
         labels = inputs.pop("labels")
-        teacher = {name: inputs.pop(name) for name in TEACHER_COLUMNS if name in inputs}
+        teacher = {name: inputs.pop(name) for name in (*TEACHER_COLUMNS, *CHUNK_COLUMNS) if name in inputs}
         core = self._core_model(model)
         if self._accepts_argument(core, "use_cache"):
             inputs.setdefault("use_cache", False)  # no KV cache in training (packing detection needs none)
@@ -436,6 +452,9 @@ class FusionTrainer(Trainer):
         missing = [c for c in ("teacher_ids", "teacher_logits") if c not in teacher]
         if missing:
             raise ValueError(f"the batch has no {missing}: FusionTrainer needs batches from FusionDataCollator")
+        if LOSS_TYPES[self.fusion_args.loss_type].needs_chunks and any(c not in teacher for c in CHUNK_COLUMNS):
+            raise ValueError(f"loss_type={self.fusion_args.loss_type!r} needs the batch columns {list(CHUNK_COLUMNS)}: "
+                             "build the FusionDataCollator with chunks=True")
         config, lam = self.fusion_args, self.current_lam()
         attention_mask = inputs.get("attention_mask")
         num_fusion = self._num_fusion_items if config.fusion_positions == "attention" else None
@@ -448,9 +467,11 @@ class FusionTrainer(Trainer):
             spec = dict(fused=self._use_fused_head(model), fusion=config.fusion, loss_type=config.loss_type,
                         temperature=config.temperature, lam=lam, backend=config.backend,
                         chunk_rows=config.chunk_rows, components=want_components, precision=config.precision,
-                        base_teacher=config.base_teacher)
+                        base_teacher=config.base_teacher, alm_temperature=config.alm_temperature)
             targets = dict(spec=spec, labels=shift_labels(labels), teacher_ids=teacher["teacher_ids"],
                            teacher_logits=teacher["teacher_logits"], teacher_ce=teacher.get("teacher_ce"),
+                           teacher_chunk_span=teacher.get("teacher_chunk_span"),
+                           teacher_chunk_logprob=teacher.get("teacher_chunk_logprob"),
                            fusion_mask=_fusion_rows_mask(config, labels, attention_mask),
                            num_items_in_batch=num_items_in_batch, num_fusion_items=num_fusion)
             outputs = model(**inputs, fusion_targets=targets)

@@ -18,9 +18,8 @@ import os
 import torch
 
 from .._optional import MissingExtraError
+from .registry import BACKENDS
 from .torch_backend import fusion_loss_rows_torch, fusion_loss_terms_torch, teacher_topk_rows_torch
-
-BACKENDS = ("auto", "triton", "torch")
 
 
 def _triton_importable() -> bool:
@@ -37,8 +36,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     "auto" picks Triton for CUDA tensors when triton imports, torch otherwise. "triton" on a CPU
     tensor is only possible under the Triton interpreter (TRITON_INTERPRET=1, used by tests).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    BACKENDS.check(backend)
     if backend == "torch":
         return "torch"
     if backend == "auto":

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .functional import fusion_loss
+from .functional import alm_plan, fusion_loss
+from .registry import LOSS_TYPES
 
 # Rows per chunk are chosen so that one [chunk, V] fp32 buffer stays near this size. Smaller
 # chunks save little (the fp32 [V, H] weight-gradient accumulator stays) and cost speed: each
@@ -46,6 +47,34 @@ def _flatten_rows(name, tensor, lead_shape, tail_dims):
         raise ValueError(f"{name} must have leading shape {tuple(lead_shape)} (from hidden) and {tail_dims} "
                          f"trailing dim(s), got {tuple(tensor.shape)}")
     return tensor.reshape(-1, *tensor.shape[len(lead_shape):])
+
+
+def _rows_slice(value, start, end):
+    """Rows [start, end) of a row tensor, or of each tensor of a nested (named) tuple."""
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        return type(value)(*(_rows_slice(v, start, end) for v in value)) if hasattr(value, "_fields") else \
+            tuple(_rows_slice(v, start, end) for v in value)
+    return value[start:end]
+
+
+def _label_logprobs(hidden, weight, bias, labels, ignore_index, chunk) -> torch.Tensor:
+    """[N] log softmax(h W^T + b)[y] per row (0 where y is ignore_index), chunk by chunk, no grad."""
+    acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    out = torch.zeros(hidden.shape[0], dtype=acc, device=hidden.device)
+    with torch.no_grad():
+        for start in range(0, hidden.shape[0], chunk):
+            end = min(start + chunk, hidden.shape[0])
+            z = hidden[start:end] @ weight.t()
+            if bias is not None:
+                z = z + bias
+            z = z.to(acc)
+            y = labels[start:end]
+            ok = y != ignore_index
+            picked = z.gather(1, torch.where(ok, y, torch.zeros_like(y))[:, None])[:, 0]
+            out[start:end] = torch.where(ok, picked - torch.logsumexp(z, -1), torch.zeros_like(picked))
+    return out
 
 
 def _denominator(value, fallback: torch.Tensor) -> torch.Tensor | int:
@@ -83,7 +112,8 @@ def fused_linear_fusion_loss(
     hidden, weight, labels, teacher_ids, teacher_logits, *, bias=None, teacher_counts=None, teacher_ce=None,
     teacher_weights=None, fusion="mince", loss_type="kl", temperature=1.0, lam=0.9, ignore_index=-100,
     fusion_mask=None, reduction="mean", num_items_in_batch=None, num_fusion_items=None, backend="auto",
-    return_components=False, chunk_rows=None, precision="fp32", base_teacher=True,
+    return_components=False, chunk_rows=None, precision="fp32", base_teacher=True, teacher_chunk_span=None,
+    teacher_chunk_logprob=None, alm_temperature=1.0,
 ):
     """Fusion loss of the logits ``hidden @ weight.T (+ bias)`` computed chunk by chunk.
 
@@ -102,6 +132,10 @@ def fused_linear_fusion_loss(
     Returns a 0-d float32 loss (or, with ``return_components``, whatever ``fusion_loss``
     returns for its components, summed over chunks) identical to ``fusion_loss`` on the full
     logits. Gradients flow to ``hidden``, ``weight`` and ``bias``.
+
+    ``loss_type="alm"``: a chunk of text may span row chunks, so a first pass over the row chunks
+    (logits recomputed, no gradient) gives every row's log-likelihood of its label; the chunk
+    terms are then computed on the whole batch and each row chunk gets its rows' share.
     """
     if not isinstance(hidden, torch.Tensor) or hidden.dim() < 2:
         raise ValueError(f"hidden must be a tensor [..., H] with at least 2 dims, got "
@@ -120,6 +154,7 @@ def fused_linear_fusion_loss(
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
 
     lead = hidden.shape[:-1]
+    chunked_text = LOSS_TYPES.get_entry(loss_type, "loss_type").needs_chunks
     rows = {"labels": _flatten_rows("labels", labels, lead, 0),
             "fusion_mask": _flatten_rows("fusion_mask", fusion_mask, lead, 0),
             "teacher_ids": _flatten_rows("teacher_ids", teacher_ids, lead, 2),
@@ -127,6 +162,8 @@ def fused_linear_fusion_loss(
     for name, value in (("teacher_counts", teacher_counts), ("teacher_ce", teacher_ce),
                         ("teacher_weights", teacher_weights)):
         rows[name] = _flatten_rows(name, value, lead, 1)
+    if chunked_text:
+        rows["teacher_chunk_span"] = _flatten_rows("teacher_chunk_span", teacher_chunk_span, lead, 1)
     if reduction == "mean":
         # Every chunk must divide by the counts of the whole batch (not its own), so that the
         # chunk losses simply add up: pass fusion_loss the global denominators explicitly.
@@ -139,11 +176,22 @@ def fused_linear_fusion_loss(
     options = dict(fusion=fusion, loss_type=loss_type, temperature=temperature, lam=lam, ignore_index=ignore_index,
                    reduction=reduction, num_items_in_batch=num_items_in_batch, num_fusion_items=num_fusion_items,
                    backend=backend, return_components=return_components, precision=precision,
-                   base_teacher=base_teacher)
+                   base_teacher=base_teacher, alm_temperature=alm_temperature)
     n_rows, vocab = hidden.numel() // hidden.shape[-1], weight.shape[0]
     if n_rows == 0:
         raise ValueError("hidden has no rows (empty sequence)")
     chunk = int(chunk_rows) if chunk_rows is not None else default_chunk_rows(vocab, hidden.device.type)
+    if chunked_text:
+        if rows["labels"] is None:
+            raise ValueError("loss_type='alm' compares the student's likelihood of the labels: labels are needed")
+        row_lp = _label_logprobs(hidden.detach().reshape(n_rows, -1), weight.detach(),
+                                 bias.detach() if bias is not None else None, rows["labels"], ignore_index, chunk)
+        plan = alm_plan(row_lp, rows["labels"], teacher_chunk_span, teacher_chunk_logprob, lead_shape=lead,
+                        teacher_ce=teacher_ce, teacher_weights=teacher_weights, fusion=fusion, lam=lam,
+                        ignore_index=ignore_index, fusion_mask=rows["fusion_mask"], reduction=reduction,
+                        num_items_in_batch=num_items_in_batch, num_fusion_items=num_fusion_items,
+                        alm_temperature=alm_temperature)
+        rows["_alm_rows"] = plan
     result = {}
     grad_enabled = torch.is_grad_enabled()  # Function.forward itself always runs without grad mode
 
@@ -174,7 +222,7 @@ def _run_chunks(hidden, weight, bias, rows, options, chunk, needs_grad, result, 
         end = min(start + chunk, n_rows)
         h = hidden[start:end]
         z = torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t()
-        chunk_rows = {name: (value[start:end] if value is not None else None) for name, value in rows.items()}
+        chunk_rows = {name: _rows_slice(value, start, end) for name, value in rows.items()}
         with torch.enable_grad():
             z.requires_grad_(any_grad)
             out = fusion_loss(z, chunk_rows.pop("labels"), chunk_rows.pop("teacher_ids"),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import torch
 
-PRECISIONS = ("fp32", "published")
 _CPU = torch.device("cpu")
 
 
@@ -30,57 +29,91 @@ def published_rewards(teacher_ce: torch.Tensor) -> torch.Tensor:
     return 1 / torch.exp(ce.to(torch.bfloat16))
 
 
-def published_weights(fusion: str, present: torch.Tensor, teacher_ce: torch.Tensor,
-                      base_teacher: bool = True) -> torch.Tensor:
-    """Fusion weights [N, T] float32 (exact bf16 values) of the published trainer.
+def _first_best(present: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
+    """argmax over teachers returning the first maximal index; rewards lie in [0, 1], -1 marks absence."""
+    return torch.where(present, reward, torch.full_like(reward, -1.0)).argmax(dim=-1)
+
+
+def published_mince_weights(present: torch.Tensor, teacher_ce: torch.Tensor, base_teacher: bool = True):
+    """MinCE one-hot [N, T] float32 of the published trainer (bf16 rewards and ties).
 
     present [N, T] bool (teachers with an entry at the row); teacher_ce [N, T] float.
     ``base_teacher``: teacher 0 is the base model's own distribution (the published code then
-    takes the argmax over all teachers); without it two teachers use the ``r0 > r1`` rule (the
-    published code has no case of more than two teachers without the base: the argmax is used).
-    Teachers absent at a row never win it (the published pipeline has no absent teachers).
+    takes the argmax over all teachers: ties -> first); without it two teachers use the
+    ``where(r0 > r1, d0, d1)`` rule (ties -> second; the published code has no case of more than
+    two teachers without the base: the argmax is used). Absent teachers never win a row.
     """
-    if fusion not in ("mince", "avgce"):
-        raise ValueError(f"precision='published' supports fusion 'mince' and 'avgce' (the published ones), "
-                         f"got {fusion!r}")
     device = present.device
     present = present.to(_CPU)
     reward = published_rewards(teacher_ce)
     n_teachers = present.shape[-1]
-    if fusion == "mince":
-        if not base_teacher and n_teachers == 2:
-            # torch.where(r0 > r1, d0, d1): ties go to the second teacher; an absent one never wins
-            first = present[:, 0] & ((reward[:, 0] > reward[:, 1]) | ~present[:, 1])
-            best = torch.where(first, 0, 1)
-        else:
-            # argmax returns the first maximal index; rewards lie in [0, 1], -1 marks absence
-            best = torch.where(present, reward, torch.full_like(reward, -1.0)).argmax(dim=-1)
-        weights = torch.nn.functional.one_hot(best, n_teachers).to(torch.bool) & present
-        return weights.to(device=device, dtype=torch.float32)
+    if not base_teacher and n_teachers == 2:
+        # torch.where(r0 > r1, d0, d1): ties go to the second teacher; an absent one never wins
+        first = present[:, 0] & ((reward[:, 0] > reward[:, 1]) | ~present[:, 1])
+        best = torch.where(first, 0, 1)
+    else:
+        best = _first_best(present, reward)
+    weights = torch.nn.functional.one_hot(best, n_teachers).to(torch.bool) & present
+    return weights.to(device=device, dtype=torch.float32)
+
+
+def published_avgce_weights(present: torch.Tensor, teacher_ce: torch.Tensor, base_teacher: bool = True):
+    """AvgCE weights [N, T] float32 of the published trainer: a bf16 softmax of the bf16 rewards
+    over the present teachers (rows without one: 0)."""
+    device = present.device
+    present = present.to(_CPU)
+    reward = published_rewards(teacher_ce)
     scores = torch.where(present, reward, torch.full_like(reward, float("-inf")))
     soft = torch.softmax(scores, dim=-1)  # bf16 in, bf16 out (fp32 inside), as published
     soft = torch.where(present.any(-1, keepdim=True), soft, torch.zeros_like(soft))
     return soft.float().to(device)
 
 
-def published_soft_lam(fusion: str, present: torch.Tensor, teacher_ce: torch.Tensor):
-    """Per-row (CLM weight, fusion weight), each [N] float32, of the published "soft" schedule:
-    ``(1 - r, r)`` with r the max reward (MinCE) or the mean reward (AvgCE), rewards and
-    ``1 - r`` in bf16 (the published ``(1.0 - max_reward) * loss + max_reward * loss_lm``).
-    Rows without a teacher: (1, 0)."""
-    device = present.device
+def published_max_reward(present: torch.Tensor, teacher_ce: torch.Tensor) -> torch.Tensor:
+    """[N] bf16 best reward of the present teachers (0 without one): MinCE's soft-lam reward."""
+    reward = published_rewards(teacher_ce)
+    return torch.where(present.to(_CPU), reward, torch.zeros_like(reward)).amax(-1)
+
+
+def published_mean_reward(present: torch.Tensor, teacher_ce: torch.Tensor) -> torch.Tensor:
+    """[N] bf16 mean reward of the present teachers: AvgCE's soft-lam reward. torch's bf16 mean
+    (what the published ``weights.mean(dim=1)`` runs) where every teacher is present; otherwise
+    the mean over the present ones, rounded once to bf16."""
     present = present.to(_CPU)
     reward = published_rewards(teacher_ce)
-    if fusion == "avgce":
-        # torch's bf16 mean (what the published ``weights.mean(dim=1)`` runs) where every teacher
-        # is present; otherwise the mean over the present ones, rounded once to bf16
-        count = present.sum(-1)
-        total = torch.where(present, reward.float(), torch.zeros(())).sum(-1)
-        partial = torch.where(count > 0, total / count.clamp_min(1), torch.zeros(())).to(torch.bfloat16)
-        best = torch.where(present.all(-1), reward.mean(-1), partial)
-    else:
-        best = torch.where(present, reward, torch.zeros_like(reward)).amax(-1)
-    return (1.0 - best).float().to(device), best.float().to(device)
+    count = present.sum(-1)
+    total = torch.where(present, reward.float(), torch.zeros(())).sum(-1)
+    partial = torch.where(count > 0, total / count.clamp_min(1), torch.zeros(())).to(torch.bfloat16)
+    return torch.where(present.all(-1), reward.mean(-1), partial)
+
+
+def published_weights(fusion: str, present: torch.Tensor, teacher_ce: torch.Tensor,
+                      base_teacher: bool = True) -> torch.Tensor:
+    """Fusion weights [N, T] float32 (exact bf16 values) of the published trainer for the rule
+    ``fusion`` (one with a published counterpart in :data:`fusekernels.loss.registry.FUSION_RULES`:
+    "mince", "avgce")."""
+    from .registry import FUSION_RULES
+
+    rule = FUSION_RULES.get_entry(fusion, "fusion")
+    if rule.published_weights is None:
+        raise ValueError(f"precision='published' supports the published fusion rules "
+                         f"{FUSION_RULES.published_names()}, got {fusion!r}")
+    return rule.published_weights(present, teacher_ce, base_teacher)
+
+
+def published_soft_lam(fusion: str, present: torch.Tensor, teacher_ce: torch.Tensor):
+    """Per-row (CLM weight, fusion weight), each [N] float32, of the published "soft" schedule:
+    ``(1 - r, r)`` with r the rule's bf16 reward (MinCE: the max, AvgCE: the mean), and ``1 - r``
+    in bf16 (the published ``(1.0 - max_reward) * loss + max_reward * loss_lm``).
+    Rows without a teacher: (1, 0)."""
+    from .registry import FUSION_RULES
+
+    rule = FUSION_RULES.get_entry(fusion, "fusion")
+    if rule.published_soft_reward is None:
+        raise ValueError(f"lam='soft' with precision='published' needs a published fusion rule "
+                         f"{FUSION_RULES.published_names()}, got {fusion!r}")
+    best = rule.published_soft_reward(present, teacher_ce)
+    return (1.0 - best).float().to(present.device), best.float().to(present.device)
 
 
 def published_entropy(probs: torch.Tensor, dtype=torch.float32) -> torch.Tensor:

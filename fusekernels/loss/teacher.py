@@ -9,7 +9,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .backend import BACKENDS, teacher_topk_rows
+from .backend import teacher_topk_rows
+from .registry import BACKENDS, PRECISIONS
 from .inputs import INT_DTYPES, LOGIT_DTYPES
 
 
@@ -35,14 +36,12 @@ def teacher_topk(logits: torch.Tensor, labels: Optional[torch.Tensor] = None, k:
     A row with fewer than k finite logits gets -inf values in its last entries, with distinct ids
     (on every backend). Raises ValueError when a row holds NaN (its top-k would be meaningless).
     """
-    if precision not in ("fp32", "published"):
-        raise ValueError(f"precision must be 'fp32' or 'published', got {precision!r}")
+    PRECISIONS.check(precision)
     if not isinstance(logits, torch.Tensor) or logits.dtype not in LOGIT_DTYPES:
         raise TypeError("logits must be a float32/bfloat16/float16/float64 tensor")
     if logits.dim() < 1 or logits.shape[-1] == 0:
         raise ValueError(f"logits must have shape [..., V] with V > 0, got {tuple(logits.shape)}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    BACKENDS.check(backend)
     lead, vocab = logits.shape[:-1], logits.shape[-1]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
         raise ValueError(f"k must be an int in [1, V={vocab}], got {k!r}")

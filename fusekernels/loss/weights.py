@@ -1,4 +1,4 @@
-"""Per-row fusion weights over teachers and per-row loss scales.
+"""Per-row fusion weights over teachers (the built-in fusion rules) and per-row loss scales.
 
 Fusion weights [N, T] are 0 for teachers absent at a row (no valid entry there) and sum to 1 over
 the present ones, or to 0 where no teacher is present (that row has no fusion term).
@@ -7,54 +7,68 @@ from __future__ import annotations
 
 import torch
 
-FUSIONS = ("mince", "avgce", "weights")
-REDUCTIONS = ("mean", "sum", "none")
+def mince_weights(present: torch.Tensor, teacher_ce, teacher_weights=None, dtype=torch.float32) -> torch.Tensor:
+    """MinCE: one-hot [N, T] on the present teacher with the largest reward exp(-ce), i.e. the
+    smallest CE. As in the published code the comparison is on the fp32 rewards and ties go to the
+    first teacher (argmax), so two CEs that round to the same reward tie."""
+    reward = torch.exp(-teacher_ce.float())
+    # Rewards are >= 0, so -1 keeps absent teachers from winning over a present one.
+    best = torch.where(present, reward, torch.full_like(reward, -1.0)).argmax(dim=-1)
+    onehot = torch.nn.functional.one_hot(best, present.shape[-1]).to(torch.bool)
+    return (onehot & present).to(dtype)
+
+
+def avgce_weights(present: torch.Tensor, teacher_ce, teacher_weights=None, dtype=torch.float32) -> torch.Tensor:
+    """AvgCE: softmax [N, T] of the rewards exp(-ce) themselves over the present teachers (as
+    published; rewards lie in [0, 1], so these weights are never far from uniform)."""
+    reward = torch.exp(-teacher_ce.float())
+    scores = torch.where(present, reward, torch.full_like(reward, float("-inf")))
+    soft = torch.softmax(scores, dim=-1)
+    return torch.where(present.any(-1, keepdim=True), soft, torch.zeros_like(soft)).to(dtype)
+
+
+def given_weights(present: torch.Tensor, teacher_ce=None, teacher_weights=None, dtype=torch.float32) -> torch.Tensor:
+    """The caller's ``teacher_weights`` [N, T], renormalised over the present teachers."""
+    w = torch.where(present, teacher_weights.to(dtype), torch.zeros((), dtype=dtype, device=present.device))
+    total = w.sum(-1, keepdim=True)
+    return torch.where(total > 0, w / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(w))
+
+
+def max_reward(present: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
+    """[N] best reward of the present teachers (``reward`` is 0 where absent): MinCE's soft lam."""
+    return reward.amax(-1)
+
+
+def mean_reward(present: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
+    """[N] mean reward of the present teachers: AvgCE's soft lam."""
+    return reward.sum(-1) / present.sum(-1).clamp_min(1).to(reward.dtype)
 
 
 def fusion_weights(fusion: str, present: torch.Tensor, teacher_ce=None, teacher_weights=None,
                    dtype=torch.float32) -> torch.Tensor:
-    """Fusion weights [N, T] in ``dtype``.
+    """Fusion weights [N, T] in ``dtype`` of the registered rule ``fusion``
+    (:data:`fusekernels.loss.registry.FUSION_RULES`: "mince", "avgce", "weights", ...).
 
-    present [N, T] bool; teacher_ce [N, T] float (needed by "mince" / "avgce");
-    teacher_weights [N, T] float >= 0 (needed by "weights").
-
-    - "mince": one-hot on the present teacher with the largest reward exp(-ce), i.e. the smallest
-      CE. As in the published code the comparison is on the fp32 rewards and ties go to the first
-      teacher (argmax), so two CEs that round to the same reward tie.
-    - "avgce": softmax of the rewards exp(-ce) themselves over the present teachers (as published;
-      rewards lie in [0, 1], so these weights are never far from uniform).
-    - "weights": the given weights, renormalised over the present teachers.
+    present [N, T] bool; teacher_ce [N, T] float (rules that read CE); teacher_weights [N, T]
+    float >= 0 (rules that read explicit weights).
     """
-    if fusion in ("mince", "avgce"):
-        if teacher_ce is None:
-            raise ValueError(f"fusion={fusion!r} needs teacher_ce ([..., T] CE per row and teacher)")
-        reward = torch.exp(-teacher_ce.float())
-        if fusion == "mince":
-            # Rewards are >= 0, so -1 keeps absent teachers from winning over a present one.
-            best = torch.where(present, reward, torch.full_like(reward, -1.0)).argmax(dim=-1)
-            onehot = torch.nn.functional.one_hot(best, present.shape[-1]).to(torch.bool)
-            return (onehot & present).to(dtype)
-        scores = torch.where(present, reward, torch.full_like(reward, float("-inf")))
-        soft = torch.softmax(scores, dim=-1)
-        return torch.where(present.any(-1, keepdim=True), soft, torch.zeros_like(soft)).to(dtype)
-    if fusion == "weights":
-        if teacher_weights is None:
-            raise ValueError("fusion='weights' needs teacher_weights ([..., T] fusion weights)")
-        w = torch.where(present, teacher_weights.to(dtype), torch.zeros((), dtype=dtype, device=present.device))
-        total = w.sum(-1, keepdim=True)
-        return torch.where(total > 0, w / torch.where(total > 0, total, torch.ones_like(total)),
-                           torch.zeros_like(w))
-    raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    from .registry import FUSION_RULES
+
+    rule = FUSION_RULES.get_entry(fusion, "fusion")
+    rule.check_inputs(teacher_ce, teacher_weights)
+    return rule.weights(present, teacher_ce, teacher_weights, dtype)
 
 
 def soft_lam(fusion: str, present: torch.Tensor, teacher_ce, precision: str = "fp32", dtype=torch.float32):
     """Per-row weights ([N], [N]) of the CLM and fusion terms under FuseLLM's "soft" schedule.
 
-    The fusion term weighs r and the CLM term 1 - r, where r is the largest reward exp(-ce) of
-    the teachers present at the row ("mince") or their mean reward ("avgce"), as in the
-    published trainer (which computes it per sample, with batches of one). Rows without a
+    The fusion term weighs r and the CLM term 1 - r, where r is the rule's reward of the
+    teachers present at the row: the largest exp(-ce) for "mince", their mean for "avgce", as in
+    the published trainer (which computes it per sample, with batches of one). Rows without a
     teacher weigh the CLM term 1. ``precision="published"``: rewards and ``1 - r`` in bf16.
     """
+    from .registry import FUSION_RULES
+
     if teacher_ce is None:
         raise ValueError("lam='soft' needs teacher_ce (the rewards exp(-ce) set each row's lam)")
     if precision == "published":
@@ -62,11 +76,12 @@ def soft_lam(fusion: str, present: torch.Tensor, teacher_ce, precision: str = "f
 
         clm, best = published_soft_lam(fusion, present, teacher_ce)
         return clm.to(dtype), best.to(dtype)
+    rule = FUSION_RULES.get_entry(fusion, "fusion")
+    if rule.soft_reward is None:
+        raise ValueError(f"lam='soft' takes lam from the teachers' rewards: fusion {fusion!r} defines none "
+                         f"(rules with one: {FUSION_RULES.soft_names()})")
     reward = torch.where(present, torch.exp(-teacher_ce.to(dtype)), torch.zeros((), dtype=dtype, device=present.device))
-    if fusion == "avgce":
-        best = reward.sum(-1) / present.sum(-1).clamp_min(1).to(dtype)
-    else:
-        best = reward.amax(-1)
+    best = rule.soft_reward(present, reward)
     return 1.0 - best, best
 
 
@@ -110,8 +125,10 @@ def unit_scales(clm_rows: torch.Tensor, fusion_rows: torch.Tensor, fusion_counte
     mask's row count.
     """
     clm_unit, fusion_unit = clm_rows.to(dtype), fusion_rows.to(dtype)
+    from .registry import REDUCTIONS
+
     if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        raise ValueError(f"reduction must be one of {REDUCTIONS.names()}, got {reduction!r}")
     if reduction != "mean":
         return clm_unit, fusion_unit
     n_clm = _denominator(num_items_in_batch, clm_rows.sum(), "num_items_in_batch", dtype)

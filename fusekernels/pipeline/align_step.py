@@ -39,6 +39,16 @@ Positions where a teacher's distribution does not reach the base tokenization, a
 Which positions got a real teacher distribution is the aligner's own matched mask (the
 ``return_mask`` output of :func:`fusekernels.tokenization.align_dataset`), never guessed from the
 aligned values: a genuine one-entry distribution on the current token is kept.
+
+Aligned chunks (``chunks=True``, the default when every input carries ``per_step_metric_ce``, i.e.
+was extracted with ``per_token_ce=True``): per base position and teacher, from the chunks of text
+both tokenizations encode with whole tokens (:mod:`fusekernels.tokenization.chunks`):
+
+- ``teacher_chunk_span`` / ``teacher_chunk_logprob`` [m, T]: at the last row of a chunk its number
+  of rows and the teacher's log-likelihood of its text (``loss_type="alm"``);
+- ``teacher_token_ce`` [m, T]: the teacher's nats per byte on the chunk that the row predicts,
+  the per-position metric of ``metric_level="token"`` (MinCE / AvgCE per token, comparable across
+  tokenizers); where no chunk covers a row, the teacher's rate over its whole row.
 """
 from __future__ import annotations
 
@@ -51,6 +61,9 @@ from .._optional import require
 from .extract import FLOAT16_MAX
 
 FALLBACKS = ("published", "absent")
+CE_COLUMN = "per_step_metric_ce"
+CHUNK_OUTPUTS = ("teacher_chunk_span", "teacher_chunk_logprob", "teacher_token_ce")
+UNKNOWN_RATE = 100.0  # nats per byte of a teacher without any chunk in a row: never preferred
 BAD_ROW_POLICIES = ("error", "skip")
 
 
@@ -70,7 +83,7 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
                    vocab_maps: Sequence | None = None, k: int | None = None, text_column: str | None = "text",
                    logits_dtype: str = "float16", batch_size: int = 64, num_proc: int | None = None,
                    check: str = "prefix", on_bad_row: str = "error", return_skipped: bool = False,
-                   bad_row_hint: str | None = None):
+                   chunks: bool | None = None, bad_row_hint: str | None = None):
     """Align and stack teachers (see module docstring). Returns a ``datasets.Dataset``.
 
     ``check`` is how the aligners verify that a base row and a teacher row cover the same text
@@ -84,7 +97,10 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
     ``return_skipped=True`` the result is ``(dataset, skipped)``, ``skipped`` a list of
     ``(row, reason)`` of the dropped input rows (empty with ``"error"``). ``bad_row_hint``: what
     the error of a bad row suggests (default: ``on_bad_row='skip'``; a caller whose inputs are a
-    cache says to recompute them instead)."""
+    cache says to recompute them instead).
+
+    ``chunks``: add the aligned-chunk columns (module docstring); ``None`` (default): when every
+    teacher dataset (and the base, with ``include_base_teacher``) has ``per_step_metric_ce``."""
     require("datasets", "align_teachers")
     import datasets
 
@@ -107,12 +123,21 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
     if vocab_maps is not None and len(vocab_maps) != len(teachers):
         raise ValueError(f"vocab_maps has {len(vocab_maps)} entries for {len(teachers)} teachers")
     own = ["topk_ids", "topk_logits", "metric_ce"] if include_base_teacher else []
+    if include_base_teacher and chunks is not False and CE_COLUMN in base.column_names:
+        own.append(CE_COLUMN)
     _require(base, ["input_ids", *own], "base")
     for t, teacher in enumerate(teachers):
         _require(teacher, ["input_ids", "topk_ids", "topk_logits", "metric_ce"], f"teachers[{t}]")
         _check_same_rows(base, teacher, t, text_column, per_row=on_bad_row == "skip")
     if len(base) == 0:
         raise ValueError("base dataset is empty")
+    with_ce = [d for d in ([base] if include_base_teacher else []) + teachers]
+    has_ce = all(CE_COLUMN in d.column_names for d in with_ce)
+    if chunks is None:
+        chunks = has_ce
+    elif chunks and not has_ce:
+        raise ValueError(f"chunks=True needs the per-token CE column {CE_COLUMN!r} in every teacher dataset "
+                         "(extract with per_token_ce=True)")
     use_text = text_column if text_column and text_column in base.column_names else None
     if k is None:
         widths = [len(d[0]["topk_ids"][0]) for d in ([base] if include_base_teacher else []) + teachers]
@@ -156,7 +181,7 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
     text_cols = [use_text] if use_text else []
     parts = [base.select_columns(["input_ids"] + text_cols + own)]
     for t, teacher in enumerate(teachers):
-        names = ["input_ids", "topk_ids", "topk_logits", "metric_ce"]
+        names = ["input_ids", "topk_ids", "topk_logits", "metric_ce"] + ([CE_COLUMN] if chunks else [])
         parts.append(teacher.select_columns(names).rename_columns({c: f"teacher{t}_{c}" for c in names}))
     joined = datasets.concatenate_datasets(parts, axis=1) if len(parts) > 1 else parts[0]
     n_teachers = len(teachers) + bool(include_base_teacher)
@@ -167,16 +192,19 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
         "teacher_ce": datasets.List(datasets.Value("float32")),
         "teacher_aligned": datasets.List(datasets.Value("int32")),
         **({use_text: base.features[use_text]} if use_text else {}),
+        **({"teacher_chunk_span": datasets.Array2D(shape=(None, n_teachers), dtype="int32"),
+            "teacher_chunk_logprob": datasets.Array2D(shape=(None, n_teachers), dtype="float32"),
+            "teacher_token_ce": datasets.Array2D(shape=(None, n_teachers), dtype="float32")} if chunks else {}),
     })
     fingerprint = _fingerprint(joined, ("align_teachers", method, include_base_teacher, fallback, k, use_text,
-                                        logits_dtype, check, profile_fingerprint(base_profile),
+                                        logits_dtype, check, bool(chunks), profile_fingerprint(base_profile),
                                         [profile_fingerprint(p) for p in profiles],
                                         [_vocab_map_fingerprint(m) if method == "compat_soft" else None
                                          for m in maps]))
     stacker = _Stacker(base=base_profile, profiles=profiles, tables=tables, method=method, k=k,
                        include_base_teacher=include_base_teacher, fallback=fallback, use_text=use_text,
                        logits_dtype=np.dtype(logits_dtype), check=check,
-                       threads=1 if num_proc and num_proc > 1 else 0)
+                       threads=1 if num_proc and num_proc > 1 else 0, chunks=bool(chunks))
     try:
         result = cached_map(
             joined.with_format("arrow"), stacker, label="align-teachers", fingerprint=fingerprint, batched=True,
@@ -244,6 +272,7 @@ class _Stacker:
     logits_dtype: np.dtype
     check: str
     threads: int
+    chunks: bool = False
 
     def __call__(self, table, indices):
         import pyarrow as pa
@@ -305,7 +334,40 @@ class _Stacker:
                "teacher_aligned": list_array(aligned.reshape(-1), per_row)}
         if self.use_text:
             out[self.use_text] = table.column(self.use_text)
+        if self.chunks:
+            for name, values in zip(CHUNK_OUTPUTS, self._chunk_columns(table, ids, off, indices)):
+                out[name] = nested_array(values, off)
         return pa.table(out)
+
+    def _chunk_columns(self, table, ids, off, indices):
+        """[M, T] chunk span, chunk log-likelihood and nats per byte of every teacher (module doc)."""
+        from fusekernels.tokenization.batch import arrow_lists
+        from fusekernels.tokenization.chunks import aligned_chunks
+
+        own, positions = self.include_base_teacher, ids.size
+        n_teachers = len(self.profiles) + own
+        span = np.zeros((positions, n_teachers), np.int32)
+        logprob = np.zeros((positions, n_teachers), np.float32)
+        rate = np.full((positions, n_teachers), np.nan, np.float32)
+        texts = table.column(self.use_text).to_pylist() if self.use_text else None
+        for t in range(n_teachers):
+            prefix = "" if own and t == 0 else f"teacher{t - own}_"
+            profile = self.base if own and t == 0 else self.profiles[t - own]
+            t_ids, t_off = (ids, off) if own and t == 0 else arrow_lists(table.column(f"{prefix}input_ids"))
+            ce, ce_off = arrow_lists(table.column(f"{prefix}{CE_COLUMN}"))
+            for row in range(off.size - 1):
+                rows = slice(off[row], off[row + 1])
+                a, c = t_ids[t_off[row]:t_off[row + 1]], ce[ce_off[row]:ce_off[row + 1]]
+                if c.size != a.size:
+                    raise ValueError(f"row {indices[row]}: teacher {t} has {c.size} per-token CE values for "
+                                     f"{a.size} tokens")
+                got = aligned_chunks(ids[rows], a, c, self.base, profile,
+                                     text=texts[row] if texts is not None else None, check="none")
+                span[rows, t], logprob[rows, t] = got.span, got.logprob
+                # rows no chunk covers: the teacher's rate over the row (its quality there is unknown)
+                fill = got.sequence_nats_per_byte if np.isfinite(got.sequence_nats_per_byte) else UNKNOWN_RATE
+                rate[rows, t] = np.where(np.isnan(got.nats_per_byte), fill, got.nats_per_byte)
+        return span, logprob, rate
 
     def _own_topk(self, table, off, indices, arrow_matrix):
         """The base model's own top-k [M, k] (padded to k), checked against ``input_ids``."""

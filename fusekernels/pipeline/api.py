@@ -30,8 +30,8 @@ class FusionDataReport:
 
     ``teachers``: per teacher (base model first when given) its name, ``coverage`` (fraction of
     student positions that got its real distribution), ``cache`` (``reused`` / ``computed`` /
-    ``resumed`` / ``disabled``) and extraction ``tokens`` / ``seconds`` / ``tokens_per_s`` (0 s when
-    reused). ``stages``: seconds and tokens/s of ``split``, ``align`` and ``pack``. ``chat``: whether
+    ``resumed`` / ``disabled``), extraction ``tokens`` / ``seconds`` / ``tokens_per_s`` (0 s when
+    reused) and ``start_tokens`` (the ids put before each text). ``stages``: seconds and tokens/s of ``split``, ``align`` and ``pack``. ``chat``: whether
     the input was conversations; then ``label_tokens`` counts the packed assistant tokens that carry
     a label (all other positions are -100).
     """
@@ -55,7 +55,8 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
                          teacher_names: Sequence[str] | None = None, num_proc: int | None = None,
                          progress: bool = True, log: Callable[[str], None] | None = print,
                          return_report: bool = False, messages_column: str = "messages",
-                         chat_templates: Sequence[str | None] | None = None, student_chat_template: str | None = None):
+                         chat_templates: Sequence[str | None] | None = None, student_chat_template: str | None = None,
+                         start_tokens: str = "model", chunks: bool = True):
     """Build a packed FuseLLM training dataset from raw texts (see module docstring).
 
     Args:
@@ -89,11 +90,18 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
             they are truncated to ``block_size`` tokens.
         chat_templates: per teacher, a chat template overriding its tokenizer's (None = its own).
         student_chat_template: the same for the student tokenizer.
+        start_tokens: ``"model"`` (default): every model is scored the way it was trained, its
+            tokenizer's start tokens (BOS and the like) before each text; ``"published"``: the
+            text alone, as the published recipe (see :func:`fusekernels.pipeline.extract.extract_teacher_topk`).
+        chunks: also extract per-token CE and add the aligned-chunk columns (``teacher_chunk_span``,
+            ``teacher_chunk_logprob`` for ``loss_type="alm"``, ``teacher_token_ce`` for
+            ``metric_level="token"``; see :mod:`fusekernels.pipeline.align_step`). Text data only.
     Returns:
         the packed ``datasets.Dataset``, or ``(dataset, FusionDataReport)`` with ``return_report``.
     """
     from .align_step import align_teachers, alignment_stats
     from .cache import cached_extract
+    from .extract import start_token_ids
     from .io import load_tokenizer
     from .pack import pack_sequences
     from .split import split_long_texts
@@ -123,7 +131,7 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
                            return_report=return_report,
                            extract=dict(k=k, max_length=block_size, batch_size=batch_size, text_column="text",
                                         logits_dtype=logits_dtype, load_kwargs=load_kwargs, cache=cache,
-                                        progress=progress, log=log))
+                                        progress=progress, log=log, start_tokens=start_tokens))
 
     start = time.perf_counter()
     split = split_long_texts(dataset.select_columns([text_column]), [student_tokenizer, *tokenizers], block_size,
@@ -132,7 +140,8 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
     report.stages["split"] = {"seconds": time.perf_counter() - start, "texts": len(dataset)}
 
     extract = dict(k=k, max_length=block_size, batch_size=batch_size, text_column=text_column,
-                   logits_dtype=logits_dtype, load_kwargs=load_kwargs, cache=cache, progress=progress, log=log)
+                   logits_dtype=logits_dtype, load_kwargs=load_kwargs, cache=cache, progress=progress, log=log,
+                   start_tokens=start_tokens, per_token_ce=bool(chunks))
     sources = ([("base", base_model, student_tokenizer)] if base_model is not None else []) + \
         list(zip(names, models, tokenizers))
     rows, entries = [], []
@@ -145,7 +154,8 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
         tokens = sum(len(x) for x in out["input_ids"])
         rows.append(out)
         report.teachers.append({"name": name, "cache": info.status, "tokens": tokens, "seconds": seconds,
-                                "tokens_per_s": tokens / seconds if seconds > 0 else 0.0})
+                                "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+                                "start_tokens": start_token_ids(tokenizer) if start_tokens == "model" else []})
     if base_model is not None:
         base_rows, teacher_rows = rows[0], rows[1:]
     else:
@@ -163,7 +173,7 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
         "check that every teacher's tokenizer belongs to its model")
     aligned = align_teachers(base_rows, teacher_rows, base_tokenizer=student_tokenizer,
                              teacher_tokenizers=tokenizers, method=method, include_base_teacher=base_model is not None,
-                             fallback=fallback, k=k, text_column=text_column, num_proc=num_proc,
+                             fallback=fallback, k=k, text_column=text_column, num_proc=num_proc, chunks=bool(chunks),
                              logits_dtype=logits_dtype, bad_row_hint=hint)
     seconds = time.perf_counter() - start
     stats = alignment_stats(aligned)

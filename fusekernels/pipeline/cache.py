@@ -8,7 +8,8 @@ once. An entry is keyed by everything that determines them:
   loaded only on a miss), else of its in-memory config and weights; plus the load options;
 - the tokenizer's definition (vocabulary, pipeline, special tokens; not flags such as
   ``add_bos_token`` that extraction does not use), the texts (content and order), ``k``, ``max_length``,
-  ``logits_dtype``, ``per_token_ce``, and the cache format version.
+  ``logits_dtype``, ``per_token_ce``, the start tokens prepended to each text (``start_tokens``), and
+  the cache format version.
 
 Layout under ``cache_dir("teacher-outputs")`` (``$FUSEKERNELS_CACHE``): ``<key>/`` is a finished
 entry (an :func:`extract_teacher_topk` output folder plus ``cache_key.json``); ``<key>.partial/``
@@ -52,10 +53,14 @@ class CacheInfo:
 
 
 def extraction_key(model, tokenizer, texts, *, k: int, max_length: int, logits_dtype: str = "float16",
-                   per_token_ce: bool = False, load_kwargs: dict | None = None) -> dict:
+                   per_token_ce: bool = False, load_kwargs: dict | None = None, start_tokens: str = "model") -> dict:
     """The fields that determine a teacher's outputs (see module docstring), as a JSON dict.
 
     ``model`` is a path (file or folder) or an in-memory ``torch.nn.Module``."""
+    from .extract import START_TOKENS, start_token_ids
+
+    if start_tokens not in START_TOKENS:
+        raise ValueError(f"start_tokens must be one of {START_TOKENS}, got {start_tokens!r}")
     if isinstance(model, (str, os.PathLike)):
         model_fp = {"file": file_fingerprint(model)}
     else:
@@ -65,13 +70,16 @@ def extraction_key(model, tokenizer, texts, *, k: int, max_length: int, logits_d
             # special-token map): these flags cannot change its outputs, and a tokenizer saved and
             # reloaded may not keep them (Gemma-3's add_bos_token)
             "tokenizer": tokenizer_fingerprint(tokenizer, ignore=_UNUSED_FLAGS), "texts": texts_fingerprint(texts), "num_texts": len(texts),
-            "k": k, "max_length": max_length, "logits_dtype": logits_dtype, "per_token_ce": bool(per_token_ce)}
+            "k": k, "max_length": max_length, "logits_dtype": logits_dtype, "per_token_ce": bool(per_token_ce),
+            # the ids prepended to the model's input (its BOS and the like; [] = the text alone)
+            "start_tokens": start_token_ids(tokenizer) if start_tokens == "model" else []}
 
 
 def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, batch_size: int = 8,
                    text_column: str = "text", logits_dtype: str = "float16", per_token_ce: bool = False,
                    load_kwargs: dict | None = None, cache: bool | str | os.PathLike = True,
-                   progress: bool = True, log: Callable[[str], None] | None = print, name: str | None = None):
+                   progress: bool = True, log: Callable[[str], None] | None = print, name: str | None = None,
+                   start_tokens: str = "model"):
     """:func:`extract_teacher_topk` through the disk cache. Returns ``(dataset, CacheInfo)``.
 
     Args:
@@ -83,6 +91,7 @@ def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, b
         cache: ``True`` (the user cache folder), a folder, or ``False`` (no cache, plain extraction).
         log: called with one line when an entry is reused, resumed or written (``None``: silent).
         name: the teacher's name in those lines.
+        start_tokens: "model" (default) or "published", see :func:`extract_teacher_topk`.
     """
     from .extract import extract_teacher_topk, load_extracted
 
@@ -94,12 +103,12 @@ def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, b
     label = name or (Path(model).name if isinstance(model, (str, os.PathLike)) else type(model).__name__)
     texts = dataset.select_columns([text_column])
     run = dict(k=k, batch_size=batch_size, max_length=max_length, text_column=text_column,
-               logits_dtype=logits_dtype, per_token_ce=per_token_ce, progress=progress)
+               logits_dtype=logits_dtype, per_token_ce=per_token_ce, progress=progress, start_tokens=start_tokens)
     if cache is False or cache is None:
         return extract_teacher_topk(_load(model, load_kwargs), tokenizer, texts, **run), CacheInfo("disabled", None, None)
 
     key = extraction_key(model, tokenizer, texts[text_column], k=k, max_length=max_length, logits_dtype=logits_dtype,
-                         per_token_ce=per_token_ce, load_kwargs=load_kwargs)
+                         per_token_ce=per_token_ce, load_kwargs=load_kwargs, start_tokens=start_tokens)
     digest = json_fingerprint(key)
     root = cache_dir("teacher-outputs") if cache is True else ensure_folder(
         cache, what="teacher-output cache folder", hint="pass a writable folder as the cache (--cache-dir)")

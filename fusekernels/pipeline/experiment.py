@@ -125,12 +125,13 @@ def perplexity(model, blocks, batch_size: int = 8) -> float:
 
 
 def train_arm(model, tokenizer, packed, *, steps: int, batch_size: int, lr: float, seed: int, lam: float,
-              fusion: str = "mince", loss_type: str = "kl", warmup_steps: int = 0, log_every: int = 5,
+              fusion: str = "mince", loss_type: str = "kl", metric_level: str = "sequence",
+              alm_temperature: float = 1.0, warmup_steps: int = 0, log_every: int = 5,
               out: str | os.PathLike, save: bool = False, verbose: bool = False) -> dict:
     """Train ``model`` in place on ``packed`` with FusionTrainer; ``lam=1`` is CLM only.
 
-    Returns ``{"lam", "fusion", "seconds", "tokens_per_s", "curve"}`` (curve: logged points
-    ``{"step", "loss", "clm_loss", "fusion_loss"}``)."""
+    Returns ``{"lam", "fusion", "loss_type", "metric_level", "seconds", "tokens_per_s", "curve"}``
+    (curve: logged points ``{"step", "loss", "clm_loss", "fusion_loss"}``)."""
     import torch
     from transformers import TrainerCallback, TrainingArguments
 
@@ -151,7 +152,8 @@ def train_arm(model, tokenizer, packed, *, steps: int, batch_size: int, lr: floa
                              learning_rate=lr, warmup_steps=warmup_steps, lr_scheduler_type="cosine",
                              logging_steps=log_every, save_strategy="no", report_to="none", seed=seed,
                              data_seed=seed, use_cpu=not torch.cuda.is_available(), disable_tqdm=not verbose)
-    fusion_args = FusionArguments(num_teachers=n_teachers, fusion=fusion, loss_type=loss_type, lam=lam)
+    fusion_args = FusionArguments(num_teachers=n_teachers, fusion=fusion, loss_type=loss_type, lam=lam,
+                                  metric_level=metric_level, alm_temperature=alm_temperature)
     trainer = FusionTrainer(model=model, args=args, train_dataset=packed, processing_class=tokenizer,
                             fusion_args=fusion_args, callbacks=[curve])
     start = time.perf_counter()
@@ -160,16 +162,17 @@ def train_arm(model, tokenizer, packed, *, steps: int, batch_size: int, lr: floa
     block = len(packed[0]["input_ids"])
     if save:
         trainer.save_model(str(out))
-    return {"lam": lam, "fusion": fusion, "seconds": seconds, "tokens_per_s": steps * batch_size * block / seconds,
-            "curve": curve.points}
+    return {"lam": lam, "fusion": fusion, "loss_type": loss_type, "metric_level": metric_level, "seconds": seconds,
+            "tokens_per_s": steps * batch_size * block / seconds, "curve": curve.points}
 
 
-def mince_choices(packed, names) -> dict:
+def mince_choices(packed, names, metric_level: str = "sequence") -> dict:
     """How often MinCE picks each teacher over the training positions of ``packed``.
 
     A position's choice is the present teacher (one with a real distribution there) with the
-    smallest ``teacher_ce`` (ties: the first), exactly as the loss decides it. Returns fractions
-    per name plus ``"none"`` (positions where no teacher is present)."""
+    smallest metric (ties: the first), exactly as the loss decides it: ``teacher_ce`` per block
+    (``metric_level="sequence"``) or ``teacher_token_ce`` per position (``"token"``). Returns
+    fractions per name plus ``"none"`` (positions where no teacher is present)."""
     import numpy as np
     import torch
 
@@ -180,7 +183,8 @@ def mince_choices(packed, names) -> dict:
     for start in range(0, len(data), 64):
         rows = data[start:start + 64]
         logits = torch.from_numpy(np.stack(list(rows["teacher_logits"])).astype(np.float32))  # [B, L, T, k]
-        ce = torch.from_numpy(np.stack(list(rows["teacher_ce"])).astype(np.float32))           # [B, T] or [B, L, T]
+        column = "teacher_token_ce" if metric_level == "token" else "teacher_ce"
+        ce = torch.from_numpy(np.stack(list(rows[column])).astype(np.float32))                  # [B, T] or [B, L, T]
         present = torch.isfinite(logits).any(-1)                                                # [B, L, T]
         if ce.dim() == 2:
             ce = ce[:, None, :].expand_as(present)
@@ -234,6 +238,29 @@ def plot_perplexity(values: dict, path: str | os.PathLike, title: str, errors: d
     ax.set_ylabel("held-out perplexity (lower is better)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_paired(paired: dict, path: str | os.PathLike) -> None:
+    """Paired differences per seed (``paired[table][row][vs_*]``, one point per seed, the mean as a
+    bar) of every fused row against its reference row; below 0 = fusion better."""
+    plt = _pyplot()
+    tables = [t for t in ("table1", "table2") if paired.get(t)]
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 3.4), dpi=100, squeeze=False)
+    for ax, table in zip(axes[0], tables):
+        rows = paired[table]
+        label = next(k for k in next(iter(rows.values())) if k.startswith("vs_"))
+        for x, (arm, entry) in enumerate(rows.items()):
+            values = entry[label]
+            ax.bar(x, sum(values) / len(values), 0.6, color="#9ecae1" if sum(values) < 0 else "#fdae6b")
+            ax.scatter([x] * len(values), values, color="black", s=12, zorder=3)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(range(len(rows)), [arm.replace("fusellm_", "").replace("fusechat_", "fc_") for arm in rows],
+                      rotation=20, fontsize=8)
+        reference = next(iter(rows.values()))["reference"]
+        ax.set_title(f"{table}: mean held-out ppl minus {reference}\n(per seed; < 0 = fusion better)", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     _save(fig, path)
 

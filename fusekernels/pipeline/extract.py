@@ -2,10 +2,19 @@
 
 Per text: ``text`` is tokenized without special tokens, the EOS id appended and
 the ids truncated to ``max_length`` (the published recipe tokenizes ``text + eos_token``; adding
-the id avoids the EOS string merging with the preceding text). Labels are the input ids. One
-forward pass gives logits ``[B, T, V]``; per position t the top-k (default 10) logits and their
-ids (the distribution that predicts token t+1) and the cross-entropy of token t+1 are kept, via
-``fusekernels.loss.teacher_topk`` in the logits' own precision (the published code casts to
+the id avoids the EOS string merging with the preceding text). Labels are the input ids.
+
+Each model is scored the way it was trained (``start_tokens="model"``, the default): the ids its
+tokenizer puts before a text when it adds special tokens (BOS and the like, see
+:func:`start_token_ids`; none for tokenizers that add none, and none for a text that already
+starts with them, e.g. a chat rendering) are prepended to the model's input, and every output is
+kept for the text's own tokens only, so the stored rows have the same shape either way (models
+such as Gemma-3 depend on their BOS: 4.50 nats per token on KJV verses without it, 3.22 with
+it). ``start_tokens="published"`` feeds the text alone, as the published recipe does.
+
+One forward pass gives logits ``[B, T, V]``; per text position t the top-k (default 10) logits and
+their ids (the distribution that predicts token t+1) and the cross-entropy of token t+1 are kept,
+via ``fusekernels.loss.teacher_topk`` in the logits' own precision (the published code casts to
 fp16 first, which loses precision and can tie distinct logits).
 
 Output columns (one row per input row, order kept; other input columns are kept unless
@@ -48,6 +57,19 @@ import numpy as np
 from .._optional import require
 
 META_NAME = "extract_meta.json"
+START_TOKENS = ("model", "published")
+
+
+def start_token_ids(tokenizer) -> list[int]:
+    """The ids ``tokenizer`` puts before a text when it adds its special tokens (e.g. ``[bos]`` for
+    Gemma or Llama-3 tokenizers, ``[]`` for GPT-2-style ones): what the model saw in training."""
+    for probe in ("Hello world", "a"):
+        plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+        full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+        for start in range(len(full) - len(plain) + 1):
+            if full[start:start + len(plain)] == plain:
+                return [int(i) for i in full[:start]]
+    return []
 
 
 def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: int = 8,
@@ -55,7 +77,7 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
                          per_token_ce: bool = False, logits_dtype: str = "float16",
                          output_dir: str | os.PathLike | None = None, shard_size: int = 1024,
                          device: str | torch.device | None = None, keep_columns: bool = True,
-                         progress: bool = True, precision: str = "fp32"):
+                         progress: bool = True, precision: str = "fp32", start_tokens: str = "model"):
     """Run ``model`` over ``dataset[text_column]`` and return a ``datasets.Dataset`` of its top-k.
 
     Args:
@@ -69,15 +91,22 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
         output_dir: makes the run resumable (see module docstring); ``None`` keeps it in memory.
         precision: "fp32" (default) or "published": logits cast to fp16 before the top-k and the
             CE, token CE rounded to fp16 and ``metric_ce`` computed in fp16, as published.
+        start_tokens: "model" (default): the model sees the ids its tokenizer adds before a text
+            (:func:`start_token_ids`, e.g. BOS) and outputs are kept for the text's tokens only;
+            "published": the text alone, as the published recipe.
     """
     require("datasets", "extract_teacher_topk")
     import datasets
     import torch
 
     _validate(dataset, text_column, k, batch_size, shard_size, logits_dtype, tokenizer)
-    if precision not in ("fp32", "published"):
-        raise ValueError(f"precision must be 'fp32' or 'published', got {precision!r}")
-    max_length = _max_length(model, tokenizer, max_length)
+    from fusekernels.loss.registry import PRECISIONS
+
+    PRECISIONS.check(precision)
+    if start_tokens not in START_TOKENS:
+        raise ValueError(f"start_tokens must be one of {START_TOKENS}, got {start_tokens!r}")
+    start_ids = start_token_ids(tokenizer) if start_tokens == "model" else []
+    max_length = _max_length(model, tokenizer, max_length, reserve=len(start_ids))
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if isinstance(vocab, int) and k > vocab:
         raise ValueError(f"k={k} is larger than the model's vocabulary ({vocab})")
@@ -90,7 +119,7 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
     shards = [(start, min(start + shard_size, len(dataset))) for start in range(0, len(dataset), shard_size)]
     runner = _ShardRunner(model, tokenizer, k, batch_size, max_length, text_column, per_token_ce,
                           logits_dtype, device, keep_columns)
-    runner.precision = precision
+    runner.precision, runner.start = precision, start_ids
     if output_dir is None:
         return datasets.concatenate_datasets([runner(dataset.select(range(a, b)), progress, first_row=a)
                                               for a, b in shards])
@@ -102,7 +131,8 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
     # (hashes the weights: only for a resumable run)
     config = _resume_config(model, tokenizer, dataset, k=k, batch_size=batch_size, max_length=max_length,
                             text_column=text_column, per_token_ce=per_token_ce, logits_dtype=logits_dtype,
-                            precision=precision, shard_size=shard_size, keep_columns=keep_columns)
+                            precision=precision, shard_size=shard_size, keep_columns=keep_columns,
+                            start_tokens=start_ids)
     resumed = _check_meta(out, config)  # every process, so that all of them stop on a mismatch
     tag = json_fingerprint(config)  # ties every shard's checksum record to this extraction
     if state.is_main_process:
@@ -226,6 +256,7 @@ class _ShardRunner:
         self.max_length, self.text_column, self.per_token_ce = max_length, text_column, per_token_ce
         self.logits_dtype, self.device, self.keep_columns = logits_dtype, device, keep_columns
         self.precision = "fp32"
+        self.start: list[int] = []  # prepended to every text that does not already begin with them
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def features(self, dataset):
@@ -273,12 +304,17 @@ class _ShardRunner:
     def _forward_batch(self, torch, batch_ids: list[list[int]], row_ids: list[int]) -> list[dict]:
         from fusekernels.loss import teacher_topk
 
-        lengths = torch.tensor([len(x) for x in batch_ids])
+        start = self.start
+        # per row: the start ids it gets (none when the text already begins with them)
+        prefixes = [[] if not start or ids[:len(start)] == start else start for ids in batch_ids]
+        lengths = torch.tensor([len(p) + len(x) for p, x in zip(prefixes, batch_ids)])
+        offsets = torch.tensor([len(p) for p in prefixes])
         width = int(lengths.max())
         input_ids = torch.full((len(batch_ids), width), self.pad_id, dtype=torch.long)
-        for row, ids in enumerate(batch_ids):
-            input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask = torch.arange(width)[None, :] < lengths[:, None]
+        for row, (prefix, ids) in enumerate(zip(prefixes, batch_ids)):
+            input_ids[row, :len(prefix) + len(ids)] = torch.tensor(prefix + ids, dtype=torch.long)
+        positions = torch.arange(width)[None, :]
+        mask = positions < lengths[:, None]
         # next-token labels: position t is scored on id t+1; the last real position has none
         labels = torch.full_like(input_ids, -100)
         labels[:, :-1] = input_ids[:, 1:].masked_fill(~mask[:, 1:], -100)
@@ -287,13 +323,15 @@ class _ShardRunner:
         if logits.shape[-1] < self.k:
             raise ValueError(f"k={self.k} is larger than the model's vocabulary ({logits.shape[-1]})")
         # all rows at once (padding rows included: no [N, V] copy of the real rows); results are small
-        flat_mask = mask.to(logits.device)
         ids, values, _, ce = teacher_topk(logits, labels.to(logits.device), self.k, precision=self.precision)
         del logits
-        ids, values, ce = ids[flat_mask], values[flat_mask], ce[flat_mask]
+        # outputs of the text's own tokens only (the start positions are context)
+        keep = (mask & (positions >= offsets[:, None])).to(ids.device)
+        ids, values, ce = ids[keep], values[keep], ce[keep]
         ids, values, ce = ids.cpu().numpy().astype(np.int32), values.float().cpu().numpy(), ce.float().cpu().numpy()
         rows, offset = [], 0
-        for n, length in enumerate(lengths.tolist()):
+        for n, ids_n in enumerate(batch_ids):
+            length = len(ids_n)
             seq = slice(offset, offset + length)
             offset += length
             check_storable_logits(values[seq], self.logits_dtype, f"row {row_ids[n]}")
@@ -303,7 +341,7 @@ class _ShardRunner:
                 metric = np.float32((torch.from_numpy(seq_ce[:labelled]).half().sum() / max(labelled, 1)).half())
             else:
                 metric = np.float32(seq_ce[:labelled].sum(dtype=np.float64) / max(labelled, 1))
-            row = {"input_ids": np.asarray(batch_ids[n], dtype=np.int32),
+            row = {"input_ids": np.asarray(ids_n, dtype=np.int32),
                    "topk_ids": ids[seq],
                    "topk_logits": values[seq].astype(self.logits_dtype),
                    "metric_ce": metric}
@@ -371,7 +409,9 @@ def _validate(dataset, text_column, k, batch_size, shard_size, logits_dtype, tok
         raise ValueError("dataset is empty")
 
 
-def _max_length(model, tokenizer, max_length):
+def _max_length(model, tokenizer, max_length, reserve: int = 0):
+    """The text-token truncation length: ``max_length``, else the model's limit less the
+    ``reserve`` start tokens prepended to its input."""
     if max_length is not None:
         if not isinstance(max_length, int) or max_length < 1:
             raise ValueError(f"max_length must be an int >= 1, got {max_length!r}")
@@ -381,7 +421,7 @@ def _max_length(model, tokenizer, max_length):
     limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 10**7]  # HF uses 1e30 for "none"
     if not limits:
         raise ValueError("max_length not given and neither the tokenizer nor the model config defines one")
-    return min(limits)
+    return max(1, min(limits) - reserve)
 
 
 def _default_device(model) -> torch.device:
@@ -403,6 +443,7 @@ RESUME_OPTIONS = {
     "keep_columns": "keep_columns", "texts_sha256": "--data (texts)", "tokenizer": "--tokenizer",
     "model_weights": "--model (weights)", "model_dtype": "--dtype", "batch_size": "--batch-size",
     "pad_id": "--tokenizer (pad id)", "padding_side": "padding side", "format": "format version",
+    "start_tokens": "--start-tokens",
 }
 _META_FORMAT = 3  # 3: shards carry content checksums
 

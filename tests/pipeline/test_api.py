@@ -35,7 +35,8 @@ def test_one_call_equals_the_steps(setup, tmp_path):
                                           return_report=True)
     # the same chain by hand
     data = split_long_texts(datasets.Dataset.from_dict({"text": texts}), [student] + [t for _, t in teachers], 64)
-    rows = [extract_teacher_topk(m, t, data, k=4, max_length=64, progress=False) for m, t in teachers]
+    rows = [extract_teacher_topk(m, t, data, k=4, max_length=64, progress=False, per_token_ce=True)
+            for m, t in teachers]
     aligned = align_teachers(tokenize_texts(student, data, max_length=64), rows, base_tokenizer=student,
                              teacher_tokenizers=[t for _, t in teachers], include_base_teacher=False,
                              fallback="absent", k=4)
@@ -45,6 +46,18 @@ def test_one_call_equals_the_steps(setup, tmp_path):
         for a, b in zip(packed[col], expected[col]):
             np.testing.assert_array_equal(np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32))
     assert np.asarray(packed[0]["teacher_ids"]).shape == (64, 2, 4)
+    assert {"teacher_chunk_span", "teacher_chunk_logprob", "teacher_token_ce"} <= set(packed.column_names)
+    # the chunk columns of the first aligned row are those of aligned_chunks on that row
+    from fusekernels.tokenization.chunks import aligned_chunks
+    from fusekernels.tokenization.profile import TokenizerProfile
+
+    base = TokenizerProfile.from_tokenizer(student)
+    for t, (_, tok) in enumerate(teachers):
+        got = aligned_chunks(aligned[0]["input_ids"], rows[t][0]["input_ids"], rows[t][0]["per_step_metric_ce"], base,
+                             TokenizerProfile.from_tokenizer(tok), text=data[0]["text"])
+        assert np.array_equal(np.asarray(aligned[0]["teacher_chunk_span"])[:, t], got.span)
+        np.testing.assert_allclose(np.asarray(aligned[0]["teacher_chunk_logprob"])[:, t], got.logprob)
+        assert got.span.sum() > 0
     assert [t["name"] for t in report.teachers] == ["gpt2", "qwen"]
     assert all(t["cache"] == "computed" and 0 < t["coverage"] <= 1 and t["tokens"] > 0 for t in report.teachers)
     assert report.student_positions == sum(len(x) for x in aligned["input_ids"])

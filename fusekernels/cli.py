@@ -214,13 +214,17 @@ def cmd_train(args):
 
 def cmd_merge(args):
     from .pipeline.merge import merge_models
+    from .pipeline.merge_registry import get_merge_method
+    from .pipeline.mergekit_merge import parse_cli_setting, parse_setting
 
-    if args.method not in ("varm", "linear"):
+    if get_merge_method(args.method).whole_model:  # mergekit's methods
         _check_one_architecture([*args.targets, *([args.base] if args.base else [])])
-    report = merge_models(args.targets, args.out, method=args.method, base=args.base, weights=args.weights,
-                          temperature=args.temperature, max_shard_size=_parse_size(args.max_shard_size),
-                          density=args.density, t=args.t if len(args.t) > 1 else args.t[0], seed=args.seed,
-                          normalize=not args.no_normalize, dtype=args.merge_dtype)
+    per_target = {name: None if values is None else [parse_setting(v) for v in values]
+                  for name, values in (("weights", args.weights), ("density", args.density))}
+    report = merge_models(args.targets, args.out, method=args.method, base=args.base, temperature=args.temperature,
+                          zero_variation=args.zero_variation, max_shard_size=_parse_size(args.max_shard_size),
+                          t=None if args.t is None else parse_cli_setting(args.t), seed=args.seed,
+                          normalize=False if args.no_normalize else None, dtype=args.merge_dtype, **per_target)
     print(f"merge ({report.method}): {len(report.weights)} tensors, {report.num_parameters} parameters -> "
           f"{', '.join(report.files)}")
 
@@ -236,7 +240,7 @@ def cmd_fusechat(args):
         batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps,
         seed=args.seed, extract_batch_size=args.extract_batch_size, merge_method=args.merge,
         merge_weights=args.merge_weights, merge_temperature=args.merge_temperature, density=args.density,
-        t=args.t, cpu=args.cpu)
+        t=_merge_t(args.t), cpu=args.cpu)
     run_pairwise(config)
 
 
@@ -275,11 +279,18 @@ def _check_one_architecture(folders):
         found[str(folder)] = "/".join(arch) or "unknown"
     if len(set(found.values())) > 1:
         listed = ", ".join(f"{folder} ({arch})" for folder, arch in found.items())
-        raise UserError(f"the models to merge have different architectures: {listed}; the mergekit methods "
-                        "(ties, dare_*, slerp, task_arithmetic) merge models of one architecture only")
+        raise UserError(f"the models to merge have different architectures: {listed}; the whole-model (mergekit) "
+                        "methods merge models of one architecture only")
 
 
 # ---------------------------------------------------------------------- parser
+def _merge_t(tokens):
+    """``--t`` of `fusechat`: a number, a gradient or per-parameter filters (see `merge --t`)."""
+    from .pipeline.mergekit_merge import parse_cli_setting
+
+    return parse_cli_setting(tokens)
+
+
 def _parse_size(text: str) -> int:
     units = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
     value = str(text).strip().upper()
@@ -484,25 +495,32 @@ def build_parser() -> argparse.ArgumentParser:
                        "every TrainingArguments option, or a YAML / JSON config file.")
     p.set_defaults(func=cmd_train)
 
+    from .pipeline.merge import ZERO_VARIATION_RULES, merge_method_names, merge_methods
+
     p = command("merge", cmd_merge, "Merge target models in parameter space (FuseChat VaRM, linear; TIES, DARE, "
                                     "SLERP, task arithmetic via mergekit).")
     p.add_argument("--targets", required=True, nargs="+",
                    help="safetensors checkpoints (folders or files; model folders for the mergekit methods)")
     p.add_argument("--base", help="common starting (pivot) model: varm, ties, dare_*, task_arithmetic")
-    p.add_argument("--method", choices=["varm", "linear", "ties", "dare_ties", "dare_linear", "slerp",
-                                        "task_arithmetic"], default="varm")
-    p.add_argument("--weights", type=float, nargs="+",
-                   help="per-target weights (linear; ties / dare_* / task_arithmetic, default 1 each)")
+    p.add_argument("--method", choices=merge_method_names(), default="varm",
+                   help="; ".join(f"{m.name}: {m.summary}" for m in merge_methods()))
+    p.add_argument("--weights", nargs="+", metavar="W", help="per-target weights, one for all or one per target "
+                   "(linear: numbers; ties / dare_* / task_arithmetic: each also a gradient 0,0.5,1 or filters "
+                   "'self_attn=0.3;mlp=0.7;0.5'; default 1 each)")
     p.add_argument("--temperature", type=float, help="VaRM softmax temperature (default: plain normalisation)")
-    p.add_argument("--density", type=float, nargs="+", help="ties / dare_*: fraction of each task vector kept "
-                   "(one value or one per target; default 0.5 as FuseChat)")
-    p.add_argument("--t", type=float, nargs="+", default=[0.5],
-                   help="slerp: 0 = first target, 1 = second (several values: a gradient over the layers)")
+    p.add_argument("--zero-variation", choices=ZERO_VARIATION_RULES, help="VaRM, when a target left a tensor "
+                   "unchanged: uniform weights for it (default, the published FuseChat merge) or the plain "
+                   "variation ratio (that target gets weight 0)")
+    p.add_argument("--density", nargs="+", metavar="D", help="ties / dare_*: fraction of each task vector kept "
+                   "(one value or one per target, numbers, gradients or filters as --weights; default 0.5 as FuseChat)")
+    p.add_argument("--t", nargs="+", metavar="T", help="slerp: 0 = first target, 1 = second; a number, a gradient "
+                   "over the layers (0,0.5,1), or per-parameter filters with a fallback, e.g. FuseChat's published "
+                   "--t self_attn=0,0.5,0.3,0.7,1 mlp=1,0.5,0.7,0.3,0 0.5 (default 0.5)")
     p.add_argument("--no-normalize", action="store_true", help="ties / dare_* / task_arithmetic: do not "
                    "normalise the weights (FuseChat normalises)")
     p.add_argument("--merge-dtype", choices=["float32", "bfloat16", "float16"],
                    help="mergekit methods: output dtype (default: mergekit's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of DARE's random drops")
+    p.add_argument("--seed", type=int, help="dare_*: seed of the random drops (default 0)")
     p.add_argument("--max-shard-size", default="2GB")
     _common(p, out_help="output folder or .safetensors file", num_proc=False, text_column=False)
 
@@ -531,12 +549,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps")
     p.add_argument("--seed", type=int, default=42, help="training seed (and DARE's)")
     p.add_argument("--extract-batch-size", type=_positive_int, default=8, help="sequences per teacher forward")
-    p.add_argument("--merge", choices=["varm", "linear", "ties", "dare_ties", "dare_linear", "slerp",
-                                       "task_arithmetic"], default="varm", help="merge of the target models")
+    p.add_argument("--merge", choices=merge_method_names(), default="varm", help="merge of the target models")
     p.add_argument("--merge-weights", type=float, nargs="+", help="per-target merge weights")
     p.add_argument("--merge-temperature", type=float, help="VaRM softmax temperature")
     p.add_argument("--density", type=float, nargs="+", help="ties / dare_*: density (default 0.5)")
-    p.add_argument("--t", type=float, default=0.5, help="slerp interpolation")
+    p.add_argument("--t", nargs="+", metavar="T", default=["0.5"],
+                   help="slerp interpolation: a number, a gradient or filters, as `merge --t`")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     _common(p, out_help="output folder (rerun with the same options to resume)", num_proc=False)
 

@@ -32,7 +32,7 @@ class AlmRows(NamedTuple):
 
 def alm_rows(row_logprob, span, chunk_logprob, row_ok, lead_shape, temperature, weights, fusion_scale,
              fusion_unit) -> AlmRows:
-    """:class:`AlmRows` from each row's log-likelihood of its label [N] (any value on rows
+    """``AlmRows`` from each row's log-likelihood of its label [N] (any value on rows
     without one), the chunks ([N, T] from :func:`fusekernels.loss.alm.check_chunks`), the fusion
     weights [N, T] and the fusion term's per-row scale / unit scale [N] (a chunk takes those of
     its last row)."""
@@ -213,7 +213,7 @@ def fusion_loss(
             log-likelihood of that chunk's text.
         alm_temperature: the temperature tau of the chunk likelihoods (``loss_type="alm"``).
         _alm_rows: internal, for chunked callers: ``(AlmRows, covers [N, T] bool)`` computed on
-            the whole batch (:func:`alm_plan`), for these rows.
+            the whole batch (``alm_plan`` in this module), for these rows.
 
     Returns:
         The loss (0-d, or [...] for "none"), or a FusionLossOutput. Only ``logits`` receives a

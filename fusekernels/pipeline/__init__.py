@@ -13,8 +13,9 @@ Steps (each takes and returns a ``datasets.Dataset``; the CLI chains them throug
 :func:`build_fusion_dataset` chains steps 1-4 for a student tokenizer and several teachers in one
 call, with teacher outputs kept in a disk cache (:func:`cached_extract`).
 
-:func:`merge_models` merges trained target models (FuseChat VaRM or linear)
-tensor by tensor from safetensors files.
+:func:`merge_models` merges trained target models with a method of one registry
+(:func:`register_merge_method`): FuseChat VaRM and linear tensor by tensor from safetensors
+files, mergekit's TIES / DARE / task arithmetic / SLERP.
 """
 import importlib
 
@@ -24,7 +25,7 @@ _EXPORTS = {
     "align_teachers": "align_step", "alignment_stats": "align_step", "AlignmentStats": "align_step",
     "pack_sequences": "pack", "pack_arrays": "pack",
     "merge_models": "merge", "variation_weights": "merge", "MergeReport": "merge",
-    "SafetensorsCheckpoint": "merge",
+    "SafetensorsCheckpoint": "merge", "register_merge_method": "merge", "merge_method_names": "merge",
     "build_fusion_dataset": "api", "FusionDataReport": "api",
     "cached_extract": "cache", "extraction_key": "cache", "CacheInfo": "cache",
 }

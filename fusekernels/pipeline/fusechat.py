@@ -77,6 +77,9 @@ class PairwiseConfig:
                 raise ValueError(f"{len(self.source_tokenizers)} source_tokenizers for {len(self.sources)} sources")
         if not 0.0 <= float(self.lam) <= 1.0:
             raise ValueError(f"lam must lie in [0, 1], got {self.lam}")
+        from .merge import MERGE_METHODS
+
+        MERGE_METHODS.check(self.merge_method, "merge_method")  # a registered method, before any work
         for name in ("max_length", "k", "steps", "batch_size", "grad_accum", "extract_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -187,7 +190,7 @@ def _run_steps(config: PairwiseConfig, steps: _Steps, verbose: bool) -> None:
     from .align_step import align_teachers, alignment_stats
     from .extract import extract_teacher_topk, load_extracted
     from .io import load_model, load_rows, load_tokenizer
-    from .merge import merge_models
+    from .merge import get_merge_method, merge_models
     from .pack import pack_sequences
     from .split import split_long_texts
 
@@ -254,10 +257,12 @@ def _run_steps(config: PairwiseConfig, steps: _Steps, verbose: bool) -> None:
 
     def merge(tmp):
         # merge_models refuses an existing folder: write into a fresh name inside the temporary one
+        spec = get_merge_method(config.merge_method)  # the registry says what the method takes
         merge_models(targets, tmp / "model", method=config.merge_method,
-                     base=pivot_dir if config.merge_method != "linear" and config.merge_method != "slerp" else None,
+                     base=pivot_dir if spec.base != "unused" else None,
                      weights=config.merge_weights, temperature=config.merge_temperature, density=config.density,
-                     t=config.t, seed=config.seed, progress=False)
+                     **{k: v for k, v in (("t", config.t), ("seed", config.seed)) if k in spec.options},
+                     progress=False)
         for item in (tmp / "model").iterdir():
             os.replace(item, tmp / item.name)
         (tmp / "model").rmdir()

@@ -189,7 +189,8 @@ def _run(config: ReproduceConfig, parts: ReproduceParts | None, verbose: bool, c
                "teachers": [name for _, _, name in parts.teachers], "train_domains": list(parts.train_domains),
                "domains": list(parts.eval_domains)}
     texts = {dom: _split_for_all(parts, txt, config) for dom, txt in parts.train_domains.items()}
-    evals = {dom: _held_out_texts(parts.student_tokenizer, txt, config.block_size, config.eval_blocks)
+    scored = [parts.student_tokenizer] + ([parts.teachers[0][1]] if config.target else [])
+    evals = {dom: _held_out_texts(scored, txt, config.block_size, config.eval_blocks)
              for dom, txt in parts.eval_domains.items()}
     results["teacher_domains"] = teacher_domain_table(parts, texts, evals, config, say)
     say(format_teacher_table(results["teacher_domains"]))
@@ -223,17 +224,18 @@ def _split_for_all(parts, texts, config):
     return texts
 
 
-def _held_out_texts(tokenizer, texts, block_size: int, blocks: int) -> list[str]:
-    """The first held-out texts that fill ``blocks`` blocks of ``tokenizer``'s tokens."""
+def _held_out_texts(tokenizers, texts, block_size: int, blocks: int) -> list[str]:
+    """The first held-out texts that fill ``blocks`` blocks of tokens for every one of ``tokenizers``
+    (the evaluated models' own), so that every table scores the same text."""
     from .extract import tokenize_for_teacher
 
-    need, used, tokens = blocks * block_size, [], 0
+    need, used, tokens = blocks * block_size, [], [0] * len(tokenizers)
     for text in texts:
         used.append(text)
-        tokens += len(tokenize_for_teacher(tokenizer, [text], 10**9)[0])
-        if tokens >= need:
+        tokens = [n + len(tokenize_for_teacher(tok, [text], 10**9)[0]) for n, tok in zip(tokens, tokenizers)]
+        if min(tokens) >= need:
             return used
-    raise ValueError(f"the held-out texts give {tokens} tokens, fewer than {blocks} blocks of {block_size}")
+    raise ValueError(f"the held-out texts give {min(tokens)} tokens, fewer than {blocks} blocks of {block_size}")
 
 
 def _eval_blocks(tokenizer, texts, config):

@@ -11,7 +11,7 @@ import torch
 
 from fusekernels.loss import fusion_loss, sequence_ce, teacher_topk
 from fusekernels.loss.published import published_target, published_weights
-from tests.loss.test_loss_published import VOCAB, make_batch, sparse_columns
+from tests.loss.test_loss_published import K, VOCAB, make_batch, sparse_columns
 from tests.reference.published_loss import (fused_target_bf16, published_extract,
                                             published_precision_loss)
 
@@ -126,6 +126,86 @@ def test_loss_and_target_match_published_code(backend, use_base, mode, loss_type
     torch.testing.assert_close(out.fusion_loss, ref_fusion.detach(), rtol=2e-6, atol=2e-6)
     torch.testing.assert_close(out.clm_loss, ref_clm.detach(), rtol=2e-6, atol=2e-6)
     torch.testing.assert_close(grad, ref_in.grad, rtol=1e-5, atol=1e-6)
+
+
+def near_tie_rows(seed, count, length, temperature=1.0, within=2.0**-21):
+    """``count`` rows of ``length`` bf16-representable logits (sorted, descending) whose softmax
+    has an entry within ``within`` (relative) of a bf16 rounding midpoint: a softmax computed in
+    another precision or order rounds those entries to the other bf16 neighbour. Found by
+    search, the exact softmax taken in float64 of ``bf16(bf16(logits) / temperature)``."""
+    gen = torch.Generator().manual_seed(seed)
+    found = []
+    while len(found) < count:
+        logits = (torch.randn(50000, length, generator=gen) * 3).to(torch.bfloat16)
+        exact = torch.softmax((logits / temperature).double(), -1)
+        near = exact.to(torch.bfloat16)
+        up = torch.nextafter(near, torch.tensor(2.0, dtype=torch.bfloat16)).double()
+        down = torch.nextafter(near, torch.tensor(-1.0, dtype=torch.bfloat16)).double()
+        mids = torch.stack([(near.double() + up) / 2, (near.double() + down) / 2], -1)
+        distance = ((exact[..., None] - mids).abs() / mids).amin(-1)
+        rows = logits[(distance < within).any(-1)].float()
+        found += torch.sort(rows, -1, descending=True).values.tolist()
+    return found[:count]
+
+
+_TIES = {}
+
+
+def _tie_rows(temperature):
+    if temperature not in _TIES:  # a few hundred rows per length, searched once
+        _TIES[temperature] = {n: near_tie_rows(n, 60, n, temperature) for n in range(2, K + 1)}
+    return _TIES[temperature]
+
+
+def _inject_near_ties(teachers, seed, temperature, rate=0.5):
+    """Replace the logits of about ``rate`` of the non-empty positions with near-tie rows of the
+    same length (distinct ids kept), in every teacher."""
+    rng = random.Random(seed)
+    rows = _tie_rows(temperature)
+    for teacher in teachers:
+        for seq in teacher["logits"]:
+            for pos, row in enumerate(seq):
+                if len(row) >= 2 and rng.random() < rate:
+                    seq[pos] = list(rng.choice(rows[len(row)]))
+    return teachers
+
+
+@pytest.mark.parametrize("use_base", [True, False])
+@pytest.mark.parametrize("mode", ["mince", "avgce"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_targets_bit_for_bit_over_many_seeds_with_near_bf16_ties(mode, use_base, temperature):
+    """40 seeds of random batches where half the teacher rows have a softmax entry within 2^-21
+    of a bf16 rounding midpoint: the fused bf16 target equals the published collator's bit for
+    bit at every attended position, and the loss matches."""
+    near_ties = 0
+    for seed in range(40):
+        teachers, student, labels, attention = make_batch(seed=1000 + seed, lengths=(6, 4))
+        _inject_near_ties(teachers, seed, temperature)
+        batch, width, _ = student.shape
+        ids, t_logits, ce = sparse_columns(teachers, batch, width)
+        if not use_base:
+            ids, t_logits, ce = ids[:, :, 1:], t_logits[:, :, 1:], ce[..., 1:]
+        ref, _, _, ref_target = published_precision_loss(
+            student, labels, attention, dict(teachers[0]), [dict(t) for t in teachers[1:]], mode=mode,
+            temperature=temperature, lam=0.9, use_base=use_base)
+        out, _ = _ours(student, labels, attention, ids.contiguous(), t_logits.contiguous(), ce.contiguous(), "torch",
+                       fusion=mode, temperature=temperature, lam=0.9, base_teacher=use_base)
+        n, t, k = ids.reshape(-1, ids.shape[-2], ids.shape[-1]).shape
+        flat_ce = ce.expand(*ids.shape[:2], t).reshape(n, t)
+        present = torch.isfinite(t_logits.reshape(n, t, k)).any(-1)
+        weights = published_weights(mode, present, flat_ce, base_teacher=use_base)
+        q_ids, q, _ = published_target(ids.reshape(n, t, k), t_logits.reshape(n, t, k), weights, temperature)
+        dense = torch.zeros(n, VOCAB)
+        valid = q[:, 0] > float("-inf")
+        dense.scatter_add_(1, torch.where(valid, q_ids[:, 0], 0).long(), torch.where(valid, q[:, 0], 0.0))
+        rows = attention.reshape(-1) == 1
+        assert torch.equal(dense[rows], ref_target.reshape(n, VOCAB)[rows].float()), seed
+        torch.testing.assert_close(out.loss, ref.detach(), rtol=2e-6, atol=2e-6)
+        # how many target entries sit on a near tie (the float64 softmax of the same logits
+        # rounds to the other bf16 neighbour than float32 would, or lies within 2^-21 of a midpoint)
+        exact = torch.softmax((t_logits.to(torch.bfloat16) / temperature).double(), -1).to(torch.bfloat16)
+        near_ties += int((exact != torch.softmax(t_logits.to(torch.bfloat16) / temperature, -1)).sum())
+    assert near_ties > 0  # the batches do contain rows where the rounding order decides the bits
 
 
 @pytest.mark.parametrize("mode", ["mince", "avgce"])

@@ -17,6 +17,8 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "datasets": "hf",
     "accelerate": "hf",
     "safetensors": "hf",
+    "filelock": "hf",
+    "xxhash": "hf",
     "triton": "triton",
     "gguf": "assets",
     "sentencepiece": "assets",

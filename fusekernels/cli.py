@@ -194,7 +194,8 @@ def cmd_prepare(args):
     packed, report = build_fusion_dataset(
         data, load_tokenizer(args.student_tokenizer), teachers, block_size=args.block_size, k=args.k,
         base_model=args.base_model, method=args.method, fallback=args.fallback, text_column=args.text_column,
-        batch_size=args.batch_size, cache=False if args.no_cache else (args.cache_dir or True),
+        batch_size=args.batch_size, logits_dtype=args.logits_dtype,
+        cache=False if args.no_cache else (args.cache_dir or True),
         num_proc=args.num_proc, return_report=True, messages_column=args.messages_column,
         chat_templates=templates, student_chat_template=student_template)
     _save(packed, args.out)
@@ -213,8 +214,11 @@ def cmd_train(args):
 
 def cmd_merge(args):
     from .pipeline.merge import merge_models
+    from .pipeline.merge_registry import get_merge_method
     from .pipeline.mergekit_merge import parse_cli_setting, parse_setting
 
+    if get_merge_method(args.method).whole_model:  # mergekit's methods
+        _check_one_architecture([*args.targets, *([args.base] if args.base else [])])
     per_target = {name: None if values is None else [parse_setting(v) for v in values]
                   for name, values in (("weights", args.weights), ("density", args.density))}
     report = merge_models(args.targets, args.out, method=args.method, base=args.base, temperature=args.temperature,
@@ -260,6 +264,23 @@ def cmd_reproduce(args):
     fields = ReproduceConfig.__dataclass_fields__
     config = ReproduceConfig(**{name: getattr(args, name) for name in fields if hasattr(args, name)})
     run_reproduce(config, command="fusekernels " + " ".join(sys.argv[1:]))
+
+
+def _check_one_architecture(folders):
+    """mergekit merges models of one architecture only (its --allow-crimes is not exposed): refuse
+    a mix before any work, naming the architectures."""
+    found = {}
+    for folder in folders:
+        config = Path(folder) / "config.json"
+        try:
+            arch = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+        except (OSError, ValueError, AttributeError):
+            continue  # merge_models reports missing or unreadable model folders itself
+        found[str(folder)] = "/".join(arch) or "unknown"
+    if len(set(found.values())) > 1:
+        listed = ", ".join(f"{folder} ({arch})" for folder, arch in found.items())
+        raise UserError(f"the models to merge have different architectures: {listed}; the whole-model (mergekit) "
+                        "methods merge models of one architecture only")
 
 
 # ---------------------------------------------------------------------- parser
@@ -310,12 +331,15 @@ def _check_out(out, *inputs, resume_marker=None):
 
 
 def _save(dataset, out):
-    """Save a dataset so that --out appears only once completely written."""
-    from .storage import atomic_dir, check_output_dir
+    """Save a dataset so that --out appears only once completely written, with content checksums."""
+    from ._interrupt import check_interrupted
+    from .storage import atomic_dir, check_output_dir, write_checksums
 
     check_output_dir(out)  # (checked before the work too; something may have appeared since)
     with atomic_dir(out) as tmp:
         dataset.save_to_disk(str(tmp))
+        write_checksums(tmp)  # verified when a later step reads it back (load_rows)
+        check_interrupted()  # a Ctrl-C swallowed during the write: no output appears
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -418,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="token alignment")
     p.add_argument("--fallback", choices=["published", "absent"], default="absent",
                    help="positions a teacher cannot serve")
+    p.add_argument("--logits-dtype", choices=["float16", "float32"], default="float16",
+                   help="storage dtype of the teacher logits (float32 for teachers beyond the float16 range)")
     p.add_argument("--cache-dir", help="teacher-output cache folder (default: the user cache folder)")
     p.add_argument("--no-cache", action="store_true", help="do not use the teacher-output cache")
     p.add_argument("--messages-column", default="messages",
@@ -592,9 +618,13 @@ def main(argv=None) -> int:
         args.train_args = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from . import _interrupt
+
+    _interrupt.install()  # a Ctrl-C swallowed by a finaliser still stops the command
     try:
         with extra_hint():
             args.func(args)
+        _interrupt.check_interrupted()
     except _user_errors() as err:
         if args.debug:
             raise
@@ -603,6 +633,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"fusekernels {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _interrupt.uninstall()
     return 0
 
 

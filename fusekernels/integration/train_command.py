@@ -11,14 +11,21 @@ whose keys are the same names; flags after the file override it::
 
 ``--resume_from_checkpoint latest`` (or a checkpoint folder) continues an interrupted run in its
 ``output_dir``: the run's options are stored there (``fusekernels_train.json``) and a resume is
-refused when an option that shapes the result differs. Without it, ``output_dir`` must be empty.
+refused when an option that shapes the result differs. ``latest`` takes the newest *complete*
+checkpoint (one whose save finished: its ``trainer_state.json``, written last, reads back), so a
+save interrupted half-way is skipped. Without it, ``output_dir`` must be empty, or hold only the
+options file of a run that failed before its first checkpoint (it is rerun from scratch).
+Config-file values are checked against each option's type before anything is loaded.
 The few flags of earlier versions (``--out``, ``--steps``, ``--batch-size``, ``--grad-accum``,
 ``--lr``, ``--cpu``) still work.
 """
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import asdict, dataclass, field
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 
 RUN_CONFIG = "fusekernels_train.json"
@@ -97,9 +104,10 @@ def parse_train_args(argv: list[str]):
     line: an optional config file first, then flags (which override the file)."""
     argv = [str(a) for a in argv]
     parser = build_parser()
-    config = {}
+    config, argv_file = {}, None
     if argv and not argv[0].startswith("-"):
-        config = load_config_file(argv.pop(0))
+        argv_file = argv.pop(0)
+        config = load_config_file(argv_file)
     translated = []
     for arg in argv:
         name, sep, value = arg.partition("=")
@@ -109,6 +117,8 @@ def parse_train_args(argv: list[str]):
         unknown = sorted(k for k in config if k not in dests)
         if unknown:
             raise ValueError(f"unknown option(s) in the config file: {unknown} (see fusekernels train --help)")
+        for name, value in config.items():
+            _check_config_value(name, value, path=argv_file)
         for action in parser._actions:  # values from the file satisfy required options
             if action.dest in config:
                 action.required = False
@@ -121,6 +131,84 @@ def parse_train_args(argv: list[str]):
     if training_args.output_dir is None:
         raise ValueError("--output_dir is required")
     return model_args, data_args, fusion_args, training_args
+
+
+@functools.lru_cache(maxsize=1)
+def _option_types() -> dict:
+    """Option name -> its type annotation, over the four argument dataclasses."""
+    from transformers import TrainingArguments
+
+    from .trainer import FusionArguments
+
+    types = {}
+    for cls in (TrainingArguments, FusionArguments, DataArguments, ModelArguments):
+        hints = typing.get_type_hints(cls)
+        types.update({f.name: hints.get(f.name, typing.Any) for f in fields(cls)})
+    return types
+
+
+def _check_config_value(name: str, value, *, path) -> None:
+    """``ValueError`` naming the file and the option when a config-file value does not have the
+    option's type (YAML gives ``max_steps: 2.5`` a float and ``learning_rate: [1, 2]`` a list;
+    argparse converts only strings, so such values used to fail deep inside training)."""
+    hint = _option_types().get(name)
+    if hint is None or _fits(value, hint):
+        return
+    raise ValueError(f"config file {path}: {name} must be {_describe(hint)}, got {value!r}")
+
+
+def _fits(value, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any:
+        return True
+    if origin is typing.Union or type(hint).__name__ == "UnionType":
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in args
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value) if args else \
+            isinstance(value, (list, tuple))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return value in {e.value for e in hint} or value in hint.__members__ or isinstance(value, hint)
+    if hint is bool:
+        return isinstance(value, bool) or (isinstance(value, str) and value.lower() in
+                                           ("true", "false", "yes", "no", "1", "0", "t", "f", "y", "n"))
+    if hint is int:
+        return (isinstance(value, int) and not isinstance(value, bool)) or _parses(value, int)
+    if hint is float:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)) or _parses(value, float)
+    if hint is str:
+        return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+    return True  # other types (callables, objects): left to the option's own checks
+
+
+def _parses(value, kind) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        kind(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _describe(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or type(hint).__name__ == "UnionType":
+        return " or ".join(_describe(a) for a in args)
+    if hint is type(None):
+        return "null"
+    if origin is typing.Literal or (isinstance(hint, type) and issubclass(hint, Enum)):
+        choices = args if origin is typing.Literal else [e.value for e in hint]
+        return "one of " + ", ".join(map(str, choices))
+    if origin in (list, tuple):
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def _run_config(model_args, data_args, fusion_args, training_args) -> dict:
@@ -144,21 +232,54 @@ def _shaping_differences(saved: dict, current: dict) -> list[str]:
     return diffs
 
 
-def resolve_checkpoint(training_args) -> str | None:
-    """The checkpoint to resume from (``--resume_from_checkpoint latest|true|PATH``), or None."""
-    from transformers.trainer_utils import get_last_checkpoint
+def checkpoint_is_complete(folder: str | Path) -> bool:
+    """Whether a ``checkpoint-N`` folder was saved completely: the Trainer writes its
+    ``trainer_state.json`` after the weights, optimizer, scheduler and RNG states, so a save
+    interrupted before the end (Ctrl-C, a killed job) lacks it or holds a partial file."""
+    try:
+        state = json.loads((Path(folder) / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(state, dict) and "global_step" in state
 
+
+def last_complete_checkpoint(output_dir: str | Path, *, log=None) -> str | None:
+    """The newest complete ``checkpoint-N`` folder of ``output_dir`` (None if there is none);
+    ``log`` gets one line per incomplete one skipped."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    out = Path(output_dir)
+    if not out.is_dir():
+        return None
+    steps = []
+    for child in out.iterdir():
+        name = child.name
+        if child.is_dir() and name.startswith(PREFIX_CHECKPOINT_DIR + "-") and name.split("-")[-1].isdigit():
+            steps.append((int(name.split("-")[-1]), child))
+    for _, child in sorted(steps, reverse=True):
+        if checkpoint_is_complete(child):
+            return str(child)
+        if log is not None:
+            log(f"train: skipping {child}: its save did not finish (no readable trainer_state.json)")
+    return None
+
+
+def resolve_checkpoint(training_args, *, log=None) -> str | None:
+    """The checkpoint to resume from (``--resume_from_checkpoint latest|true|PATH``), or None."""
     value = training_args.resume_from_checkpoint
     if value is None or str(value).lower() in ("", "false", "no", "none"):
         return None
     if str(value).lower() in ("latest", "last", "true", "yes"):
         out = Path(training_args.output_dir)
-        last = get_last_checkpoint(str(out)) if out.is_dir() else None
+        last = last_complete_checkpoint(out, log=log)
         if last is None:
-            raise ValueError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {out}")
+            raise ValueError(f"--resume_from_checkpoint {value}: no complete checkpoint-* folder in {out}")
         return last
     if not Path(value).is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint: checkpoint folder not found: {value}")
+    if not checkpoint_is_complete(value):
+        raise ValueError(f"--resume_from_checkpoint: {value} is incomplete (its save was interrupted: no readable "
+                         "trainer_state.json); use an earlier checkpoint or 'latest'")
     return str(value)
 
 
@@ -174,10 +295,13 @@ def run_training(model_args, data_args, fusion_args, training_args, *, callbacks
     from .trainer import FusionTrainer
 
     out = Path(training_args.output_dir)
-    checkpoint = resolve_checkpoint(training_args)
+    checkpoint = resolve_checkpoint(training_args, log=log)
     current = _run_config(model_args, data_args, fusion_args, training_args)
     if checkpoint is None:
-        check_output_dir(out, inputs=[model_args.model, data_args.data, data_args.eval_data], arg="--output_dir")
+        # a folder holding only the options file of a run that failed before its first checkpoint
+        # is this command's own leftover: the run starts again there
+        check_output_dir(out, inputs=[model_args.model, data_args.data, data_args.eval_data], arg="--output_dir",
+                         ignore=(RUN_CONFIG,))
     else:
         stored = out / RUN_CONFIG
         if not stored.is_file():

@@ -29,6 +29,15 @@ Run: python -m pytest benchmarks/bench_pipeline.py -q -s
    ``extract_teacher_topk`` (tokenization, forward, top-k + CE, building the dataset) next to the
    bare ``model(input_ids, attention_mask)`` forward over the same grouped batches (and over the
    dataset-order batches), interleaved, best of 3.
+5. Content checksums on the cached ``prepare`` path (``-k checksum``): ``fusekernels prepare`` with
+   the student itself as base teacher plus one teacher (random-weight Llamas, width 64, 2 layers,
+   with the Mistral-v1 and SmolLM2 tokenizers; the data sizes, not the models, set the checksum
+   cost), about 120k student tokens of KJV text, block 512, k = 10. A first run fills the caches;
+   then the identical command (new ``--out``) runs 3 times in fresh processes, where every step is
+   reused from the caches (teacher outputs, split, tokenize, align and pack maps) and every
+   reused file is verified against its checksum, and the output gets its own. Reported per run:
+   wall seconds of the process, seconds inside ``content_digest`` (hashing every verified and
+   written file) and the bytes it hashed.
 """
 from __future__ import annotations
 
@@ -419,3 +428,66 @@ def test_extraction_vs_bare_forward(layers):
           f"{best['forward'] / best['extract']:.1%} of the bare forward on the same batches")
     print(json.dumps({"layers": layers, "tokens": tokens, "padding_order": round(pad[False], 4), "padding_grouped": round(pad[True], 4),
                       **{f"{n}_s": round(v, 3) for n, v in best.items()}}))
+
+
+_TIMED_PREPARE = textwrap.dedent("""
+    import os, sys, time
+    from fusekernels import storage
+    spent = [0.0, 0]
+    real = storage.content_digest
+    def timed(path):
+        start = time.perf_counter()
+        digest = real(path)
+        spent[0] += time.perf_counter() - start
+        spent[1] += os.path.getsize(path)
+        return digest
+    storage.content_digest = timed
+    from fusekernels.cli import main
+    code = main(sys.argv[1:])
+    print("CHECKSUMS", code, spent[0], spent[1])
+""")
+
+
+def test_checksum_cost_on_cached_prepare(tmp_path):
+    import os
+
+    from fusekernels.pipeline.io import load_tokenizer
+    from tests.integration.helpers import tiny_llama
+
+    try:
+        student_tok, teacher_tok = load_tokenizer("mistral-v1"), load_tokenizer("smollm2")
+    except Exception as exc:  # asset packages missing
+        pytest.skip(str(exc))
+    texts = _kjv_rows(student_tok, 400, 120_000)
+    with open(tmp_path / "texts.jsonl", "w") as fh:
+        for text in texts:
+            fh.write(json.dumps({"text": text}) + "\n")
+    for name, tok in (("student", student_tok), ("teacher", teacher_tok)):
+        tiny_llama(vocab=len(tok), hidden=64, layers=2, seed=1).save_pretrained(tmp_path / name)
+        tok.save_pretrained(str(tmp_path / name))
+    env = {**os.environ, "FUSEKERNELS_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    args = ["prepare", "--data", str(tmp_path / "texts.jsonl"), "--student-tokenizer", str(tmp_path / "student"),
+            "--base-model", str(tmp_path / "student"), "--teacher", str(tmp_path / "teacher"), "--block-size", "512",
+            "--k", "10"]
+    cold = _timed([sys.executable, "-m", "fusekernels", *args, "--out", str(tmp_path / "out0")], env)
+    runs = []
+    for i in range(1, 4):
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", _TIMED_PREPARE, *args, "--out", str(tmp_path / f"out{i}")],
+                              capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+        wall = time.perf_counter() - start
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "reused from the cache" in done.stdout + done.stderr
+        _, code, seconds, hashed = next(l for l in done.stdout.splitlines() if l.startswith("CHECKSUMS")).split()
+        assert code == "0"
+        runs.append((wall, float(seconds), int(hashed)))
+    output = sum(f.stat().st_size for f in (tmp_path / "out1").rglob("*") if f.is_file())
+    print(f"\ncontent checksums on the cached prepare path ({len(texts)} texts, block 512, k=10, 2 teachers; "
+          f"cold run {cold:.1f} s; output {output / 2**20:.1f} MiB)")
+    for wall, seconds, hashed in runs:
+        print(f"  cached prepare {wall:6.2f} s, checksums {seconds * 1000:7.1f} ms over {hashed / 2**20:7.1f} MiB "
+              f"= {seconds / wall:.2%} of the run ({hashed / seconds / 2**30:.1f} GiB/s)")
+    print(json.dumps({"cold_s": round(cold, 2), "runs": [{"wall_s": round(w, 3), "checksum_s": round(c, 4),
+                                                          "hashed_bytes": b} for w, c, b in runs]}))
+    assert max(c / w for w, c, _ in runs) < 0.03

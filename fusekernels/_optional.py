@@ -19,6 +19,8 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "safetensors": "hf",
     "huggingface_hub": "hf",
     "yaml": "hf",  # YAML config files of the commands (pyyaml)
+    "filelock": "hf",
+    "xxhash": "hf",
     "triton": "triton",
     "gguf": "assets",
     "sentencepiece": "assets",

@@ -270,3 +270,74 @@ def test_damaged_vocab_map(ws, tmp_path, capsys, name, content):
             "--teacher-tokenizer", paths["model"], "--method", "compat_soft", "--vocab-map", tmp_path / name]
     line = _run_and_check("align", argv, tmp_path / "out", capsys, list(paths.values()) + [tmp_path / name])
     assert "damaged" in line and name in line
+
+
+# ------------------------------------------------------------------ second hostile-user round
+def _one_error_line(cmd, code, err):
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith(f"fusekernels {cmd}: error:")]
+    assert len(lines) == 1, err[-2000:]
+    return lines[0]
+
+
+def test_ctrl_c_swallowed_by_a_finaliser_still_stops_extract(ws, tmp_path, capsys, monkeypatch):
+    """SIGINT arriving while a finaliser runs (progress bars, Arrow writers and generators run them
+    during every shard write): Python prints "Exception ignored" and goes on, so ``prepare`` once
+    finished 119 s after a Ctrl-C with exit 0. The command now stops at the next safe point."""
+    import signal
+
+    import datasets
+
+    real_save = datasets.Dataset.save_to_disk
+
+    class Finaliser:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(1000))  # the handler runs here: its KeyboardInterrupt cannot leave __del__
+
+    def save(self, path, *args, **kwargs):
+        real_save(self, path, *args, **kwargs)
+        finaliser = Finaliser()
+        del finaliser
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", save)
+    argv = COMMANDS["extract"][0](_inputs(ws))
+    code = main(["extract", *map(str, argv), "--out", str(tmp_path / "out")])
+    assert code == 130, capsys.readouterr().err[-2000:]
+    assert "interrupted" in capsys.readouterr().err
+    assert not list((tmp_path / "out").glob("shard-*"))  # the shard being written when Ctrl-C came is dropped
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", real_save)
+    assert main(["extract", *map(str, argv), "--out", str(tmp_path / "out")]) == 0  # resumes; nothing left pending
+
+
+def test_chat_template_refusal_is_one_line(ws, tmp_path, capsys):
+    (tmp_path / "chat.jsonl").write_text("\n".join(json.dumps({"messages": m}) for m in [
+        [{"role": "user", "content": "Who?"}, {"role": "assistant", "content": "God."}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who?"}]]))
+    (tmp_path / "t.jinja").write_text(
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system messages') }}"
+        "{% endif %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}")
+    argv = ["prepare", "--data", tmp_path / "chat.jsonl", "--student-tokenizer", ws / "model", "--teacher",
+            ws / "model", "--chat-template", tmp_path / "t.jinja", "--student-chat-template", tmp_path / "t.jinja",
+            "--block-size", 32, "--k", 2, "--no-cache", "--out", tmp_path / "out"]
+    code = main([str(a) for a in argv])
+    line = _one_error_line("prepare", code, capsys.readouterr().err)
+    assert "row 1" in line and "no system messages" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_of_different_architectures_is_one_line_before_work(tmp_path, capsys):
+    """mergekit's own refusal ("Must specify --allow-crimes ...") was a raw traceback with exit 1."""
+    pytest.importorskip("mergekit")
+    from transformers import MistralConfig, MistralForCausalLM
+
+    make_tiny_llama(64, seed=0).save_pretrained(tmp_path / "llama")
+    mistral = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2)
+    MistralForCausalLM(mistral).save_pretrained(tmp_path / "mistral")
+    code = main(["merge", "--method", "slerp", "--targets", str(tmp_path / "llama"), str(tmp_path / "mistral"),
+                 "--out", str(tmp_path / "out")])
+    line = _one_error_line("merge", code, capsys.readouterr().err)
+    assert "LlamaForCausalLM" in line and "MistralForCausalLM" in line and "one architecture" in line
+    assert not (tmp_path / "out").exists()

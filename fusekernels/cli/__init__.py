@@ -117,13 +117,17 @@ def logging_to_stderr(verbosity: str = "info"):
 
 def main(argv=None) -> int:
     """Entry point of the ``fusekernels`` console script and ``python -m fusekernels``."""
+    from .. import _interrupt
+
     top = build_parser().parse_args(argv)
     command, args = top.command, top
+    _interrupt.install()  # a Ctrl-C swallowed by a finaliser still stops the command
     try:
         with extra_hint():
             args = _parse_command(top)  # (a config file may be missing or hold bad values)
             with logging_to_stderr(args.verbosity):
                 command_module(command).run(args)
+        _interrupt.check_interrupted()
     except user_errors() as err:
         if args.traceback or "--traceback" in top.args:
             raise
@@ -132,6 +136,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"fusekernels {command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _interrupt.uninstall()
     return 0
 
 

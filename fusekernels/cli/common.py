@@ -95,12 +95,15 @@ def check_out(out, *inputs, resume_marker=None) -> None:
 
 
 def save_dataset(dataset, out) -> None:
-    """Save a dataset so that --out appears only once completely written."""
-    from ..storage import atomic_dir, check_output_dir
+    """Save a dataset so that --out appears only once completely written, with content checksums."""
+    from .._interrupt import check_interrupted
+    from ..storage import atomic_dir, check_output_dir, write_checksums
 
     check_output_dir(out)  # (checked before the work too; something may have appeared since)
     with atomic_dir(out) as tmp:
         dataset.save_to_disk(str(tmp))
+        write_checksums(tmp)  # verified when a later step reads it back (load_rows)
+        check_interrupted()  # a Ctrl-C swallowed during the write: no output appears
 
 
 def parse_size(text: str, arg: str = "--max-shard-size") -> int:

@@ -1,9 +1,11 @@
 """``fusekernels merge``: trained target models merged in parameter space (methods: the merge registry)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from .common import command_parser, parse_size
+from .common import UserError, command_parser, parse_size
 from .options import add_options, from_namespace
 
 HELP = ("Merge target models in parameter space (FuseChat VaRM, linear; TIES, DARE, SLERP, task arithmetic via "
@@ -85,6 +87,23 @@ class MergeArguments:
     out: str = field(metadata={"help": "output folder or .safetensors file"})
 
 
+def check_one_architecture(folders) -> None:
+    """mergekit merges models of one architecture only (its --allow-crimes is not exposed): refuse
+    a mix before any work, naming the architectures."""
+    found = {}
+    for folder in folders:
+        config = Path(folder) / "config.json"
+        try:
+            arch = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+        except (OSError, ValueError, AttributeError):
+            continue  # merge_models reports missing or unreadable model folders itself
+        found[str(folder)] = "/".join(arch) or "unknown"
+    if len(set(found.values())) > 1:
+        listed = ", ".join(f"{folder} ({arch})" for folder, arch in found.items())
+        raise UserError(f"the models to merge have different architectures: {listed}; the whole-model (mergekit) "
+                        "methods merge models of one architecture only")
+
+
 def _local(spec: str) -> str:
     """A Hub model id as its local snapshot folder; paths as given (merge_models checks them)."""
     from ..pipeline.io import hub_model_id, resolve_model
@@ -100,10 +119,13 @@ def build_parser():
 
 def run(args) -> None:
     from ..pipeline.merge import merge_models
+    from ..pipeline.merge_registry import get_merge_method
 
     a = from_namespace(MergeArguments, args)
     targets = [_local(t) for t in a.targets]
     base = _local(a.base) if a.base is not None else None
+    if get_merge_method(a.method).whole_model:  # mergekit's methods
+        check_one_architecture([*targets, *([base] if base else [])])
     report = merge_models(targets, a.out, method=a.method, base=base, weights=a.weights, temperature=a.temperature,
                           zero_variation=a.zero_variation, max_shard_size=parse_size(a.max_shard_size),
                           density=a.density, t=a.t, seed=a.seed, normalize=None if a.normalize else False,

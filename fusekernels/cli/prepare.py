@@ -11,6 +11,12 @@ HELP = ("Texts -> split -> extract every teacher (disk cache) -> align to the st
         "(build_fusion_dataset).")
 
 
+def _logits_dtypes():
+    from ..tokenization.dataset import LOGITS_DTYPES
+
+    return LOGITS_DTYPES
+
+
 @dataclass(kw_only=True)
 class PrepareArguments:
     data: str = field(metadata={"help": "texts (.jsonl/.json/.parquet/.csv/.txt or a saved dataset)"})
@@ -27,6 +33,9 @@ class PrepareArguments:
     method: str = field(default="byte_span", metadata={"choices": alignment_modes, "help": "token alignment"})
     fallback: str = field(default="absent", metadata={"choices": fallbacks,
                                                       "help": "positions a teacher cannot serve"})
+    logits_dtype: str = field(default="float16", metadata={
+        "choices": _logits_dtypes,
+        "help": "storage dtype of the teacher logits (float32 for teachers beyond the float16 range)"})
     cache_dir: str | None = field(default=None, metadata={
         "help": "teacher-output cache folder (default: the user cache folder)"})
     cache: bool = field(default=True, metadata={"help": "use the teacher-output cache",
@@ -79,7 +88,7 @@ def run(args) -> None:
     packed, report = build_fusion_dataset(
         data, load_tokenizer(a.student_tokenizer), teachers, block_size=a.block_size, k=a.k,
         base_model=a.base_model, method=a.method, fallback=a.fallback, text_column=a.text_column,
-        batch_size=a.batch_size, cache=(a.cache_dir or True) if a.cache else False, num_proc=a.num_proc,
+        batch_size=a.batch_size, logits_dtype=a.logits_dtype, cache=(a.cache_dir or True) if a.cache else False, num_proc=a.num_proc,
         return_report=True, messages_column=a.messages_column, chat_templates=templates,
         student_chat_template=student_template)
     save_dataset(packed, a.out)

@@ -50,37 +50,48 @@ import torch
 from ..pipeline.pack import METRIC_LEVELS
 
 TEACHER_COLUMNS = ("teacher_ids", "teacher_logits", "teacher_ce")
+# Optional key of an example: its row number in the dataset, named by error messages instead of
+# its position in the batch (FusionTrainer's data loaders add it).
+ROW_KEY = "_fusekernels_row"
 CHUNK_COLUMNS = ("teacher_chunk_span", "teacher_chunk_logprob")
 TOKEN_METRIC_COLUMN = "teacher_token_ce"
 _INT32_LIMIT = 2**31  # teacher ids travel as int32
 
 
-def _as_array(value: Any, column: str, index: int) -> np.ndarray:
+def _label(feature, index: int) -> str:
+    """How errors name an example: its dataset row when the loader says (``ROW_KEY``), else its
+    position in the batch."""
+    if isinstance(feature, Mapping) and feature.get(ROW_KEY) is not None:
+        return f"row {int(feature[ROW_KEY])}"
+    return f"example {index}"
+
+
+def _as_array(value: Any, column: str, index: str) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()
     try:
         return np.asarray(value)
     except ValueError as err:  # ragged nested lists
-        raise ValueError(f"example {index}: column {column!r} is ragged (all rows must have the same length)") from err
+        raise ValueError(f"{index}: column {column!r} is ragged (all rows must have the same length)") from err
 
 
-def _int_array(value: Any, column: str, index: int, ndim: int) -> np.ndarray:
+def _int_array(value: Any, column: str, index: str, ndim: int) -> np.ndarray:
     arr = _as_array(value, column, index)
     if arr.size == 0 and arr.ndim < ndim:
         arr = arr.reshape((0,) * ndim)
     if arr.ndim != ndim:
-        raise ValueError(f"example {index}: column {column!r} must have {ndim} dimension(s), got shape {arr.shape}")
+        raise ValueError(f"{index}: column {column!r} must have {ndim} dimension(s), got shape {arr.shape}")
     if arr.size and arr.dtype.kind not in "iub":
-        raise TypeError(f"example {index}: column {column!r} must hold integers, got dtype {arr.dtype}")
+        raise TypeError(f"{index}: column {column!r} must hold integers, got dtype {arr.dtype}")
     if arr.size and arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
-        raise ValueError(f"example {index}: column {column!r} holds {arr.max()}, beyond the int64 range")
+        raise ValueError(f"{index}: column {column!r} holds {arr.max()}, beyond the int64 range")
     return arr.astype(np.int64, copy=False)
 
 
-def _float_array(value: Any, column: str, index: int) -> np.ndarray:
+def _float_array(value: Any, column: str, index: str) -> np.ndarray:
     arr = _as_array(value, column, index)
     if arr.dtype.kind not in "fiu":
-        raise TypeError(f"example {index}: column {column!r} must hold floats, got dtype {arr.dtype}")
+        raise TypeError(f"{index}: column {column!r} must hold floats, got dtype {arr.dtype}")
     return arr.astype(np.float32, copy=False)
 
 
@@ -148,9 +159,9 @@ class FusionDataCollator:
         self.chunks = bool(chunks)
 
     # ------------------------------------------------------------------ validation
-    def _example(self, feature: Mapping, index: int, num_teachers: int | None) -> dict[str, np.ndarray]:
+    def _example(self, feature: Mapping, index: str, num_teachers: int | None) -> dict[str, np.ndarray]:
         if not isinstance(feature, Mapping):
-            raise TypeError(f"example {index} must be a mapping of columns, got {type(feature).__name__}")
+            raise TypeError(f"{index} must be a mapping of columns, got {type(feature).__name__}")
         required = ("input_ids", "teacher_ids", "teacher_logits") + (("teacher_ce",) if self.require_teacher_ce else ())
         missing = [c for c in required if c not in feature or feature[c] is None]
         if missing:
@@ -158,7 +169,7 @@ class FusionDataCollator:
             if "input_ids" in feature and all(c not in feature for c in TEACHER_COLUMNS):
                 hint = ("; with a transformers.Trainer, set TrainingArguments(remove_unused_columns=False) "
                         "so that it keeps the teacher columns")
-            raise KeyError(f"example {index} is missing column(s) {missing}; fusion training needs {list(required)} "
+            raise KeyError(f"{index} is missing column(s) {missing}; fusion training needs {list(required)} "
                            f"(see fusekernels.integration.collator for the format){hint}")
         out = self._token_columns(feature, index)
         input_ids, mask, length = out["input_ids"], out["attention_mask"], len(out["input_ids"])
@@ -166,17 +177,17 @@ class FusionDataCollator:
         ids = _int_array(feature["teacher_ids"], "teacher_ids", index, 3)
         logits = _float_array(feature["teacher_logits"], "teacher_logits", index)
         if ids.shape[0] != length:
-            raise ValueError(f"example {index}: teacher_ids has {ids.shape[0]} positions, input_ids has {length}")
+            raise ValueError(f"{index}: teacher_ids has {ids.shape[0]} positions, input_ids has {length}")
         if logits.shape != ids.shape:
-            raise ValueError(f"example {index}: teacher_logits shape {logits.shape} != teacher_ids shape {ids.shape}")
+            raise ValueError(f"{index}: teacher_logits shape {logits.shape} != teacher_ids shape {ids.shape}")
         n_teachers = ids.shape[1]
         expected = self.num_teachers if self.num_teachers is not None else num_teachers
         if n_teachers < 1 or ids.shape[2] < 1:
-            raise ValueError(f"example {index}: teacher_ids needs >= 1 teacher and k >= 1, got shape {ids.shape}")
+            raise ValueError(f"{index}: teacher_ids needs >= 1 teacher and k >= 1, got shape {ids.shape}")
         if expected is not None and n_teachers != expected:
-            raise ValueError(f"example {index}: has {n_teachers} teacher(s), expected {expected}")
+            raise ValueError(f"{index}: has {n_teachers} teacher(s), expected {expected}")
         if np.isnan(logits).any() or np.isposinf(logits).any():
-            raise ValueError(f"example {index}: teacher_logits contains NaN or +inf (use -inf for padding entries)")
+            raise ValueError(f"{index}: teacher_logits contains NaN or +inf (use -inf for padding entries)")
         out["teacher_ids"], out["teacher_logits"] = self._checked_ids(ids, logits, index), logits
 
         if self.require_teacher_ce:
@@ -187,54 +198,54 @@ class FusionDataCollator:
             out.update(self._chunk_columns(feature, index, length, n_teachers))
         return out
 
-    def _chunk_columns(self, feature: Mapping, index: int, length: int, n_teachers: int) -> dict[str, np.ndarray]:
+    def _chunk_columns(self, feature: Mapping, index: str, length: int, n_teachers: int) -> dict[str, np.ndarray]:
         missing = [c for c in CHUNK_COLUMNS if feature.get(c) is None]
         if missing:
-            raise KeyError(f"example {index} is missing column(s) {missing}: loss_type='alm' reads the aligned chunks "
+            raise KeyError(f"{index} is missing column(s) {missing}: loss_type='alm' reads the aligned chunks "
                            "the pipeline writes (fusekernels.pipeline.align_step, chunks)")
         span = _int_array(feature["teacher_chunk_span"], "teacher_chunk_span", index, 2)
         logprob = _float_array(feature["teacher_chunk_logprob"], "teacher_chunk_logprob", index)
         for name, arr in (("teacher_chunk_span", span), ("teacher_chunk_logprob", logprob)):
             if arr.shape != (length, n_teachers):
-                raise ValueError(f"example {index}: {name} must have shape [{length}, {n_teachers}], got {arr.shape}")
+                raise ValueError(f"{index}: {name} must have shape [{length}, {n_teachers}], got {arr.shape}")
         if (span < 0).any():
-            raise ValueError(f"example {index}: teacher_chunk_span must be >= 0")
+            raise ValueError(f"{index}: teacher_chunk_span must be >= 0")
         if not np.isfinite(logprob).all() or (logprob > 0).any():
-            raise ValueError(f"example {index}: teacher_chunk_logprob must be finite and <= 0")
+            raise ValueError(f"{index}: teacher_chunk_logprob must be finite and <= 0")
         return {"teacher_chunk_span": span, "teacher_chunk_logprob": logprob}
 
-    def _token_columns(self, feature: Mapping, index: int) -> dict[str, np.ndarray]:
+    def _token_columns(self, feature: Mapping, index: str) -> dict[str, np.ndarray]:
         """``input_ids`` / ``labels`` / ``attention_mask`` of one example, checked, as int64 [L]."""
         input_ids = _int_array(feature["input_ids"], "input_ids", index, 1)
         length = len(input_ids)
         if length == 0:
-            raise ValueError(f"example {index}: input_ids is empty")
+            raise ValueError(f"{index}: input_ids is empty")
         if self.vocab_size is not None and (input_ids.min() < 0 or input_ids.max() >= self.vocab_size):
             bad = int(np.flatnonzero((input_ids < 0) | (input_ids >= self.vocab_size))[0])
-            raise ValueError(f"example {index}: input_ids contains id {int(input_ids[bad])} outside "
+            raise ValueError(f"{index}: input_ids contains id {int(input_ids[bad])} outside "
                              f"[0, {self.vocab_size}) at position {bad}")
         if self.max_length is not None and length > self.max_length:
-            raise ValueError(f"example {index}: length {length} exceeds max_length={self.max_length}")
+            raise ValueError(f"{index}: length {length} exceeds max_length={self.max_length}")
 
         out = {"input_ids": input_ids}
         for column in ("labels", "attention_mask"):
             if feature.get(column) is not None:
                 arr = _int_array(feature[column], column, index, 1)
                 if len(arr) != length:
-                    raise ValueError(f"example {index}: {column} has length {len(arr)}, input_ids has {length}")
+                    raise ValueError(f"{index}: {column} has length {len(arr)}, input_ids has {length}")
                 out[column] = arr
         mask = out.get("attention_mask")
         if mask is None:
             mask = np.ones(length, dtype=np.int64)
         elif not np.isin(mask, (0, 1)).all():
-            raise ValueError(f"example {index}: attention_mask must hold only 0 and 1")
+            raise ValueError(f"{index}: attention_mask must hold only 0 and 1")
         out["attention_mask"] = mask
         labels = out.get("labels")
         out["labels"] = np.where(mask.astype(bool), input_ids, -100) if labels is None else labels
 
         return out
 
-    def _checked_ids(self, ids: np.ndarray, logits: np.ndarray, index: int) -> np.ndarray:
+    def _checked_ids(self, ids: np.ndarray, logits: np.ndarray, index: str) -> np.ndarray:
         """int64 teacher ids with padding entries (``-inf`` logit) set to 0, after checking that every
         valid entry lies in [0, vocab_size) (or the int32 range of the batch buffer when the
         vocabulary size is unknown). Padding ids are free: aligners pad with -1."""
@@ -244,23 +255,23 @@ class FusionDataCollator:
         if bad.any():
             position, teacher, entry = (int(i) for i in np.argwhere(bad)[0])
             bound = self.vocab_size if self.vocab_size is not None else "2**31 (int32; vocab_size unknown)"
-            raise ValueError(f"example {index}: teacher_ids contains id {ids[position, teacher, entry]} outside "
+            raise ValueError(f"{index}: teacher_ids contains id {ids[position, teacher, entry]} outside "
                              f"[0, {bound}) at position {position}, teacher {teacher}, entry {entry} "
                              "(ids at -inf padding entries may be anything)")
         return np.where(valid, ids, 0)
 
-    def _metric(self, value: Any, index: int, length: int, n_teachers: int, mask: np.ndarray,
+    def _metric(self, value: Any, index: str, length: int, n_teachers: int, mask: np.ndarray,
                 column: str = "teacher_ce") -> np.ndarray:
         ce = _float_array(value, column, index)
         if not np.isfinite(ce).all():
-            raise ValueError(f"example {index}: {column} contains NaN or inf")
+            raise ValueError(f"{index}: {column} contains NaN or inf")
         if ce.shape == (n_teachers,):
             if self.metric_level == "token":
-                raise ValueError(f"example {index}: metric_level='token' needs per-token teacher_ce of shape "
+                raise ValueError(f"{index}: metric_level='token' needs per-token teacher_ce of shape "
                                  f"[{length}, {n_teachers}], got a per-sequence metric of shape {ce.shape}")
             return np.broadcast_to(ce, (length, n_teachers))
         if ce.shape != (length, n_teachers):
-            raise ValueError(f"example {index}: teacher_ce must have shape [{n_teachers}] or [{length}, {n_teachers}], "
+            raise ValueError(f"{index}: teacher_ce must have shape [{n_teachers}] or [{length}, {n_teachers}], "
                              f"got {ce.shape}")
         if self.metric_level == "sequence":
             weights = mask.astype(np.float32)[:, None]
@@ -274,10 +285,10 @@ class FusionDataCollator:
             raise ValueError("features must be a non-empty list of example dicts")
         if self.allow_plain and all(isinstance(f, Mapping) and "input_ids" in f
                                     and all(f.get(c) is None for c in TEACHER_COLUMNS) for f in features):
-            return self._plain([self._token_columns(f, i) for i, f in enumerate(features)])
+            return self._plain([self._token_columns(f, _label(f, i)) for i, f in enumerate(features)])
         examples, n_teachers = [], None
         for index, feature in enumerate(features):
-            example = self._example(feature, index, n_teachers)
+            example = self._example(feature, _label(feature, index), n_teachers)
             n_teachers = example["teacher_ids"].shape[1]
             examples.append(example)
         return self._pack(examples) if self.packing else self._pad(examples)

@@ -6,6 +6,10 @@ classes below; the command line and config files that fill them are :mod:`fuseke
 interrupted run in its ``output_dir``: the run's options are stored there
 (``fusekernels_train.json``) and a resume is refused when an option that shapes the result
 differs. Without it, ``output_dir`` must be empty.
+``latest`` takes the newest *complete* checkpoint (one whose save finished: its
+``trainer_state.json``, written last, reads back), so a save interrupted half-way is skipped.
+An ``output_dir`` holding only the options file of a run that failed before its first checkpoint
+is rerun from scratch.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..pipeline.io import MODEL_DTYPES
+from .checkpoints import checkpoint_is_complete, last_complete_checkpoint
 
 RUN_CONFIG = "fusekernels_train.json"
 logger = logging.getLogger(__name__)
@@ -77,19 +82,20 @@ def _shaping_differences(saved: dict, current: dict) -> list[str]:
 
 def resolve_checkpoint(training_args) -> str | None:
     """The checkpoint to resume from (``--resume_from_checkpoint latest|true|PATH``), or None."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     value = training_args.resume_from_checkpoint
     if value is None or str(value).lower() in ("", "false", "no", "none"):
         return None
     if str(value).lower() in ("latest", "last", "true", "yes"):
         out = Path(training_args.output_dir)
-        last = get_last_checkpoint(str(out)) if out.is_dir() else None
+        last = last_complete_checkpoint(out)
         if last is None:
-            raise ValueError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {out}")
+            raise ValueError(f"--resume_from_checkpoint {value}: no complete checkpoint-* folder in {out}")
         return last
     if not Path(value).is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint: checkpoint folder not found: {value}")
+    if not checkpoint_is_complete(value):
+        raise ValueError(f"--resume_from_checkpoint: {value} is incomplete (its save was interrupted: no readable "
+                         "trainer_state.json); use an earlier checkpoint or 'latest'")
     return str(value)
 
 
@@ -108,7 +114,10 @@ def run_training(model_args, data_args, fusion_args, training_args, *, callbacks
     checkpoint = resolve_checkpoint(training_args)
     current = _run_config(model_args, data_args, fusion_args, training_args)
     if checkpoint is None:
-        check_output_dir(out, inputs=[model_args.model, data_args.data, data_args.eval_data], arg="--output_dir")
+        # a folder holding only the options file of a run that failed before its first checkpoint
+        # is this command's own leftover: the run starts again there
+        check_output_dir(out, inputs=[model_args.model, data_args.data, data_args.eval_data], arg="--output_dir",
+                         ignore=(RUN_CONFIG,))
     else:
         stored = out / RUN_CONFIG
         if not stored.is_file():

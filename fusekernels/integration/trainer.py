@@ -43,7 +43,8 @@ from transformers.trainer_utils import unwrap_peft_model
 
 from ..loss.functional import fusion_loss
 from ..loss.registry import BACKENDS, FUSION_RULES, LOSS_TYPES, PRECISIONS
-from .collator import CHUNK_COLUMNS, METRIC_LEVELS, TEACHER_COLUMNS, TOKEN_METRIC_COLUMN, FusionDataCollator
+from .collator import (CHUNK_COLUMNS, METRIC_LEVELS, ROW_KEY, TEACHER_COLUMNS, TOKEN_METRIC_COLUMN,
+                       FusionDataCollator)
 from .fused_forward import install_fused_forward
 from .metrics import ComponentMeter
 from .schedules import LAM_SCHEDULES, check_lam, lam_at_step
@@ -103,6 +104,67 @@ class FusionArguments:
             raise ValueError(f"FusionArguments.num_teachers must be >= 1, got {self.num_teachers}")
         if self.chunk_rows is not None and self.chunk_rows < 1:
             raise ValueError(f"FusionArguments.chunk_rows must be >= 1, got {self.chunk_rows}")
+
+
+class NonFiniteLossError(ValueError):
+    """Training cannot go on: a loss or a model weight is NaN / inf (the message names the step,
+    the loss terms and the cause)."""
+
+
+def first_nonfinite_weight(model: nn.Module) -> str | None:
+    """The name of the first parameter holding NaN or inf (this process's shard for sharded
+    parameters), or None."""
+    for name, param in model.named_parameters():
+        tensor = param.detach()
+        tensor = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+        if tensor.numel() and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+class _RowNumbered(torch.utils.data.Dataset):
+    """A map-style dataset whose rows also carry their row number (``collator.ROW_KEY``), for the
+    data loader only: samplers see the dataset itself (:func:`_unwrapped`)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        row = self.dataset[index]
+        return {**row, ROW_KEY: int(index)} if isinstance(row, dict) else row
+
+    def __getitems__(self, indices):
+        rows = self.dataset.__getitems__(indices)
+        return [{**row, ROW_KEY: int(i)} if isinstance(row, dict) else row for row, i in zip(rows, indices)]
+
+    def __getattr__(self, name):  # column_names, features, ... of the dataset
+        if name.startswith("__") or name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def _unwrapped(dataset):
+    return dataset.dataset if isinstance(dataset, _RowNumbered) else dataset
+
+
+def _has_label_tokens(dataset) -> bool:
+    """Whether a ``labels`` column holds any value other than -100 (read as Arrow, stops at the
+    first batch that has one; True for datasets that are not ``datasets.Dataset``)."""
+    try:
+        import datasets
+        import pyarrow.compute as pc
+    except ImportError:
+        return True
+    if not isinstance(dataset, datasets.Dataset):
+        return True
+    for batch in dataset.select_columns(["labels"]).with_format("arrow").iter(batch_size=8192):
+        values = pc.list_flatten(batch.column("labels"))
+        if len(values) and pc.any(pc.not_equal(values, -100)).as_py():
+            return True
+    return False
 
 
 def shift_labels(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -185,8 +247,14 @@ class FusionTrainer(Trainer):
     Takes every ``Trainer`` argument plus ``fusion_args`` (:class:`FusionArguments`). Without a
     ``data_collator`` it builds a :class:`FusionDataCollator` (pad id from the processing class).
     Datasets are checked at construction (teacher columns present, first examples collate), so
-    bad data fails before training starts. Logs ``clm_loss``, ``fusion_loss`` and ``lam`` next to
-    ``loss`` (``fusion_args.log_components``).
+    bad data fails before training starts (a training set whose ``labels`` are all -100 too).
+    Logs ``clm_loss``, ``fusion_loss`` and ``lam`` next to ``loss`` (``fusion_args.log_components``).
+
+    Training stops with :class:`NonFiniteLossError` (a ``ValueError`` naming the step and the cause)
+    as soon as a training loss is NaN or inf, or before it starts when a model weight is: the
+    Trainer's own ``logging_nan_inf_filter`` would otherwise log loss 0 and save a broken model.
+    ``train(resume_from_checkpoint=True)`` resumes from the newest *complete* checkpoint (see
+    :func:`fusekernels.integration.checkpoints.last_complete_checkpoint`).
     """
 
     # compute_loss divides by the counts of the whole accumulated batch itself.
@@ -227,6 +295,26 @@ class FusionTrainer(Trainer):
         for name, dataset in (eval_dataset.items() if isinstance(eval_dataset, dict) else [("", eval_dataset)]):
             self._check_dataset(dataset, f"eval_dataset{'[' + repr(name) + ']' if name else ''}", plain_ok=True)
 
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """``Trainer.train``, skipping incomplete checkpoints and refusing non-finite weights."""
+        from .checkpoints import checkpoint_is_complete, last_complete_checkpoint
+
+        if resume_from_checkpoint is True:
+            found = last_complete_checkpoint(self.args.output_dir)
+            if found is None:
+                raise ValueError(f"resume_from_checkpoint=True: no complete checkpoint-* folder in "
+                                 f"{self.args.output_dir}")
+            resume_from_checkpoint = found
+        elif isinstance(resume_from_checkpoint, str) and not checkpoint_is_complete(resume_from_checkpoint):
+            raise ValueError(f"resume_from_checkpoint: {resume_from_checkpoint} is incomplete (its save was "
+                             "interrupted: no readable trainer_state.json)")
+        if resume_from_checkpoint is None:
+            bad = first_nonfinite_weight(self.model)
+            if bad is not None:
+                raise NonFiniteLossError(f"model weight {bad} holds NaN or inf: every loss would be NaN; the model "
+                                         "files are damaged or were saved from a diverged run")
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     # ------------------------------------------------------------------ data
     def _check_dataset(self, dataset, what: str, plain_ok: bool = False) -> None:
         """Fail before training on a dataset without teacher columns or with malformed examples
@@ -257,6 +345,31 @@ class FusionTrainer(Trainer):
                 self.data_collator([dataset[i] for i in range(min(size, 2))])
             except (ValueError, TypeError, KeyError) as err:
                 raise type(err)(f"{what}: {err}") from err
+        if not plain_ok and columns is not None and "labels" in columns and not _has_label_tokens(dataset):
+            message = (f"{what} has no label tokens (every labels value is -100): the CLM term has nothing to learn "
+                       "from; chat data gets labels on assistant turns only: are they missing or all truncated "
+                       "away?")
+            if self.fusion_args.fusion_positions == "labels":
+                raise ValueError(message + " The fusion term covers the same positions "
+                                 "(fusion_positions='labels'): every step would train on nothing at loss 0")
+            import warnings
+
+            warnings.warn(f"fusekernels: {message} Only the fusion term trains (fusion_positions='attention').",
+                          stacklevel=3)
+
+    def _remove_unused_columns(self, dataset, description=None):
+        """The Trainer's column removal; with a :class:`FusionDataCollator`, rows also carry their
+        row number, so that a malformed example is named by its dataset row, not its batch slot."""
+        dataset = super()._remove_unused_columns(dataset, description=description)
+        if isinstance(self.data_collator, FusionDataCollator) and hasattr(dataset, "__getitems__"):
+            return _RowNumbered(dataset)
+        return dataset
+
+    def _get_train_sampler(self, train_dataset=None):
+        return super()._get_train_sampler(_unwrapped(train_dataset))
+
+    def _get_eval_sampler(self, eval_dataset):
+        return super()._get_eval_sampler(_unwrapped(eval_dataset))
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -372,6 +485,12 @@ class FusionTrainer(Trainer):
             loss, clm, fusion = (result.loss, result.clm_loss, result.fusion_loss) if want_components else \
                 (result, None, None)
         aux = self._aux_loss(core, outputs, num_items_in_batch is not None)
+        if model.training:
+            from .._interrupt import check_interrupted
+
+            check_interrupted()  # a Ctrl-C swallowed by a finaliser stops training here
+            if not bool(torch.isfinite(loss.detach()).all()):  # (the Trainer syncs on the loss anyway)
+                self._stop_nonfinite(model, loss, clm, fusion)
 
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # The denominators count every process's tokens while DDP averages the gradients.
@@ -383,6 +502,18 @@ class FusionTrainer(Trainer):
         elif not model.training:
             self._record_eval_clm(clm, labels)
         return (loss, outputs) if return_outputs else loss
+
+    def _stop_nonfinite(self, model, loss, clm, fusion):
+        """Raise :class:`NonFiniteLossError` naming the step, the loss terms and the likely cause."""
+        def value(t):
+            return "n/a" if t is None else f"{float(t.detach().float().mean()):.4g}"
+
+        bad = first_nonfinite_weight(self._core_model(model))
+        cause = (f"model weight {bad} holds NaN or inf" if bad is not None else
+                 "the model's outputs are not finite although its weights are (an overflow: try float32 / bf16, a "
+                 "lower learning rate or gradient clipping)")
+        raise NonFiniteLossError(f"training stopped at step {self.state.global_step + 1}: the loss is {value(loss)} "
+                                 f"(clm_loss {value(clm)}, fusion_loss {value(fusion)}); {cause}")
 
     def _clm_eval_loss(self, model, inputs, labels):
         """Causal-LM loss of a plain batch (mean over its label tokens, fp32)."""

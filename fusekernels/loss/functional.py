@@ -14,9 +14,10 @@ from .alm import check_chunks, chunk_terms, spread_to_rows
 from .autograd import FusionLossFunction, RowOptions
 from .backend import fusion_loss_rows
 from .inputs import broadcast_per_teacher, check_no_nan, flatten_inputs, flatten_mask
-from .published import published_entropy, published_target, published_weights
+from .published import published_entropy, published_target
 from .registry import BACKENDS, FUSION_RULES, LOSS_TYPES, PRECISIONS, REDUCTIONS
-from .weights import fusion_weights, soft_lam, unit_scales
+from .rules import fusion_weights, published_weights, soft_lam
+from .weights import unit_scales
 
 
 class AlmRows(NamedTuple):

@@ -87,35 +87,6 @@ def published_mean_reward(present: torch.Tensor, teacher_ce: torch.Tensor) -> to
     return torch.where(present.all(-1), reward.mean(-1), partial)
 
 
-def published_weights(fusion: str, present: torch.Tensor, teacher_ce: torch.Tensor,
-                      base_teacher: bool = True) -> torch.Tensor:
-    """Fusion weights [N, T] float32 (exact bf16 values) of the published trainer for the rule
-    ``fusion`` (one with a published counterpart in :data:`fusekernels.loss.registry.FUSION_RULES`:
-    "mince", "avgce")."""
-    from .registry import FUSION_RULES
-
-    rule = FUSION_RULES.get_entry(fusion, "fusion")
-    if rule.published_weights is None:
-        raise ValueError(f"precision='published' supports the published fusion rules "
-                         f"{FUSION_RULES.published_names()}, got {fusion!r}")
-    return rule.published_weights(present, teacher_ce, base_teacher)
-
-
-def published_soft_lam(fusion: str, present: torch.Tensor, teacher_ce: torch.Tensor):
-    """Per-row (CLM weight, fusion weight), each [N] float32, of the published "soft" schedule:
-    ``(1 - r, r)`` with r the rule's bf16 reward (MinCE: the max, AvgCE: the mean), and ``1 - r``
-    in bf16 (the published ``(1.0 - max_reward) * loss + max_reward * loss_lm``).
-    Rows without a teacher: (1, 0)."""
-    from .registry import FUSION_RULES
-
-    rule = FUSION_RULES.get_entry(fusion, "fusion")
-    if rule.published_soft_reward is None:
-        raise ValueError(f"lam='soft' with precision='published' needs a published fusion rule "
-                         f"{FUSION_RULES.published_names()}, got {fusion!r}")
-    best = rule.published_soft_reward(present, teacher_ce)
-    return (1.0 - best).float().to(present.device), best.float().to(present.device)
-
-
 def published_entropy(probs: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     """Per-row ``sum_v xlogy(q, q)`` [N] of the published ``kl_div``: each term is computed on
     the bf16 target and rounded to bf16, the sum runs in ``dtype``.

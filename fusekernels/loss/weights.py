@@ -44,47 +44,6 @@ def mean_reward(present: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
     return reward.sum(-1) / present.sum(-1).clamp_min(1).to(reward.dtype)
 
 
-def fusion_weights(fusion: str, present: torch.Tensor, teacher_ce=None, teacher_weights=None,
-                   dtype=torch.float32) -> torch.Tensor:
-    """Fusion weights [N, T] in ``dtype`` of the registered rule ``fusion``
-    (:data:`fusekernels.loss.registry.FUSION_RULES`: "mince", "avgce", "weights", ...).
-
-    present [N, T] bool; teacher_ce [N, T] float (rules that read CE); teacher_weights [N, T]
-    float >= 0 (rules that read explicit weights).
-    """
-    from .registry import FUSION_RULES
-
-    rule = FUSION_RULES.get_entry(fusion, "fusion")
-    rule.check_inputs(teacher_ce, teacher_weights)
-    return rule.weights(present, teacher_ce, teacher_weights, dtype)
-
-
-def soft_lam(fusion: str, present: torch.Tensor, teacher_ce, precision: str = "fp32", dtype=torch.float32):
-    """Per-row weights ([N], [N]) of the CLM and fusion terms under FuseLLM's "soft" schedule.
-
-    The fusion term weighs r and the CLM term 1 - r, where r is the rule's reward of the
-    teachers present at the row: the largest exp(-ce) for "mince", their mean for "avgce", as in
-    the published trainer (which computes it per sample, with batches of one). Rows without a
-    teacher weigh the CLM term 1. ``precision="published"``: rewards and ``1 - r`` in bf16.
-    """
-    from .registry import FUSION_RULES
-
-    if teacher_ce is None:
-        raise ValueError("lam='soft' needs teacher_ce (the rewards exp(-ce) set each row's lam)")
-    if precision == "published":
-        from .published import published_soft_lam
-
-        clm, best = published_soft_lam(fusion, present, teacher_ce)
-        return clm.to(dtype), best.to(dtype)
-    rule = FUSION_RULES.get_entry(fusion, "fusion")
-    if rule.soft_reward is None:
-        raise ValueError(f"lam='soft' takes lam from the teachers' rewards: fusion {fusion!r} defines none "
-                         f"(rules with one: {FUSION_RULES.soft_names()})")
-    reward = torch.where(present, torch.exp(-teacher_ce.to(dtype)), torch.zeros((), dtype=dtype, device=present.device))
-    best = rule.soft_reward(present, reward)
-    return 1.0 - best, best
-
-
 def _denominator(value, fallback: torch.Tensor, name: str, dtype) -> torch.Tensor:
     """Count used by "mean": an explicit int / 0-d tensor, else the fallback count."""
     if value is None:
@@ -122,13 +81,10 @@ def unit_scales(clm_rows: torch.Tensor, fusion_rows: torch.Tensor, fusion_counte
     teacher is present there). "mean" divides the CLM term by num_items_in_batch (default: the
     number of label rows) and the fusion term by num_fusion_items, else by num_items_in_batch when
     no fusion_mask was given (both terms then count the same label rows), else by the fusion
-    mask's row count.
+    mask's row count. ``reduction`` is one of :data:`fusekernels.loss.registry.REDUCTIONS` (checked
+    by the callers).
     """
     clm_unit, fusion_unit = clm_rows.to(dtype), fusion_rows.to(dtype)
-    from .registry import REDUCTIONS
-
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS.names()}, got {reduction!r}")
     if reduction != "mean":
         return clm_unit, fusion_unit
     n_clm = _denominator(num_items_in_batch, clm_rows.sum(), "num_items_in_batch", dtype)

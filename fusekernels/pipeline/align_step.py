@@ -61,6 +61,7 @@ import numpy as np
 from .._optional import require
 from ..tokenization.dataset import LOGITS_DTYPES
 from ..tokenization.registry import ALIGNMENT_MODES
+from .extract import FLOAT16_MAX
 
 FALLBACKS = ("published", "absent")
 CE_COLUMN = "per_step_metric_ce"
@@ -85,7 +86,7 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
                    vocab_maps: Sequence | None = None, k: int | None = None, text_column: str | None = "text",
                    logits_dtype: str = "float16", batch_size: int = 64, num_proc: int | None = None,
                    check: str = "prefix", on_bad_row: str = "error", return_skipped: bool = False,
-                   chunks: bool | None = None):
+                   chunks: bool | None = None, bad_row_hint: str | None = None):
     """Align and stack teachers (see module docstring). Returns a ``datasets.Dataset``.
 
     ``check`` is how the aligners verify that a base row and a teacher row cover the same text
@@ -97,7 +98,9 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
     vocabulary, top-k shapes, NaN / +inf logits, texts that differ); ``"skip"`` checks every row
     first, drops the bad ones from all inputs and warns with their number. With
     ``return_skipped=True`` the result is ``(dataset, skipped)``, ``skipped`` a list of
-    ``(row, reason)`` of the dropped input rows (empty with ``"error"``).
+    ``(row, reason)`` of the dropped input rows (empty with ``"error"``). ``bad_row_hint``: what
+    the error of a bad row suggests (default: ``on_bad_row='skip'``; a caller whose inputs are a
+    cache says to recompute them instead).
 
     ``chunks``: add the aligned-chunk columns (module docstring); ``None`` (default): when every
     teacher dataset (and the base, with ``include_base_teacher``) has ``per_step_metric_ce``."""
@@ -144,8 +147,8 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
         widths = [len(d[0]["topk_ids"][0]) for d in ([base] if include_base_teacher else []) + teachers]
         k = max(widths)
 
-    from fusekernels.storage import map_cache_file
     from fusekernels.fingerprint import map_fingerprint, profile_fingerprint, vocab_map_fingerprint
+    from fusekernels.storage import cached_map
     from fusekernels.tokenization.byte_span import CHECKS
 
     if check not in CHECKS:
@@ -199,16 +202,16 @@ def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenize
                        logits_dtype=np.dtype(logits_dtype), check=check,
                        threads=1 if num_proc and num_proc > 1 else 0, chunks=bool(chunks))
     try:
-        result = joined.with_format("arrow").map(
-            stacker, batched=True, with_indices=True, batch_size=batch_size, num_proc=num_proc,
-            remove_columns=joined.column_names, features=features, new_fingerprint=fingerprint,
-            cache_file_name=map_cache_file(joined, fingerprint, "align-teachers"),
-            desc="align teachers").with_format(None)
+        result = cached_map(
+            joined.with_format("arrow"), stacker, label="align-teachers", fingerprint=fingerprint, batched=True,
+            with_indices=True, batch_size=batch_size, num_proc=num_proc, remove_columns=joined.column_names,
+            features=features, desc="align teachers").with_format(None)
     except ValueError as exc:
         if on_bad_row == "skip":
             raise
-        raise ValueError(f"{exc}; to drop such rows instead, pass on_bad_row='skip' (command line: "
-                         "--on-bad-row skip; --check sets how texts are compared)") from None
+        hint = bad_row_hint or ("to drop such rows instead, pass on_bad_row='skip' (command line: --on-bad-row skip; "
+                                "--check sets how texts are compared)")
+        raise ValueError(f"{exc}; {hint}") from None
     return (result, skipped) if return_skipped else result
 
 
@@ -295,7 +298,7 @@ class _Stacker:
                         "metric_ce": f"teacher{i}_metric_ce", "text": self.use_text}
                 tid, tlg, matched, _ = align_arrow_batch(table, base=self.base, blend=self.profiles[i],
                                                          method=self.method, tables=self.tables[i], columns=cols,
-                                                         k=k, threads=self.threads, check=self.check)
+                                                         k=k, threads=self.threads, check=self.check, rows=indices)
                 metrics.append(table.column(cols["metric_ce"]))
             valid = np.isfinite(tlg) & (tid >= 0)
             if self.fallback == "absent":
@@ -311,6 +314,13 @@ class _Stacker:
                                      "back to; use fallback='absent'")
                 t_ids[empty, t], t_logits[empty, t] = t_ids[empty, 0], t_logits[empty, 0]
             aligned[:, t] = np.bincount(row_of, weights=matched, minlength=rows).astype(np.int32)
+        if self.logits_dtype == np.float16:  # a logit beyond +-65504 would be stored as inf
+            over = np.isfinite(t_logits) & (np.abs(t_logits) > FLOAT16_MAX)
+            if over.any():
+                row = indices[int(row_of[np.flatnonzero(over.any(axis=(1, 2)))[0]])]
+                raise ValueError(f"row {row}: teacher logits reach {float(np.abs(t_logits[over]).max()):.4g}, beyond "
+                                 "the float16 range (+-65504); store them as float32 (logits_dtype='float32', "
+                                 "command line: --logits-dtype float32)")
         ce = np.stack([m.to_numpy().astype(np.float32) for m in metrics], axis=1) if metrics else \
             np.zeros((rows, 0), np.float32)
         per_row = np.arange(rows + 1, dtype=np.int64) * n_teachers

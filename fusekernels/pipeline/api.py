@@ -71,6 +71,9 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
         split_margin: documents longer than ``block_size - split_margin`` tokens in some tokenizer
             are cut into windows of that size (the published margin is 48).
         k: entries of each teacher's distribution kept per position.
+        logits_dtype: storage dtype of the teacher logits at every step (extraction cache, aligned
+            rows, packed blocks): ``"float16"`` (default) or ``"float32"``, for teachers whose
+            logits exceed the float16 range (+-65504; checked, never stored as inf).
         base_model: the student itself (model or path) when its own top-k is to be fused too
             (FuseLLM's continual training of a pretrained target); ``None`` for a fresh student.
         method: alignment mode of :data:`~fusekernels.tokenization.registry.ALIGNMENT_MODES`
@@ -143,10 +146,12 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
                    start_tokens=start_tokens, per_token_ce=bool(chunks))
     sources = ([("base", base_model, student_tokenizer)] if base_model is not None else []) + \
         list(zip(names, models, tokenizers))
-    rows = []
+    rows, entries = [], []
     for name, model, tokenizer in sources:
         start = time.perf_counter()
         out, info = cached_extract(model, tokenizer, split, name=name, **extract)
+        if info.path is not None:
+            entries.append(str(info.path))
         seconds = time.perf_counter() - start
         tokens = sum(len(x) for x in out["input_ids"])
         rows.append(out)
@@ -162,9 +167,16 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
                                                  text_column=text_column), rows
 
     start = time.perf_counter()
+    # rows that fail alignment here come from this package's own extraction (or its cache): the
+    # remedy is to recompute them, never to drop rows
+    hint = ("the teacher outputs were computed or reused from the cache entries " + ", ".join(entries) + ": delete "
+            "them (or pass cache=False, command line --no-cache) to recompute them; if the row fails again, check that "
+            "every teacher's tokenizer belongs to its model") if entries else (
+        "check that every teacher's tokenizer belongs to its model")
     aligned = align_teachers(base_rows, teacher_rows, base_tokenizer=student_tokenizer,
                              teacher_tokenizers=tokenizers, method=method, include_base_teacher=base_model is not None,
-                             fallback=fallback, k=k, text_column=text_column, num_proc=num_proc, chunks=bool(chunks))
+                             fallback=fallback, k=k, text_column=text_column, num_proc=num_proc, chunks=bool(chunks),
+                             logits_dtype=logits_dtype, bad_row_hint=hint)
     seconds = time.perf_counter() - start
     stats = alignment_stats(aligned)
     report.student_positions = stats.positions
@@ -174,7 +186,7 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
         entry["coverage"] = rate
 
     start = time.perf_counter()
-    packed = pack_sequences(aligned, block_size, num_proc=num_proc)
+    packed = pack_sequences(aligned, block_size, num_proc=num_proc, logits_dtype=logits_dtype)
     seconds = time.perf_counter() - start
     if len(packed) == 0:
         raise ValueError(f"the texts give {stats.positions} student tokens, fewer than one block "
@@ -239,14 +251,14 @@ def _build_chat(dataset, student_tokenizer, models, tokenizers, names, report, *
         report.teachers.append({"name": name, "cache": info.status, "seconds": time.perf_counter() - start})
     start = time.perf_counter()
     aligned = align_chat_teachers(student_rows, teacher_rows, student_tokenizer=student_tokenizer,
-                                  teacher_tokenizers=tokenizers, k=extract["k"],
+                                  teacher_tokenizers=tokenizers, k=extract["k"], logits_dtype=extract["logits_dtype"],
                                   include_base_teacher=base_model is not None)
     positions = sum(len(x) for x in aligned["input_ids"])
     report.student_positions = positions
     report.stages["align"] = {"seconds": time.perf_counter() - start, "method": "byte_span (per message)"}
     for entry, counts in zip(report.teachers, np.asarray(aligned["teacher_aligned"]).sum(axis=0)):
         entry["coverage"] = float(counts) / max(positions, 1)
-    packed = pack_sequences(aligned, block_size, num_proc=num_proc)
+    packed = pack_sequences(aligned, block_size, num_proc=num_proc, logits_dtype=extract["logits_dtype"])
     if len(packed) == 0:
         raise ValueError(f"the conversations give {positions} student tokens, fewer than one block "
                          f"(block_size={block_size})")

@@ -17,11 +17,12 @@ is an extraction under way or interrupted: it is written shard by shard and a la
 it from its finished shards; it becomes ``<key>/`` in one rename once complete, so an interrupted
 write never leaves a half entry under the final name. ``<key>.lock`` serialises processes that
 want the same entry (the second one waits, then reuses it). A final folder whose key file is
-missing or different (a hand-copied or damaged folder) is removed and recomputed.
+missing or different (a hand-copied or damaged folder), or one of whose shards fails its content
+checksum (every shard records one when written, see :func:`fusekernels.storage.write_checksums`;
+a shard copied from another entry fails too), is removed and recomputed.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -31,9 +32,9 @@ from pathlib import Path
 
 from fusekernels.fingerprint import (file_fingerprint, json_fingerprint, model_fingerprint, texts_fingerprint,
                                      tokenizer_fingerprint)
-from fusekernels.storage import DamagedFileError, atomic_write_json, cache_dir
+from fusekernels.storage import DamagedFileError, atomic_write_json, cache_dir, ensure_folder, locked
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: shards carry content checksums
 logger = logging.getLogger(__name__)
 KEY_NAME = "cache_key.json"
 SHARD_SIZE = 256  # rows per resumable shard of an entry being written
@@ -113,16 +114,15 @@ def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, b
     key = extraction_key(model, tokenizer, texts[text_column], k=k, max_length=max_length, logits_dtype=logits_dtype,
                          per_token_ce=per_token_ce, load_kwargs=load_kwargs, start_tokens=start_tokens)
     digest = json_fingerprint(key)
-    root = cache_dir("teacher-outputs") if cache is True else Path(cache)
-    root.mkdir(parents=True, exist_ok=True)
+    root = cache_dir("teacher-outputs") if cache is True else ensure_folder(
+        cache, what="teacher-output cache folder", hint="pass a writable folder as the cache (--cache-dir)")
     final, partial = root / digest, root / f"{digest}.partial"
-    with _locked(root / f"{digest}.lock"):
+    with locked(root / f"{digest}.lock"):
         if final.is_dir():
-            rows = _load_entry(final, key, load_extracted)
+            rows = _load_entry(final, key, load_extracted, label)
             if rows is not None:
                 logger.info(f"{label}: teacher outputs reused from the cache ({final})")
                 return rows, CacheInfo("reused", final, digest)
-            logger.warning(f"{label}: cache entry {final} is damaged or stale; recomputing it")
             shutil.rmtree(final)
         status = "resumed" if _has_shards(partial) else "computed"
         if status == "resumed":
@@ -130,9 +130,10 @@ def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, b
         try:
             rows = extract_teacher_topk(_load(model, load_kwargs), tokenizer, texts, output_dir=partial,
                                         shard_size=SHARD_SIZE, **run)
-        except ValueError as err:  # shards of an older format or a damaged metadata file: start over
+        except ValueError as err:  # shards of an older format or a damaged shard / metadata file: start over
             if "different extraction" not in str(err) and not isinstance(err, DamagedFileError):
                 raise
+            logger.warning(f"{label}: the interrupted cache write {partial} cannot be resumed ({err}); recomputing it")
             shutil.rmtree(partial)
             status = "computed"
             rows = extract_teacher_topk(_load(model, load_kwargs), tokenizer, texts, output_dir=partial,
@@ -140,7 +141,7 @@ def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, b
         atomic_write_json(partial / KEY_NAME, key)
         os.replace(partial, final)  # the entry appears complete or not at all
         logger.info(f"{label}: teacher outputs written to the cache ({final})")
-        return load_extracted(final), CacheInfo(status, final, digest)
+        return load_extracted(final, verify=False), CacheInfo(status, final, digest)  # just written
 
 
 def _load(model, load_kwargs):
@@ -151,35 +152,26 @@ def _load(model, load_kwargs):
     return model
 
 
-def _load_entry(path: Path, key: dict, load_extracted):
-    """The entry's rows, or None when its key file is missing / different or its shards are unreadable."""
+def _load_entry(path: Path, key: dict, load_extracted, label):
+    """The entry's rows (content checksums verified), or None, with one log line naming the
+    reason, when its key file is missing / different or a shard is damaged or unreadable."""
     try:
         if json.loads((path / KEY_NAME).read_text()) != key:
-            return None
-        return load_extracted(path)
-    except (OSError, ValueError, KeyError):
-        return None
+            reason = "its key file differs (a stale or hand-copied entry)"
+        else:
+            return load_extracted(path, require_checksums=True)
+    except DamagedFileError as err:
+        reason = str(err)
+    except (OSError, ValueError, KeyError) as err:
+        reason = f"{type(err).__name__}: {err}"
     except Exception as err:  # datasets raises its own errors on damaged Arrow files
-        if type(err).__module__.startswith(("datasets", "pyarrow")):
-            return None
-        raise
+        if not type(err).__module__.startswith(("datasets", "pyarrow")):
+            raise
+        reason = f"{type(err).__name__}: {err}"
+    logger.warning(f"{label}: cache entry {path} cannot be reused "
+                   f"({reason.splitlines()[0] if reason else 'unreadable'}); recomputing it")
+    return None
 
 
 def _has_shards(path: Path) -> bool:
     return path.is_dir() and any(p.name.startswith("shard-") for p in path.iterdir())
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive advisory lock on ``path`` (POSIX ``flock``; no-op where unavailable)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no cross-process serialisation, writes stay atomic
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

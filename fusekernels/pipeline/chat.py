@@ -32,8 +32,47 @@ SPAN_COLUMNS = ("content_spans", "label_spans")
 
 
 def _render(tokenizer, messages, template, generation_prompt=False) -> str:
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt,
-                                         chat_template=template)
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt,
+                                             chat_template=template)
+    except TemplateError as exc:  # the template's raise_exception(), or a template that does not parse
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"the chat template cannot render this conversation: {message}") from None
+
+
+def normalize_messages(messages) -> list[dict]:
+    """``messages`` checked and with every content a str: OpenAI-style content parts
+    (``[{"type": "text", "text": ...}, ...]``) become their texts joined; a part of another
+    type (an image, audio), a content that is neither, or a role that is not a non-empty str
+    raises ``ValueError`` naming the message."""
+    from collections.abc import Mapping
+
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError("a conversation must be a non-empty list of {'role': ..., 'content': ...} messages, "
+                         f"got {type(messages).__name__}")
+    out = []
+    for j, message in enumerate(messages):
+        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+            raise ValueError(f"message {j} must be a {{'role': ..., 'content': ...}} dict, got {message!r:.80}")
+        role, content = message["role"], message["content"]
+        if not isinstance(role, str) or not role:
+            raise ValueError(f"message {j}: role must be a non-empty string, got {role!r}")
+        if isinstance(content, (list, tuple)):
+            texts = []
+            for part in content:
+                kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+                if kind != "text" or not isinstance(part.get("text"), str):
+                    raise ValueError(f"message {j}: a content part of type {kind!r} is not text; only text parts "
+                                     "({'type': 'text', 'text': ...}) can be trained on")
+                texts.append(part["text"])
+            content = "".join(texts)
+        elif not isinstance(content, str):
+            raise ValueError(f"message {j}: content must be a string or a list of text parts, got "
+                             f"{type(content).__name__}")
+        out.append({**message, "role": role, "content": content})
+    return out
 
 
 def render_chat(tokenizer, messages: Sequence[dict], *, chat_template: str | None = None):
@@ -41,7 +80,8 @@ def render_chat(tokenizer, messages: Sequence[dict], *, chat_template: str | Non
 
     Args:
         tokenizer: a tokenizer with a chat template (or pass ``chat_template``).
-        messages: list of ``{"role": "system" | "user" | "assistant", "content": str}``.
+        messages: list of ``{"role": "system" | "user" | "assistant", "content": str}``; a content
+            may also be a list of text parts (see :func:`normalize_messages`).
     Returns:
         the rendered str; int [n_messages, 2] content character spans (start, end), -1 where a
         content was not found verbatim; int [n_labels, 2] spans of the assistant turns.
@@ -49,12 +89,11 @@ def render_chat(tokenizer, messages: Sequence[dict], *, chat_template: str | Non
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if not template:
         raise ValueError(f"{type(tokenizer).__name__} has no chat template: pass chat_template=")
-    if not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
-        raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+    messages = normalize_messages(messages)
     text = _render(tokenizer, messages, template)
     contents, cursor = [], 0
     for message in messages:
-        content = str(message["content"]).strip()
+        content = message["content"].strip()
         start = text.find(content, cursor) if content else -1
         contents.append((start, start + len(content)) if start >= 0 else (-1, -1))
         cursor = start + len(content) if start >= 0 else cursor
@@ -90,24 +129,29 @@ def render_chat_dataset(dataset, tokenizer, *, chat_template: str | None = None,
     if messages_column not in dataset.column_names:
         raise ValueError(f"dataset has no column {messages_column!r} (columns: {dataset.column_names})")
 
-    def render(batch):
+    def render(batch, indices):
+        check_interrupted()
         out = {text_column: [], "content_spans": [], "label_spans": []}
-        for messages in batch[messages_column]:
-            text, contents, labels = render_chat(tokenizer, messages, chat_template=chat_template)
+        for row, messages in zip(indices, batch[messages_column]):
+            try:
+                text, contents, labels = render_chat(tokenizer, messages, chat_template=chat_template)
+            except ValueError as exc:
+                raise ValueError(f"row {row} of {messages_column!r}: {exc}") from None
             out[text_column].append(text)
             out["content_spans"].append(contents.tolist())
             out["label_spans"].append(labels.tolist())
         return out
 
     from fusekernels import __version__
+    from fusekernels._interrupt import check_interrupted
     from fusekernels.fingerprint import json_fingerprint, tokenizer_fingerprint
-    from fusekernels.storage import map_cache_file
+    from fusekernels.storage import cached_map
 
     # deterministic, and written to the user cache (never next to the input dataset)
     fingerprint = json_fingerprint(["render-chat", __version__, dataset._fingerprint, tokenizer_fingerprint(tokenizer),
                                     chat_template, messages_column, text_column])[:16]
-    return dataset.map(render, batched=True, num_proc=num_proc, desc="render chat", new_fingerprint=fingerprint,
-                       cache_file_name=map_cache_file(dataset, fingerprint, "render-chat"))
+    return cached_map(dataset, render, label="render-chat", fingerprint=fingerprint, batched=True, with_indices=True,
+                      num_proc=num_proc, desc="render chat")
 
 
 def _offsets(tokenizer, text: str, ids) -> np.ndarray:
@@ -172,6 +216,8 @@ def align_chat_teachers(student, teachers: Sequence, *, student_tokenizer, teach
     from fusekernels.tokenization.byte_span import build_byte_span_map, transfer_rows
     from fusekernels.tokenization.profile import TokenizerProfile
 
+    from .extract import check_storable_logits
+
     teachers, teacher_tokenizers = list(teachers), list(teacher_tokenizers)
     if len(teachers) != len(teacher_tokenizers):
         raise ValueError(f"{len(teachers)} teacher datasets but {len(teacher_tokenizers)} teacher_tokenizers")
@@ -230,6 +276,7 @@ def align_chat_teachers(student, teachers: Sequence, *, student_tokenizer, teach
         rows["input_ids"].append(ids.astype(np.int32))
         rows["labels"].append(chat_labels(ids, s_off, np.asarray(s["label_spans"]).reshape(-1, 2)).astype(np.int32))
         rows["teacher_ids"].append(t_ids)
+        check_storable_logits(t_logits[np.isfinite(t_logits)], logits_dtype, f"row {r}: teacher logits")
         rows["teacher_logits"].append(t_logits.astype(logits_dtype))
         rows["teacher_ce"].append(np.asarray(ce, dtype=np.float32))
         rows["teacher_aligned"].append(np.asarray(aligned, dtype=np.int32))

@@ -32,10 +32,18 @@ A text giving a single id (empty text) has no labelled position: its ``metric_ce
 
 Resumable and shardable: with ``output_dir`` the rows are processed in shards of ``shard_size``
 rows, each saved (``datasets.Dataset.save_to_disk``) under ``output_dir/shard-NNNNN`` as soon as
-it is done and skipped when the run restarts. Under ``accelerate launch`` / torchrun the shards
-are split between processes (``accelerate.PartialState().split_between_processes``; CPU-only
-launches use the gloo backend); every process then returns the complete dataset. Without
-``output_dir`` every process computes every row.
+it is done and skipped when the run restarts. Every shard records a content checksum tied to
+this extraction (:func:`fusekernels.storage.write_checksums`), verified when a resumed run skips
+it and by :func:`load_extracted`: a damaged or foreign shard raises
+:class:`fusekernels.storage.DamagedFileError` naming the file. Shards are written under unique
+temporary names, so two runs on the same folder never write into each other's files (the first
+to finish a shard keeps it). Under ``accelerate launch`` / torchrun the shards are split between
+processes (``accelerate.PartialState().split_between_processes``; CPU-only launches use the gloo
+backend); every process then returns the complete dataset. Without ``output_dir`` every process
+computes every row.
+
+Logits that do not fit the storage dtype (beyond +-65504 for float16, or NaN / +inf from the
+model) stop the extraction with an error naming the row, instead of being stored as inf.
 """
 from __future__ import annotations
 
@@ -117,7 +125,11 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
                           logits_dtype, device, keep_columns)
     runner.precision, runner.start = precision, start_ids
     if output_dir is None:
-        return datasets.concatenate_datasets([runner(dataset.select(range(a, b)), progress) for a, b in shards])
+        return datasets.concatenate_datasets([runner(dataset.select(range(a, b)), progress, first_row=a)
+                                              for a, b in shards])
+
+    from fusekernels.fingerprint import json_fingerprint
+    from fusekernels.storage import remove_stale_temps
 
     out = Path(output_dir)
     state = _partial_state()
@@ -127,8 +139,10 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
                             precision=precision, shard_size=shard_size, keep_columns=keep_columns,
                             start_tokens=start_ids)
     resumed = _check_meta(out, config)  # every process, so that all of them stop on a mismatch
+    tag = json_fingerprint(config)  # ties every shard's checksum record to this extraction
     if state.is_main_process:
         _write_meta(out, config)
+        remove_stale_temps(out, ".shard-", marker=".tmp")  # left by killed runs
         if resumed:
             done = sum((out / f"shard-{i:05d}").is_dir() for i in range(len(shards)))
             logger.info(f"resuming: {done} of {len(shards)} shards done in {out}")
@@ -137,37 +151,71 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
         for shard in mine:
             path = out / f"shard-{shard:05d}"
             if path.is_dir():
-                continue  # finished in an earlier run
+                from fusekernels.storage import verify_checksums
+
+                verify_checksums(path, tag=tag, required=True)  # finished in an earlier run: still intact?
+                continue
             a, b = shards[shard]
-            part = runner(dataset.select(range(a, b)), progress, f"extract shard {shard + 1}/{len(shards)}")
-            tmp = out / f".shard-{shard:05d}.tmp{state.process_index}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            try:
-                part.save_to_disk(str(tmp))
-                os.replace(tmp, path)  # a shard exists only once completely written
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)  # e.g. disk full: no half shard is left behind
-                raise
+            part = runner(dataset.select(range(a, b)), progress, f"extract shard {shard + 1}/{len(shards)}",
+                          first_row=a)
+            _save_shard(part, out, path, tag)
     state.wait_for_everyone()
-    return load_extracted(out)
+    return load_extracted(out, verify=False)
 
 
-def load_extracted(output_dir: str | os.PathLike):
-    """Load (and concatenate) the shards written by :func:`extract_teacher_topk`."""
+def _save_shard(part, out: Path, path: Path, tag: str) -> None:
+    """Write one shard under a unique temporary name (held under a lock, see
+    :func:`fusekernels.storage.owned_temp`), record its checksums, then rename it into place; a
+    shard another run finished meanwhile is kept and this copy dropped."""
+    from fusekernels._interrupt import check_interrupted
+    from fusekernels.storage import owned_temp, write_checksums
+
+    with owned_temp(out, f".{path.name}.tmp-") as tmp:
+        try:
+            part.save_to_disk(str(tmp))
+            write_checksums(tmp, tag=tag)
+            check_interrupted()  # a Ctrl-C swallowed while the shard was written stops here
+            try:
+                os.replace(tmp, path)  # a shard exists only once completely written
+            except OSError:
+                if not path.is_dir():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # another run on this folder finished it first
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # e.g. disk full: no half shard is left behind
+            raise
+
+
+def load_extracted(output_dir: str | os.PathLike, *, verify: bool = True, require_checksums: bool = False):
+    """Load (and concatenate) the shards written by :func:`extract_teacher_topk`.
+
+    ``verify``: check every shard's content checksum first (:class:`fusekernels.storage.DamagedFileError`
+    naming the first damaged file); shards of an older version without a checksum record are
+    accepted unless ``require_checksums``."""
     require("datasets", "load_extracted")
     import datasets
+
+    from fusekernels.fingerprint import json_fingerprint
+    from fusekernels.storage import DamagedFileError, verify_checksums
 
     out = Path(output_dir)
     meta_path = out / META_NAME
     if not meta_path.is_file():
         raise FileNotFoundError(f"{out} holds no extraction output ({META_NAME} missing)")
-    meta = json.loads(meta_path.read_text())
-    n_shards = -(-meta["num_rows"] // meta["shard_size"])
+    try:
+        meta = json.loads(meta_path.read_text())
+        n_shards = -(-meta["num_rows"] // meta["shard_size"])
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise DamagedFileError(meta_path, f"not a valid extraction metadata file ({type(exc).__name__})") from None
     missing = [i for i in range(n_shards) if not (out / f"shard-{i:05d}").is_dir()]
     if missing:
         raise FileNotFoundError(f"{out}: {len(missing)} of {n_shards} shards not finished (first: {missing[0]})")
     if n_shards == 0:
         raise ValueError(f"{out}: the extraction had no rows")
+    if verify:
+        required = require_checksums or meta.get("format", 0) >= 3
+        for i in range(n_shards):
+            verify_checksums(out / f"shard-{i:05d}", tag=json_fingerprint(meta), required=required)
     return datasets.concatenate_datasets([datasets.load_from_disk(str(out / f"shard-{i:05d}"))
                                           for i in range(n_shards)])
 
@@ -195,16 +243,17 @@ def tokenize_texts(tokenizer, dataset, *, max_length: int, text_column: str = "t
         raise ValueError(f"max_length must be an int >= 1, got {max_length!r}")
     from fusekernels import __version__
     from fusekernels.fingerprint import json_fingerprint, tokenizer_fingerprint
-    from fusekernels.storage import map_cache_file
+    from fusekernels.storage import cached_map
 
     features = dataset.features.copy()
     features["input_ids"] = List(Value("int32"))
     # deterministic, and written to the user cache (never next to the input dataset)
     fingerprint = json_fingerprint(["tokenize", __version__, dataset._fingerprint, tokenizer_fingerprint(tokenizer),
                                     max_length, text_column])[:16]
-    return dataset.map(lambda batch: {"input_ids": tokenize_for_teacher(tokenizer, batch[text_column], max_length)},
-                       batched=True, batch_size=batch_size, num_proc=num_proc, features=features, desc="tokenize",
-                       new_fingerprint=fingerprint, cache_file_name=map_cache_file(dataset, fingerprint, "tokenize"))
+    return cached_map(dataset, lambda batch: {"input_ids": tokenize_for_teacher(tokenizer, batch[text_column],
+                                                                                max_length)},
+                      label="tokenize", fingerprint=fingerprint, batched=True, batch_size=batch_size,
+                      num_proc=num_proc, features=features, desc="tokenize")
 
 
 class _ShardRunner:
@@ -229,8 +278,10 @@ class _ShardRunner:
             feats["per_step_metric_ce"] = List(Value("float32"))
         return Features(feats)
 
-    def __call__(self, dataset, progress=True, desc="extract"):
+    def __call__(self, dataset, progress=True, desc="extract", first_row=0):
         import datasets
+
+        from fusekernels._interrupt import check_interrupted
 
         texts = dataset[self.text_column]
         ids = tokenize_for_teacher(self.tokenizer, texts, self.max_length)
@@ -238,7 +289,8 @@ class _ShardRunner:
         batches = length_batches([len(x) for x in ids], self.batch_size)
         bar = _bar(len(ids), progress, desc)
         for batch in batches:
-            for i, row in zip(batch, self._forward([ids[i] for i in batch])):
+            check_interrupted()
+            for i, row in zip(batch, self._forward([ids[i] for i in batch], [first_row + i for i in batch])):
                 rows[i] = row
             if bar is not None:
                 bar.update(len(batch))
@@ -250,13 +302,13 @@ class _ShardRunner:
             columns[name] = [r[name] for r in rows]
         return datasets.Dataset.from_dict(columns, features=self.features(dataset))
 
-    def _forward(self, batch_ids: list[list[int]]) -> list[dict]:
+    def _forward(self, batch_ids: list[list[int]], row_ids: list[int]) -> list[dict]:
         import torch
 
         with torch.inference_mode():
-            return self._forward_batch(torch, batch_ids)
+            return self._forward_batch(torch, batch_ids, row_ids)
 
-    def _forward_batch(self, torch, batch_ids: list[list[int]]) -> list[dict]:
+    def _forward_batch(self, torch, batch_ids: list[list[int]], row_ids: list[int]) -> list[dict]:
         from fusekernels.loss import teacher_topk
 
         start = self.start
@@ -289,6 +341,7 @@ class _ShardRunner:
             length = len(ids_n)
             seq = slice(offset, offset + length)
             offset += length
+            check_storable_logits(values[seq], self.logits_dtype, f"row {row_ids[n]}")
             seq_ce = ce[seq]
             labelled = length - 1
             if self.precision == "published":  # fp16 sum of fp16 token CEs / count, in fp16
@@ -303,6 +356,26 @@ class _ShardRunner:
                 row["per_step_metric_ce"] = seq_ce.astype(np.float32)
             rows.append(row)
         return rows
+
+
+FLOAT16_MAX = 65504.0
+
+
+def check_storable_logits(values: np.ndarray, dtype: str, where: str) -> None:
+    """Raise ``ValueError`` (naming ``where``) when top-k logits cannot be stored in ``dtype``: NaN
+    or +inf (a broken model), or finite values beyond the float16 range (they would become inf).
+    -inf is allowed (entries a model masks out; padding)."""
+    values = np.asarray(values)
+    if np.isnan(values).any() or np.isposinf(values).any():
+        raise ValueError(f"{where}: the model's logits contain NaN or +inf (a broken model or an overflow in its "
+                         "dtype; try --dtype float32)")
+    if np.dtype(dtype) == np.float16:
+        finite = values[np.isfinite(values)]
+        peak = float(np.abs(finite).max()) if finite.size else 0.0
+        if peak > FLOAT16_MAX:
+            raise ValueError(f"{where}: the model's logits reach {peak:.4g}, beyond the float16 range (+-65504): they "
+                             "would be stored as inf; store them as float32 (logits_dtype='float32', command line: "
+                             "--logits-dtype float32)")
 
 
 def length_batches(lengths, batch_size: int) -> list[list[int]]:
@@ -379,7 +452,7 @@ RESUME_OPTIONS = {
     "pad_id": "--tokenizer (pad id)", "padding_side": "padding side", "format": "format version",
     "start_tokens": "--start-tokens",
 }
-_META_FORMAT = 2
+_META_FORMAT = 3  # 3: shards carry content checksums
 
 
 def _resume_config(model, tokenizer, dataset, **options) -> dict:

@@ -155,7 +155,8 @@ def load_rows(spec: str | os.PathLike):
 
     Raises ``FileNotFoundError`` for a missing path and :class:`fusekernels.storage.DamagedFileError`
     (a ``ValueError`` naming the path) for a file or saved dataset that cannot be read: a truncated
-    arrow shard, a broken ``.jsonl`` line, a corrupted ``dataset_info.json``.
+    arrow shard, a broken ``.jsonl`` line, a corrupted ``dataset_info.json``, or a file of a folder
+    written by this package whose content checksum no longer matches.
     """
     require("datasets", "load_rows")
     import datasets
@@ -169,6 +170,9 @@ def load_rows(spec: str | os.PathLike):
         if (path / META_NAME).is_file():
             return _readable(path, load_extracted, path)
         if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
+            from fusekernels.storage import verify_checksums
+
+            verify_checksums(path)  # folders written by this package record them: damage is named
             return _readable(path, datasets.load_from_disk, str(path))
         raise ValueError(f"{path} is not a saved dataset (no dataset_info.json) nor an extraction output")
     builder = TEXT_SUFFIXES.get(path.suffix.lower())

@@ -30,7 +30,8 @@ CHUNK_COLUMNS = ("teacher_chunk_span", "teacher_chunk_logprob", "teacher_token_c
 
 def pack_arrays(input_ids, teacher_ids, teacher_logits, teacher_ce, block_size: int, *,
                 drop_last: bool = True, metric_level: str = "sequence", labels=None,
-                chunks: dict | None = None) -> dict[str, list[np.ndarray]]:
+                chunks: dict | None = None, row_ids=None,
+                logits_dtype: str | None = None) -> dict[str, list[np.ndarray]]:
     """Pack lists of per-sequence arrays (shapes as in the module docstring) into blocks.
 
     Returns a dict of lists (one entry per block): ``input_ids`` [B] int32, ``teacher_ids``
@@ -38,8 +39,13 @@ def pack_arrays(input_ids, teacher_ids, teacher_logits, teacher_ce, block_size: 
     and ``labels`` [B] int32 when per-sequence ``labels`` [L] (e.g. assistant-only, -100 elsewhere)
     are given. ``chunks``: ``{name: list of [L, T] arrays}`` for the aligned-chunk columns
     (``CHUNK_COLUMNS``), packed as [B, T]; a chunk that would reach back before its block's first
-    row loses its span (its rows are in the previous block).
+    row loses its span (its rows are in the previous block). ``row_ids``: the rows' numbers in
+    their dataset, used in error messages (default 0, 1, ...). ``logits_dtype``: the dtype the
+    logits will be stored in; a row whose logits do not fit it (NaN, +inf, beyond the float16
+    range) raises ``ValueError`` naming the row.
     """
+    from .extract import check_storable_logits
+
     _check_options(block_size, metric_level)
     n = len(input_ids)
     if not (len(teacher_ids) == len(teacher_logits) == len(teacher_ce) == n):
@@ -55,43 +61,14 @@ def pack_arrays(input_ids, teacher_ids, teacher_logits, teacher_ce, block_size: 
     per_position = {name: [] for name in chunks}
     ids, tids, tlogits, tce, lab = [], [], [], [], []
     shape = None
+    names = list(row_ids) if row_ids is not None else list(range(n))
     for row in range(n):
-        seq = np.asarray(input_ids[row])
-        length = len(seq)
-        t_ids = _stack_nd(teacher_ids[row], 3, "teacher_ids", row)
-        t_logits = _stack_nd(teacher_logits[row], 3, "teacher_logits", row).astype(np.float32)
-        ce = np.asarray(_stack_nd(teacher_ce[row], None, "teacher_ce", row), dtype=np.float32)
-        if seq.ndim != 1:
-            raise ValueError(f"row {row}: input_ids must be 1-D, got shape {seq.shape}")
-        if t_ids.shape != t_logits.shape or t_ids.shape[0] != length:
-            raise ValueError(f"row {row}: teacher_ids {t_ids.shape} and teacher_logits {t_logits.shape} must both be "
-                             f"[L={length}, n_teachers, k]")
-        if shape is None:
-            shape = t_ids.shape[1:]
-        elif t_ids.shape[1:] != shape:
-            raise ValueError(f"row {row}: teacher columns have [n_teachers, k] = {t_ids.shape[1:]}, row 0 has {shape}")
-        n_teachers = shape[0]
-        if ce.shape == (n_teachers,):
-            ce = np.broadcast_to(ce, (length, n_teachers))  # per-sequence metric -> per token
-        elif ce.shape != (length, n_teachers):
-            raise ValueError(f"row {row}: teacher_ce must be [{n_teachers}] or [{length}, {n_teachers}], "
-                             f"got {ce.shape}")
-        if np.isnan(ce).any():
-            raise ValueError(f"row {row}: teacher_ce contains NaN")
-        if labels is not None:
-            row_labels = np.asarray(labels[row])
-            if row_labels.shape != seq.shape:
-                raise ValueError(f"row {row}: labels has shape {row_labels.shape}, input_ids {seq.shape}")
-            lab.append(row_labels.astype(np.int32))
-        for name, values in chunks.items():
-            arr = _stack_nd(values[row], 2, name, row)
-            if arr.shape != (length, shape[0]):
-                raise ValueError(f"row {row}: {name} must be [{length}, {shape[0]}], got {arr.shape}")
-            per_position[name].append(arr)
-        ids.append(seq.astype(np.int32))
-        tids.append(t_ids.astype(np.int32))
-        tlogits.append(t_logits)
-        tce.append(ce)
+        try:
+            _pack_row(row, input_ids, teacher_ids, teacher_logits, teacher_ce, labels, logits_dtype,
+                      check_storable_logits, shape, (ids, tids, tlogits, tce, lab), chunks, per_position)
+        except ValueError as exc:
+            raise ValueError(f"row {names[row]}: {exc}") from None
+        shape = tids[-1].shape[1:]
     names = PACKED_COLUMNS + (("labels",) if labels is not None else ()) + tuple(chunks)
     if not ids:
         return {name: [] for name in names}
@@ -118,6 +95,49 @@ def pack_arrays(input_ids, teacher_ids, teacher_logits, teacher_ce, block_size: 
                 part = np.where(part <= rows + 1, part, 0).astype(np.int32)
             out[name].append(part)
     return out
+
+
+def _pack_row(row, input_ids, teacher_ids, teacher_logits, teacher_ce, labels, logits_dtype, check_storable_logits,
+              shape, outputs, chunks, per_position):
+    """Check row ``row`` and append its arrays to ``outputs`` (ids, tids, tlogits, tce, lab) and to
+    ``per_position`` (its chunk columns); ``shape``: [n_teachers, k] of the rows before it (None
+    for the first)."""
+    ids, tids, tlogits, tce, lab = outputs
+    seq = np.asarray(input_ids[row])
+    length = len(seq)
+    t_ids = _stack_nd(teacher_ids[row], 3, "teacher_ids")
+    t_logits = _stack_nd(teacher_logits[row], 3, "teacher_logits").astype(np.float32)
+    ce = np.asarray(_stack_nd(teacher_ce[row], None, "teacher_ce"), dtype=np.float32)
+    if seq.ndim != 1:
+        raise ValueError(f"input_ids must be 1-D, got shape {seq.shape}")
+    if t_ids.shape != t_logits.shape or t_ids.shape[0] != length:
+        raise ValueError(f"teacher_ids {t_ids.shape} and teacher_logits {t_logits.shape} must both be "
+                         f"[L={length}, n_teachers, k]")
+    if shape is not None and t_ids.shape[1:] != shape:
+        raise ValueError(f"teacher columns have [n_teachers, k] = {t_ids.shape[1:]}, the first row has {shape}")
+    n_teachers = t_ids.shape[1]
+    if ce.shape == (n_teachers,):
+        ce = np.broadcast_to(ce, (length, n_teachers))  # per-sequence metric -> per token
+    elif ce.shape != (length, n_teachers):
+        raise ValueError(f"teacher_ce must be [{n_teachers}] or [{length}, {n_teachers}], got {ce.shape}")
+    if np.isnan(ce).any():
+        raise ValueError("teacher_ce contains NaN")
+    if logits_dtype is not None:
+        check_storable_logits(t_logits, logits_dtype, "teacher_logits")
+    if labels is not None:
+        row_labels = np.asarray(labels[row])
+        if row_labels.shape != seq.shape:
+            raise ValueError(f"labels has shape {row_labels.shape}, input_ids {seq.shape}")
+        lab.append(row_labels.astype(np.int32))
+    for name, values in chunks.items():
+        arr = _stack_nd(values[row], 2, name)
+        if arr.shape != (length, n_teachers):
+            raise ValueError(f"{name} must be [{length}, {n_teachers}], got {arr.shape}")
+        per_position[name].append(arr)
+    ids.append(seq.astype(np.int32))
+    tids.append(t_ids.astype(np.int32))
+    tlogits.append(t_logits)
+    tce.append(ce)
 
 
 def pack_sequences(dataset, block_size: int, *, drop_last: bool = True, metric_level: str = "sequence",
@@ -157,24 +177,26 @@ def pack_sequences(dataset, block_size: int, *, drop_last: bool = True, metric_l
         features[name] = Array2D(shape=(None, n_teachers), dtype="int32" if name == "teacher_chunk_span" else "float32")
     columns = list(PACKED_COLUMNS) + (["labels"] if "labels" in dataset.column_names else []) + chunk_columns
 
-    def pack_batch(batch):
+    def pack_batch(batch, indices):
+        check_interrupted()
         out = pack_arrays(batch["input_ids"], batch["teacher_ids"], batch["teacher_logits"], batch["teacher_ce"],
                           block_size, drop_last=drop_last, metric_level=metric_level, labels=batch.get("labels"),
-                          chunks={name: batch[name] for name in chunk_columns})
+                          chunks={name: batch[name] for name in chunk_columns}, row_ids=indices,
+                          logits_dtype=logits_dtype)
         out["teacher_logits"] = [x.astype(logits_dtype) for x in out["teacher_logits"]]
         return out
 
     from fusekernels import __version__
+    from fusekernels._interrupt import check_interrupted
     from fusekernels.fingerprint import json_fingerprint
-    from fusekernels.storage import map_cache_file
+    from fusekernels.storage import cached_map
 
     source = dataset.select_columns(columns).with_format("numpy")
     # deterministic, and written to the user cache (never next to the input dataset)
     fingerprint = json_fingerprint(["pack", __version__, source._fingerprint, int(block_size), drop_last,
                                     metric_level, logits_dtype, batch_size])[:16]
-    packed = source.map(pack_batch, batched=True, batch_size=batch_size, num_proc=num_proc,
-                        remove_columns=columns, features=features, desc=desc,
-                        new_fingerprint=fingerprint, cache_file_name=map_cache_file(source, fingerprint, "pack"))
+    packed = cached_map(source, pack_batch, label="pack", fingerprint=fingerprint, batched=True, with_indices=True,
+                        batch_size=batch_size, num_proc=num_proc, remove_columns=columns, features=features, desc=desc)
     return packed.with_format(None)
 
 
@@ -185,12 +207,12 @@ def _check_options(block_size, metric_level):
         raise ValueError(f"metric_level must be one of {METRIC_LEVELS}, got {metric_level!r}")
 
 
-def _stack_nd(value, ndim, column, row) -> np.ndarray:
+def _stack_nd(value, ndim, column) -> np.ndarray:
     """numpy view of a (possibly nested-object) array cell; datasets returns nested arrays as
     object arrays of arrays for variable-length dimensions."""
     arr = np.asarray(value)
     if arr.dtype == object:
-        arr = np.stack([_stack_nd(v, None, column, row) for v in arr]) if len(arr) else arr.astype(np.float32)
+        arr = np.stack([_stack_nd(v, None, column) for v in arr]) if len(arr) else arr.astype(np.float32)
     if ndim is not None and arr.ndim != ndim:
-        raise ValueError(f"row {row}: {column} must have {ndim} dimensions, got shape {arr.shape}")
+        raise ValueError(f"{column} must have {ndim} dimensions, got shape {arr.shape}")
     return arr

@@ -46,7 +46,11 @@ def split_long_texts(dataset, tokenizers: Sequence, block_size: int, *, text_col
     tokenizers = _check_tokenizers(tokenizers)
     columns = dataset.column_names
 
-    def split_batch(batch):
+    def split_batch(batch, indices):
+        bad = next((i for i, text in zip(indices, batch[text_column]) if not isinstance(text, str)), None)
+        if bad is not None:  # named by its row in the dataset, not its place in the batch
+            raise TypeError(f"{text_column!r} at row {bad} is {type(batch[text_column][indices.index(bad)]).__name__}, "
+                            "expected str")
         pieces = _split_batch(batch[text_column], tokenizers, window)
         out = {name: [] for name in columns}
         for row, texts in enumerate(pieces):
@@ -57,19 +61,19 @@ def split_long_texts(dataset, tokenizers: Sequence, block_size: int, *, text_col
 
     from fusekernels import __version__
     from fusekernels.fingerprint import json_fingerprint, tokenizer_fingerprint
-    from fusekernels.storage import map_cache_file
+    from fusekernels.storage import cached_map
 
     # deterministic, and written to the user cache (never next to the input dataset); a tokenizer
     # that cannot be fingerprinted (a stand-in object) keeps the result in memory instead
     try:
         tokenizer_fps = [tokenizer_fingerprint(t) for t in tokenizers]
     except (AttributeError, TypeError):
-        return dataset.map(split_batch, batched=True, batch_size=batch_size, num_proc=num_proc, desc=desc,
-                           keep_in_memory=True)
+        return dataset.map(split_batch, batched=True, with_indices=True, batch_size=batch_size, num_proc=num_proc,
+                           desc=desc, keep_in_memory=True)
     fingerprint = json_fingerprint(["split", __version__, dataset._fingerprint, text_column, window, batch_size,
                                     tokenizer_fps])[:16]
-    return dataset.map(split_batch, batched=True, batch_size=batch_size, num_proc=num_proc, desc=desc,
-                       new_fingerprint=fingerprint, cache_file_name=map_cache_file(dataset, fingerprint, "split"))
+    return cached_map(dataset, split_batch, label="split", fingerprint=fingerprint, batched=True, with_indices=True,
+                      batch_size=batch_size, num_proc=num_proc, desc=desc)
 
 
 def _window(block_size: int, margin: int) -> int:

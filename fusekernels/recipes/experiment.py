@@ -176,7 +176,7 @@ def mince_choices(packed, names, metric_level: str = "sequence") -> dict:
     import numpy as np
     import torch
 
-    from fusekernels.loss.weights import fusion_weights
+    from fusekernels.loss.rules import fusion_weights
 
     counts = np.zeros(len(names) + 1, dtype=np.int64)
     data = packed.with_format("numpy")

@@ -32,6 +32,8 @@ reuses it.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from .._optional import require
@@ -70,17 +72,25 @@ def _matrix(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def _per_row(table, *, base, blend, mode, tables, columns, k, match, threads, check):
-    """The row-by-row path (every mode; ragged top-k rows; the error messages of bad rows).
-    Returns the flat ``(ids [M, k], logits float32 [M, k], matched [M])``."""
+def _per_row(table, *, base, blend, mode, tables, columns, k, match, threads, check, rows=None):
+    """The row-by-row path (every mode; ragged top-k rows; the error messages of bad rows:
+    ``row N:``, N from ``rows``, the batch's row numbers in its dataset, else the position in the
+    batch). Returns the flat ``(ids [M, k], logits float32 [M, k], matched [M])``."""
     texts = None
     if columns.get("text") and mode.reads_text is not None:
         texts = table.column(columns["text"]).to_pylist()
+    names = list(rows) if rows is not None else list(range(table.num_rows))
     rows = [(np.asarray(b), np.asarray(a), _matrix(tid), _matrix(tlg))
             for b, a, tid, tlg in zip(*(table.column(columns[c]).to_pylist()
                                         for c in ("base_ids", "blend_ids", "topk_ids", "topk_logits")))]
-    results = mode.align_rows(rows, base, blend, tables=tables, texts=texts, match=match, check=check,
-                              threads=threads)
+    try:
+        results = mode.align_rows(rows, base, blend, tables=tables, texts=texts, match=match, check=check,
+                                  threads=threads)
+    except ValueError as exc:  # "rows[i]: ..." (or "items[i]: ...") -> the row's number in its dataset
+        found = re.match(r"(?:rows|items)\[(\d+)\]: ", str(exc))
+        if not found:
+            raise
+        raise ValueError(f"row {names[int(found.group(1))]}: {str(exc)[found.end():]}") from None
     fitted = [_fit_width(result.ids, result.logits, k) for result, _ in results]
     if not fitted:
         return np.zeros((0, k), np.int32), np.zeros((0, k), np.float32), np.zeros(0, bool)
@@ -89,8 +99,10 @@ def _per_row(table, *, base, blend, mode, tables, columns, k, match, threads, ch
             np.concatenate([np.asarray(mask, dtype=bool) for _, mask in results]))
 
 
-def align_arrow_batch(table, *, base, blend, method, tables, columns, k, match="span", threads=1, check="length"):
-    """Align one Arrow batch (a ``pyarrow.Table`` with the input columns of the module docstring).
+def align_arrow_batch(table, *, base, blend, method, tables, columns, k, match="span", threads=1, check="length",
+                      rows=None):
+    """Align one Arrow batch (a ``pyarrow.Table`` with the input columns of the module docstring);
+    ``rows``: the batch's row numbers in its dataset, named by the error of a bad row.
 
     ``method`` names an entry of :data:`~fusekernels.tokenization.registry.ALIGNMENT_MODES`;
     ``tables`` is its ``build_tables`` result. Batches whose top-k rows are all [n_r, k'] go
@@ -120,19 +132,19 @@ def align_arrow_batch(table, *, base, blend, method, tables, columns, k, match="
             else:
                 return ids, logits, matched, b_off
     ids, logits, matched = _per_row(table, base=base, blend=blend, mode=mode, tables=tables, columns=columns,
-                                    k=k, match=match, threads=threads, check=check)
+                                    k=k, match=match, threads=threads, check=check, rows=rows)
     return ids, logits, matched, b_off
 
 
-def _align_batch(table, *, base, blend, method, tables, columns, prefix, logits_dtype, k, match, threads,
-                 check="length", return_mask=False):
+def _align_batch(table, indices=None, *, base, blend, method, tables, columns, prefix, logits_dtype, k, match,
+                 threads, check="length", return_mask=False):
     import pyarrow as pa
 
     from .batch import list_array, nested_array
 
     ids, logits, matched, offsets = align_arrow_batch(table, base=base, blend=blend, method=method, tables=tables,
                                                       columns=columns, k=k, match=match, threads=threads,
-                                                      check=check)
+                                                      check=check, rows=indices)
     metric = table.column(columns["metric_ce"]).to_numpy().astype(np.float32)
     out = {f"{prefix}_topk_ids": nested_array(ids, offsets),
            f"{prefix}_topk_logits": nested_array(logits.astype(logits_dtype, copy=False), offsets),
@@ -217,7 +229,7 @@ def align_dataset(dataset, base, blend, *, method: str = "byte_span", match: str
     features[f"{prefix}_metric_ce"] = datasets.Value("float32")
     if return_mask:
         features[f"{prefix}_matched"] = datasets.List(datasets.Value("bool"))
-    from fusekernels.storage import map_cache_file
+    from fusekernels.storage import cached_map
 
     from ..fingerprint import map_fingerprint, profile_fingerprint, vocab_map_fingerprint
 
@@ -226,13 +238,13 @@ def align_dataset(dataset, base, blend, *, method: str = "byte_span", match: str
                                          vocab_map_fingerprint(vocab_map) if mode.uses_vocab_map else None,
                                          return_mask, check))
     added = list(features)[len(dataset.features):]
-    result = dataset.with_format("arrow").map(
-        _align_batch, batched=True, batch_size=batch_size, num_proc=num_proc, features=features,
+    result = cached_map(
+        dataset.with_format("arrow"), _align_batch, label="align", fingerprint=fingerprint,
+        batched=True, with_indices=True, batch_size=batch_size, num_proc=num_proc, features=features,
         fn_kwargs=dict(base=base, blend=blend, method=method, tables=tables, columns=cols, prefix=prefix,
                        logits_dtype=np.dtype(logits_dtype), k=k, match=match,
                        threads=threads if threads is not None else (1 if num_proc and num_proc > 1 else 0),
                        check=check, return_mask=return_mask),
-        new_fingerprint=fingerprint, cache_file_name=map_cache_file(dataset, fingerprint, "align"),
         desc=desc or f"aligning top-k ({method})",
     )
     return _restore_format(result, dataset, added)

@@ -42,7 +42,8 @@ class AlignmentMode:
     matched bool [m])`` per row (``TopKResult.ids`` int [m, k'] padded -1, ``logits`` [m, k'] padded
     -inf; ``matched`` True where the position got the teacher's own distribution). ``texts``: the
     rows' texts or None; ``check``: one of ``byte_span.CHECKS``; ``threads``: native threads (0 = all
-    cores). Bad rows raise ``ValueError`` with the row's message.
+    cores). A bad row raises ``ValueError("rows[i]: <why>")`` (``i`` its position in ``rows``; the
+    callers name the row of the dataset instead).
 
     ``build_tables(base, blend, vocab_map)``: the per-pair tables, built once in the calling process
     and passed to every call as ``tables`` (default: None).
@@ -82,8 +83,14 @@ def _byte_span_tables(base, blend, vocab_map=None):
 def _byte_span_rows(rows, base, blend, *, tables, texts, match, check, threads):
     from .byte_span import byte_span_align
 
-    return [byte_span_align(*row, base, blend, id_map=tables, match=match, check=check, return_mask=True,
-                            text=None if texts is None else texts[r]) for r, row in enumerate(rows)]
+    out = []
+    for r, row in enumerate(rows):
+        try:
+            out.append(byte_span_align(*row, base, blend, id_map=tables, match=match, check=check, return_mask=True,
+                                       text=None if texts is None else texts[r]))
+        except ValueError as exc:
+            raise ValueError(f"rows[{r}]: {exc}") from None
+    return out
 
 
 def _byte_span_flat(*args, **kwargs):

@@ -6,8 +6,23 @@ the model with torch's FSDP2 directly, on CPU with gloo: every decoder layer and
 processes runs :class:`FusedForward` (the loss computed inside the wrapped forward) on its half
 of the batch; rank 0 compares the loss and the full gradients with an unsharded copy of the model
 on the whole batch, and writes a JSON report. Run by test_fsdp.py under ``torchrun``.
+
+Teardown is ordered, because the test used to fail under load with ``terminate called without an
+active exception`` in rank 1 (then SIGTERM for rank 0). Gloo runs every collective on its own
+worker threads, which outlive ``destroy_process_group`` (the process keeps its thread count), and
+a worker drops its last reference to a finished collective's tensors only after the caller has
+already been told the collective is done. Rank 1 used to exit right after its last collective
+(rank 0 goes on computing the reference); a worker thread descheduled by the load then freed
+those tensors during interpreter shutdown, needed the GIL, and the interpreter stops such a thread
+with ``pthread_exit``, whose unwinding through a C++ destructor calls ``std::terminate``. Now the
+sharded work runs in :func:`run`, whose objects (the FSDP2 modules are reference cycles) are
+collected while the group is alive; both ranks meet at a barrier once rank 0 has finished (the
+last tensor collective is long released by then; a barrier holds no tensors); then the group is
+destroyed.
 """
 import copy
+import datetime
+import gc
 import json
 import os
 import sys
@@ -31,9 +46,10 @@ def targets(batch, num_items, fused=True):
                 num_items_in_batch=num_items, num_fusion_items=None)
 
 
-def main(out_file):
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+def run(rank, world, out_file):
+    """The sharded forward / backward and, on rank 0, the comparison; returns nothing, so that
+    every object holding the process group (the FSDP2 modules, their states and DTensors) is
+    unreachable once it returns."""
     from torch.distributed.fsdp import fully_shard
 
     examples = synthetic_examples(4, exact_lengths=DDP_LENGTHS, seed=3)
@@ -64,10 +80,20 @@ def main(out_file):
         diffs = {n: float((grads[n] - p.grad.double()).abs().max() / max(float(p.grad.abs().max()), 1e-12))
                  for n, p in reference.named_parameters()}
         with open(out_file, "w") as f:
-            json.dump({"loss": float(total), "reference_loss": float(ref_loss), "max_rel_grad_diff": max(diffs.values()),
-                       "fused": state.last_fused, "reference_fused": ref_state.last_fused,
-                       "warned": state.warned, "head_weight_type": sharded_head, "world": world}, f)
-    dist.destroy_process_group()
+            json.dump({"loss": float(total), "reference_loss": float(ref_loss.detach()),
+                       "max_rel_grad_diff": max(diffs.values()), "fused": state.last_fused,
+                       "reference_fused": ref_state.last_fused, "warned": state.warned,
+                       "head_weight_type": sharded_head, "world": world}, f)
+
+
+def main(out_file):
+    # a bounded wait: a peer that never arrives fails the test with a message instead of a hang
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=180))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    run(rank, world, out_file)
+    gc.collect()  # the FSDP2 modules are reference cycles: free them (and their hold on the group) now
+    dist.barrier()  # rank 1 waits until rank 0 has finished its reference computation
+    dist.destroy_process_group()  # the last reference: gloo's threads are joined here, not at exit
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ unsharded model's, with the same gradients, and the hidden-state capture succeed
 import json
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -16,19 +15,15 @@ pytest.importorskip("torch.distributed.fsdp")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_fused_head_inside_fsdp2_sharded_forward(tmp_path):
     torchrun = shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun is not on PATH")
     out = tmp_path / "fsdp.json"
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    # --standalone: the launcher binds a free port itself (a port picked here and released could be
+    # taken by another job before torchrun binds it)
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2",
            str(REPO / "tests" / "integration" / "fsdp_worker.py"), str(out)]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -113,7 +113,7 @@ def test_resume_refuses_changed_options_and_nonempty_output(assets, tmp_path, ca
     assert "not empty" in capsys.readouterr().err
     assert main([str(a) for a in argv[:-4] + ["--output_dir", tmp_path / "x", "--resume_from_checkpoint",
                                              "latest"]]) == 2
-    assert "no checkpoint" in capsys.readouterr().err
+    assert "no complete checkpoint" in capsys.readouterr().err
     (tmp_path / "bad.yaml").write_text("model: m\nno_such_option: 1\n")
     assert main(["train", str(tmp_path / "bad.yaml")]) == 2
     assert "no_such_option" in capsys.readouterr().err
@@ -131,3 +131,116 @@ def test_cli_trains_from_yaml_with_plain_eval(assets, tmp_path, capsys, held_out
     stored = json.loads((tmp_path / "out" / "fusekernels_train.json").read_text())
     assert stored["fusion"]["fusion"] == "avgce" and stored["training"]["max_steps"] == 2
     assert (tmp_path / "out" / "checkpoint-2").is_dir()
+
+
+# ------------------------------------------------------------------ hostile inputs (second round)
+def _cli(capsys, *argv):
+    capsys.readouterr()
+    code = main(["train", *[str(a) for a in argv]])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("fusekernels train: error:")]
+    return code, lines, err
+
+
+@pytest.mark.parametrize("line, option", [("max_steps: 2.5", "max_steps"), ("learning_rate: [1, 2]", "learning_rate"),
+                                          ("lam: high", "lam"), ("bf16: maybe", "bf16")])
+def test_config_values_of_the_wrong_type_fail_before_any_work(assets, tmp_path, capsys, monkeypatch, line, option):
+    """YAML values argparse never sees as strings: before, a raw traceback (exit 1) after loading the
+    model and creating output_dir."""
+    import fusekernels.pipeline.io as io
+
+    monkeypatch.setattr(io, "load_model", lambda *a, **k: pytest.fail("the model was loaded before the check"))
+    config = {k: v for k, v in _config(assets, tmp_path / "out").items() if k != option}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config) + line + "\n")
+    code, lines, err = _cli(capsys, tmp_path / "run.yaml")
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert option in lines[0] and "run.yaml" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_latest_skips_a_checkpoint_whose_save_was_interrupted(assets, tmp_path):
+    """Ctrl-C while checkpoint-4 was being written leaves only its config files: ``latest`` used
+    to pick it and fail, although checkpoint-2 is complete."""
+    out = tmp_path / "run"
+    first, _, _ = run_training(*_parsed(assets, out), callbacks=[StopAfter(2)])
+    partial = out / "checkpoint-4"
+    partial.mkdir()
+    for name in ("config.json", "generation_config.json"):
+        (partial / name).write_text((out / "checkpoint-2" / name).read_text())
+    with log_lines([]) as messages:
+        resumed, result, _ = run_training(*_parsed(assets, out, resume_from_checkpoint="latest"))
+    assert result.global_step == 4
+    assert any("skipping" in m and "checkpoint-4" in m for m in messages)
+    assert any("resuming from" in m and m.endswith("checkpoint-2") for m in messages)
+    with pytest.raises(ValueError, match="incomplete"):
+        from fusekernels.integration.train_command import resolve_checkpoint
+
+        broken = tmp_path / "broken" / "checkpoint-9"
+        broken.mkdir(parents=True)
+        resolve_checkpoint(_parsed(assets, tmp_path / "broken", resume_from_checkpoint=str(broken))[3])
+
+
+def test_a_failed_run_does_not_block_its_rerun(assets, tmp_path, capsys):
+    """A run that failed before its first checkpoint leaves only fusekernels_train.json: rerunning
+    the same command used to be refused ("not empty") with no checkpoint to resume from."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "fusekernels_train.json").write_text("{}")
+    config = _config(assets, out, max_steps=1)
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    code, lines, err = _cli(capsys, tmp_path / "run.yaml")
+    assert code == 0, err[-2000:]
+    assert json.loads((out / "fusekernels_train.json").read_text())["training"]["max_steps"] == 1
+    (out / "other.txt").write_text("not ours")
+    (tmp_path / "out2").mkdir()
+    assert _cli(capsys, tmp_path / "run.yaml")[0] == 2  # anything else still makes it non-empty
+
+
+def test_a_nan_model_stops_with_one_line(assets, tmp_path, capsys):
+    """One NaN weight used to train to "success": loss 0, clm_loss nan, exit 0, model saved."""
+    import torch
+
+    model = tiny_llama(seed=1)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "nan_model")
+    make_char_tokenizer().save_pretrained(tmp_path / "nan_model")
+    config = _config(assets, tmp_path / "out", model=str(tmp_path / "nan_model"), max_steps=2)
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    code, lines, err = _cli(capsys, tmp_path / "run.yaml")
+    assert code == 2 and len(lines) == 1, err[-2000:]
+    assert "model.layers.0.mlp.up_proj.weight holds NaN" in lines[0]
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_a_loss_that_becomes_nan_stops_training(assets, tmp_path, capsys):
+    config = _config(assets, tmp_path / "out", max_steps=6, learning_rate=1e37, warmup_steps=0,
+                     lr_scheduler_type="constant", max_grad_norm=0.0)
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    code, lines, err = _cli(capsys, tmp_path / "run.yaml")
+    assert code == 2 and len(lines) == 1, err[-2000:]
+    assert "training stopped at step" in lines[0] and "clm_loss nan" in lines[0] and "not finite" in lines[0]
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_data_without_label_tokens_is_refused(assets, tmp_path, capsys):
+    rows = synthetic_examples(8, seed=5)
+    for row in rows:
+        row["labels"] = [-100] * len(row["input_ids"])
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "nolabels"))
+    config = _config(assets, tmp_path / "out", data=str(tmp_path / "nolabels"), max_steps=2)
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    code, lines, err = _cli(capsys, tmp_path / "run.yaml")
+    assert code == 2 and len(lines) == 1 and "no label tokens" in lines[0], err[-2000:]
+    with pytest.warns(UserWarning, match="no label tokens"):
+        run_training(*_parsed(assets, tmp_path / "out2", data=str(tmp_path / "nolabels"), max_steps=1,
+                              fusion_positions="attention"))
+
+
+def test_collator_errors_name_the_dataset_row(assets, tmp_path):
+    """A malformed row in the middle of the data: the error names its row, not its batch slot."""
+    rows = synthetic_examples(12, seed=5)
+    rows[7]["teacher_ids"] = rows[7]["teacher_ids"] + 100000  # beyond the model's vocabulary
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "bad"))
+    with pytest.raises(ValueError, match=r"row 7: teacher_ids contains id"):
+        run_training(*_parsed(assets, tmp_path / "out", data=str(tmp_path / "bad"), max_steps=6, seed=1))

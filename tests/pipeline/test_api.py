@@ -124,3 +124,19 @@ def test_cli_prepare_two_teachers(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert main([str(a) for a in args[:-1]] + [str(tmp_path / "p3"), "--teacher-tokenizer", "mistral-v1"]) == 2
     assert "2 --teacher but 1 --teacher-tokenizer" in capsys.readouterr().err
+
+
+def test_bad_rows_of_cached_teacher_outputs_do_not_suggest_dropping_rows(tmp_path):
+    """A teacher whose model does not match its tokenizer (ids beyond the tokenizer's vocabulary):
+    prepare names the cache entry and how to recompute it, never ``--on-bad-row skip`` (an option
+    prepare does not even have, which would drop rows)."""
+    from .helpers import make_char_tokenizer
+
+    tok = make_char_tokenizer()
+    wrong = make_tiny_llama(len(tok) + 200, seed=3)  # its top-k reaches ids the tokenizer lacks
+    texts = ["In the beginning God created the heaven and the earth."] * 4
+    with pytest.raises(ValueError, match="row 0: ") as err:
+        build_fusion_dataset(texts, tok, [(wrong, tok)], block_size=64, split_margin=8, k=4, cache=tmp_path / "cache",
+                             progress=False)
+    message = str(err.value)
+    assert "skip" not in message and "cache entries" in message and str(tmp_path / "cache") in message

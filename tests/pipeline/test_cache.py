@@ -150,7 +150,7 @@ def test_damaged_entry_is_recomputed(tmp_path, texts):
     key_file.write_text(json.dumps({**key, "k": 99}))  # a stale or hand-edited entry
     lines = []
     rows, again = _run(model, tok, texts, tmp_path, lines)
-    assert again.status == "computed" and "damaged or stale" in lines[0]
+    assert again.status == "computed" and "cannot be reused" in lines[0] and "key file differs" in lines[0]
     import shutil
     shutil.rmtree(info.path / "shard-00000")  # a damaged entry: shards missing
     assert _run(model, tok, texts, tmp_path)[1].status == "computed"
@@ -166,3 +166,85 @@ def test_disabled_and_bad_arguments(tmp_path, texts):
         _run(model, tok, texts, tmp_path, max_length=None)
     with pytest.raises(ValueError, match="column 'body'"):
         _run(model, tok, texts, tmp_path, text_column="body")
+
+
+def _replace_once(path, old: bytes, new: bytes):
+    data = path.read_bytes()
+    assert data.count(old) == 1, "the pattern must locate one place in the Arrow file"
+    path.write_bytes(data.replace(old, new))
+
+
+@pytest.mark.parametrize("column", ["topk_ids", "topk_logits"])
+def test_flipped_byte_with_values_in_range_is_recomputed(tmp_path, texts, column):
+    """One changed byte inside an entry's ids or logits, the value staying valid (an id inside the
+    vocabulary, a finite logit): before content checksums the entry was reused as is."""
+    tok = make_char_tokenizer()
+    model = make_tiny_llama(len(tok), seed=1)
+    clean, info = _run(model, tok, texts, tmp_path)
+    arrow = next((info.path / "shard-00000").glob("*.arrow"))
+    row = clean.with_format("numpy")[0]
+    if column == "topk_ids":
+        ids = np.asarray(row["topk_ids"], dtype=np.int32)[0]  # position 0: k ids, one int32 each
+        changed = ids.copy()
+        changed[0] = ids[0] ^ 1  # another id, still inside the vocabulary
+        assert 0 <= changed[0] < len(tok)
+        _replace_once(arrow, ids.tobytes(), changed.tobytes())
+    else:
+        logits = np.asarray(row["topk_logits"], dtype=np.float16)[:2].reshape(-1)
+        changed = logits.copy()
+        changed.view(np.uint16)[0] ^= 1  # lowest mantissa bit: still a finite logit
+        assert np.isfinite(changed).all()
+        _replace_once(arrow, logits.tobytes(), changed.tobytes())
+    lines = []
+    again, info2 = _run(model, tok, texts, tmp_path, lines)
+    assert info2.status == "computed" and "checksum mismatch" in lines[0] and arrow.name in lines[0]
+    # (``clean`` maps the file that was changed in place: compare with a fresh extraction)
+    _same(again, extract_teacher_topk(model, tok, texts, k=4, max_length=32, progress=False))
+    assert _run(model, tok, texts, tmp_path)[1].reused
+
+
+def test_shard_copied_from_another_entry_is_recomputed(tmp_path, texts):
+    """A shard folder (with its checksum record) copied over from another teacher's entry."""
+    import shutil
+
+    tok = make_char_tokenizer()
+    model, other = make_tiny_llama(len(tok), seed=1), make_tiny_llama(len(tok), seed=2)
+    clean, info = _run(model, tok, texts, tmp_path)
+    _, other_info = _run(other, tok, texts, tmp_path)
+    shutil.rmtree(info.path / "shard-00000")
+    shutil.copytree(other_info.path / "shard-00000", info.path / "shard-00000")
+    lines = []
+    again, info2 = _run(model, tok, texts, tmp_path, lines)
+    assert info2.status == "computed" and "another output" in lines[0]
+    _same(again, clean)
+    _same(again, extract_teacher_topk(model, tok, texts, k=4, max_length=32, progress=False))
+
+
+def test_lock_path_that_is_a_folder_is_one_line(tmp_path, texts):
+    from fusekernels.storage import StoragePathError
+
+    tok = make_char_tokenizer()
+    model = make_tiny_llama(len(tok), seed=1)
+    _, info = _run(model, tok, texts, tmp_path)
+    lock = tmp_path / f"{info.key}.lock"
+    lock.unlink()
+    lock.mkdir()
+    with pytest.raises(StoragePathError) as err:
+        _run(model, tok, texts, tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and str(lock) in message and "is a folder" in message and "remove it" in message
+    assert "Errno" not in message
+
+
+def test_cache_folder_that_is_a_file_is_one_line(tmp_path, texts, monkeypatch):
+    from fusekernels.storage import StoragePathError, cache_dir
+
+    tok = make_char_tokenizer()
+    model = make_tiny_llama(len(tok), seed=1)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoragePathError, match="is a file, not a folder") as err:
+        _run(model, tok, texts, tmp_path / "file" / "cache")
+    assert "\n" not in str(err.value) and "Errno" not in str(err.value)
+    monkeypatch.setenv("FUSEKERNELS_CACHE", str(tmp_path / "file"))
+    with pytest.raises(StoragePathError, match=r"\$FUSEKERNELS_CACHE"):
+        cache_dir("teacher-outputs")

@@ -207,3 +207,134 @@ def test_damaged_datasets_raise_one_named_error(tmp_path):
     for name in ("saved", "broken.jsonl"):
         with pytest.raises(DamagedFileError, match=name):
             load_rows(tmp_path / name)
+
+
+# ------------------------------------------------------------------------------- map cache
+def _on_disk(dataset, path):
+    dataset.save_to_disk(str(path))
+    return datasets.load_from_disk(str(path))
+
+
+def test_damaged_map_cache_files_are_named_and_recomputed(tiny_llama, char_tokenizer, tmp_path, monkeypatch, caplog):
+    """A truncated ``pack-*.arrow`` and a ``split-*.arrow`` with changed bytes in the user cache:
+    named in one log line and recomputed (before: "Expected to be able to read ..." / a utf-8
+    error on every later run, or silently changed texts)."""
+    import logging
+
+    from fusekernels.pipeline.align_step import align_teachers
+    from fusekernels.pipeline.pack import pack_sequences
+    from fusekernels.pipeline.split import split_long_texts
+
+    monkeypatch.setenv("FUSEKERNELS_CACHE", str(tmp_path / "cache"))
+    maps = tmp_path / "cache" / "datasets"
+    texts = _on_disk(datasets.Dataset.from_dict({"text": TEXTS * 3}), tmp_path / "texts")
+    split = split_long_texts(texts, [char_tokenizer], 40, margin=8)
+    expected_texts = list(split["text"])
+    (split_file,) = maps.glob("split-*.arrow")
+    _replace_once(split_file, b"beginning", b"beg\xffnning")  # invalid UTF-8, same length
+    caplog.set_level(logging.WARNING, logger="fusekernels")
+    again = split_long_texts(texts, [char_tokenizer], 40, margin=8)
+    assert list(again["text"]) == expected_texts
+    assert any(split_file.name in r.getMessage() and "recomputing" in r.getMessage() for r in caplog.records)
+
+    teacher = _on_disk(extract_teacher_topk(tiny_llama, char_tokenizer, again, k=3, max_length=64, progress=False),
+                       tmp_path / "teacher")
+    aligned = align_teachers(teacher, [teacher], base_tokenizer=char_tokenizer, teacher_tokenizers=[char_tokenizer])
+    packed = pack_sequences(aligned, 16)
+    expected = packed.with_format("numpy")[:]
+    (pack_file,) = maps.glob("pack-*.arrow")
+    pack_file.write_bytes(pack_file.read_bytes()[: pack_file.stat().st_size // 2])
+    caplog.clear()
+    repacked = pack_sequences(aligned, 16).with_format("numpy")[:]
+    for column in ("input_ids", "teacher_ids", "teacher_logits"):
+        assert all(np.array_equal(a, b) for a, b in zip(repacked[column], expected[column])), column
+    assert any(pack_file.name in r.getMessage() and "bytes where" in r.getMessage() for r in caplog.records)
+
+
+def _replace_once(path, old: bytes, new: bytes):
+    data = path.read_bytes()
+    assert data.count(old) >= 1
+    path.write_bytes(data.replace(old, new, 1))
+
+
+# -------------------------------------------------------------------------- extraction
+def test_two_runs_on_one_output_do_not_collide(tiny_llama, char_tokenizer, texts, tmp_path, monkeypatch):
+    """A second extraction into the same folder while the first is writing its first shard (before:
+    both used ``.shard-00000.tmp0``, the second removed the first's temporary and the first failed)."""
+    from pathlib import Path
+
+    real_save, raced = datasets.Dataset.save_to_disk, []
+
+    def save_then_race(self, path, *args, **kwargs):
+        real_save(self, path, *args, **kwargs)
+        if not raced and Path(path).name.startswith(".shard-00000"):
+            raced.append(path)
+            _extract(tiny_llama, char_tokenizer, texts, tmp_path)  # the other run, start to finish
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", save_then_race)
+    out = _extract(tiny_llama, char_tokenizer, texts, tmp_path)
+    assert raced
+    fresh = extract_teacher_topk(tiny_llama, char_tokenizer, texts, k=3, max_length=48, batch_size=2, progress=False)
+    assert out["topk_ids"] == fresh["topk_ids"] and out["input_ids"] == fresh["input_ids"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["extract_meta.json", "shard-00000", "shard-00001",
+                                                          "shard-00002"]
+
+
+def test_resume_and_load_name_a_damaged_shard(tiny_llama, char_tokenizer, texts, tmp_path):
+    from fusekernels.pipeline.extract import load_extracted
+
+    import shutil
+
+    _extract(tiny_llama, char_tokenizer, texts, tmp_path)
+    arrow = next((tmp_path / "shard-00001").glob("*.arrow"))
+    blob = bytearray(arrow.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    arrow.write_bytes(bytes(blob))
+    with pytest.raises(DamagedFileError, match=arrow.name):
+        load_extracted(tmp_path)
+    shutil.rmtree(tmp_path / "shard-00002")  # an interrupted run, resumed: stops before computing more
+    with pytest.raises(DamagedFileError, match=arrow.name):
+        _extract(tiny_llama, char_tokenizer, texts, tmp_path)
+    assert not (tmp_path / "shard-00002").exists()
+
+
+def _scaled(model, factor):
+    scaled = copy.deepcopy(model)
+    with torch.no_grad():
+        scaled.lm_head.weight.mul_(factor)
+    return scaled
+
+
+def test_float16_overflow_is_refused_at_extraction(tiny_llama, char_tokenizer, texts, tmp_path):
+    """Logits of about 1e5 used to be stored as +inf with exit 0 (and cached by prepare)."""
+    from fusekernels.pipeline.cache import cached_extract
+
+    loud = _scaled(tiny_llama, 1e6)
+    with pytest.raises(ValueError, match=r"row \d+: .*float16 range.*logits_dtype='float32'"):
+        _extract(loud, char_tokenizer, texts, tmp_path / "out")
+    with pytest.raises(ValueError, match="float16 range"):
+        cached_extract(loud, char_tokenizer, texts, k=3, max_length=48, cache=tmp_path / "cache", progress=False)
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir() and "." not in p.name]  # nothing cached
+    wide = extract_teacher_topk(loud, char_tokenizer, texts, k=3, max_length=48, logits_dtype="float32",
+                                progress=False)
+    values = np.concatenate([np.asarray(v, dtype=np.float32).reshape(-1) for v in wide["topk_logits"]])
+    assert np.isfinite(values).all() and np.abs(values).max() > 65504
+    nan_model = _scaled(tiny_llama, float("nan"))
+    with pytest.raises(ValueError, match="NaN"):
+        extract_teacher_topk(nan_model, char_tokenizer, texts, k=3, max_length=48, progress=False)
+
+
+def test_align_errors_name_the_dataset_row(tiny_llama, char_tokenizer):
+    """A bad row deep in the data (row 33 of 40, batches of 8): the error names row 33."""
+    rows = datasets.Dataset.from_dict({"text": [f"row {i} and some text" for i in range(40)]})
+    teacher = extract_teacher_topk(tiny_llama, char_tokenizer, rows, k=3, max_length=64, progress=False)
+    bad = teacher.map(lambda r, i: {"topk_ids": [[len(char_tokenizer) + 5] * 3] * len(r["topk_ids"])
+                                    if i == 33 else r["topk_ids"]}, with_indices=True)
+    with pytest.raises(ValueError, match=r"^row 33: .*outside") as err:
+        align_teachers(teacher, [bad], base_tokenizer=char_tokenizer, teacher_tokenizers=[char_tokenizer],
+                       batch_size=8)
+    assert "on-bad-row skip" in str(err.value)
+    with pytest.raises(ValueError, match=r"^row 33: .*; recompute it") as err:
+        align_teachers(teacher, [bad], base_tokenizer=char_tokenizer, teacher_tokenizers=[char_tokenizer],
+                       batch_size=8, bad_row_hint="recompute it")
+    assert "skip" not in str(err.value)

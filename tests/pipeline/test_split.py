@@ -125,3 +125,11 @@ def test_nothing_written_into_the_input_and_cache_reused(char_tokenizer, tmp_pat
     assert sorted((tmp_path / "cache").rglob("*.arrow")) == cached and cached[0].stat().st_mtime_ns == stamp
     assert sorted(p.name for p in (tmp_path / "in").iterdir()) == before
     assert first["text"] == second["text"] == ["a" * 50, "a" * 50, "a" * 20, "short"]
+
+
+def test_a_bad_text_is_named_by_its_dataset_row(char_tokenizer):
+    """Row 300 of 400 (batches of 256): the error used to say "row 44", its place in the batch."""
+    texts = ["a short text"] * 400
+    texts[300] = None
+    with pytest.raises(TypeError, match=r"'text' at row 300 is NoneType"):
+        split_long_texts(datasets.Dataset.from_dict({"text": texts}), [char_tokenizer], block_size=100)

@@ -339,7 +339,7 @@ class _Stacker:
     def _chunk_columns(self, table, ids, off, indices):
         """[M, T] chunk span, chunk log-likelihood and nats per byte of every teacher (module doc)."""
         from fusekernels.tokenization.batch import arrow_lists
-        from fusekernels.tokenization.chunks import aligned_chunks
+        from fusekernels.tokenization.chunks import aligned_chunks_flat
 
         own, positions = self.include_base_teacher, ids.size
         n_teachers = len(self.profiles) + own
@@ -352,18 +352,16 @@ class _Stacker:
             profile = self.base if own and t == 0 else self.profiles[t - own]
             t_ids, t_off = (ids, off) if own and t == 0 else arrow_lists(table.column(f"{prefix}input_ids"))
             ce, ce_off = arrow_lists(table.column(f"{prefix}{CE_COLUMN}"))
-            for row in range(off.size - 1):
-                rows = slice(off[row], off[row + 1])
-                a, c = t_ids[t_off[row]:t_off[row + 1]], ce[ce_off[row]:ce_off[row + 1]]
-                if c.size != a.size:
-                    raise ValueError(f"row {indices[row]}: teacher {t} has {c.size} per-token CE values for "
-                                     f"{a.size} tokens")
-                got = aligned_chunks(ids[rows], a, c, self.base, profile,
-                                     text=texts[row] if texts is not None else None, check="none")
-                span[rows, t], logprob[rows, t] = got.span, got.logprob
-                # rows no chunk covers: the teacher's rate over the row (its quality there is unknown)
-                fill = got.sequence_nats_per_byte if np.isfinite(got.sequence_nats_per_byte) else UNKNOWN_RATE
-                rate[rows, t] = np.where(np.isnan(got.nats_per_byte), fill, got.nats_per_byte)
+            if not np.array_equal(ce_off, t_off):
+                bad = int(np.flatnonzero(np.diff(ce_off) != np.diff(t_off))[0])
+                raise ValueError(f"row {indices[bad]}: teacher {t} has {ce_off[bad + 1] - ce_off[bad]} per-token CE "
+                                 f"values for {t_off[bad + 1] - t_off[bad]} tokens")
+            # one vectorised call per teacher and batch (the aligner above already checked the texts)
+            got = aligned_chunks_flat(ids, off, t_ids, t_off, ce, self.base, profile, texts=texts, check="none")
+            span[:, t], logprob[:, t] = got.span, got.logprob
+            # rows no chunk covers: the teacher's rate over the row (its quality there is unknown)
+            fill = np.where(np.isfinite(got.sequence_nats_per_byte), got.sequence_nats_per_byte, UNKNOWN_RATE)
+            rate[:, t] = np.where(np.isnan(got.nats_per_byte), np.repeat(fill, np.diff(off)), got.nats_per_byte)
         return span, logprob, rate
 
     def _own_topk(self, table, off, indices, arrow_matrix):

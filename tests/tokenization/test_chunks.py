@@ -17,7 +17,8 @@ PAIRS = [("mistral-v1", "gpt2"), ("gpt2", "qwen"), ("mistral-v1", "mistral-v1"),
 def _text_bytes(profile, ids, text):
     """Byte string of every token with the SentencePiece dummy-prefix space removed."""
     pieces = [profile.token_bytes[i] for i in ids]
-    if profile.dummy_prefix != "none" and not text.startswith(" "):
+    inserted = profile.dummy_prefix == "always" or (profile.dummy_prefix != "none" and not text.startswith(" "))
+    if inserted:
         for n, p in enumerate(pieces):
             if p:
                 if p.startswith(b" "):
@@ -101,3 +102,34 @@ def test_truncated_teacher_and_bad_input():
     with pytest.raises(ValueError, match="same text"):
         other = teacher_tok("Something else entirely", add_special_tokens=False)["input_ids"]
         aligned_chunks(s_ids, other, np.ones(len(other)), student, teacher)
+
+
+@pytest.mark.parametrize("student_name,teacher_name", PAIRS[:2])
+def test_batch_equals_rows(student_name, teacher_name):
+    """aligned_chunks_flat over a batch (one sort for all rows) equals the reference row by row."""
+    from fusekernels.tokenization.chunks import aligned_chunks_flat
+
+    student_tok, teacher_tok = load_or_skip(student_name), load_or_skip(teacher_name)
+    student, teacher = TokenizerProfile.from_tokenizer(student_tok), TokenizerProfile.from_tokenizer(teacher_tok)
+    texts = MIXED_SAMPLES + [CODE_SAMPLE, "x", "In the beginning God created the heaven."]
+    rows, s_flat, t_flat, ce_flat = [], [], [], []
+    for n, text in enumerate(texts):
+        t_ids = teacher_tok(text, add_special_tokens=False)["input_ids"] + [teacher_tok.eos_token_id]
+        ce = np.random.default_rng(n).exponential(2.0, len(t_ids))
+        rows.append(_reference(student_tok, teacher_tok, text, ce, student, teacher))
+        s_flat += rows[-1][0]
+        t_flat += rows[-1][1]
+        ce_flat += list(ce)
+    s_off = np.cumsum([0] + [len(r[0]) for r in rows])
+    t_off = np.cumsum([0] + [len(r[1]) for r in rows])
+    got = aligned_chunks_flat(s_flat, s_off, t_flat, t_off, ce_flat, student, teacher, texts=texts)
+    for n, (s_ids, _, span, logprob, rate) in enumerate(rows):
+        lo = s_off[n]
+        assert {r: int(got.span[lo + r]) for r in range(len(s_ids)) if got.span[lo + r]} == span
+        for r, lp in logprob.items():
+            assert got.logprob[lo + r] == pytest.approx(lp, rel=1e-5, abs=1e-5)
+        for r in range(len(s_ids)):
+            if r in rate:
+                assert got.nats_per_byte[lo + r] == pytest.approx(rate[r], rel=1e-5)
+            else:
+                assert math.isnan(got.nats_per_byte[lo + r])

@@ -80,6 +80,10 @@ class ReproduceConfig:
     target_lr: float = field(default=2e-5, metadata={"help": "peak learning rate (table 2)"})
     target_lam: float = field(default=0.9, metadata={"help": "weight of the CLM term (table 2)"})
     teacher_batch_size: int = field(default=8, metadata={"min": 1, "help": "texts per teacher forward pass"})
+    start_tokens: str = field(default="model", metadata={
+        "choices": ("model", "published"),
+        "help": "what each teacher sees before a text: model = the ids its tokenizer adds (Gemma's <bos>), "
+                "published = the text alone, as the published recipe (Gemma-family teachers then score far worse)"})
     cache: bool | str = field(default=True, metadata={
         "help": "the teacher-output cache: true (the user cache folder), a folder, or false",
         "negate_help": "do not use the teacher-output cache"})
@@ -178,6 +182,8 @@ def run_reproduce(config: ReproduceConfig | None = None, parts: ReproduceParts |
     config = config or ReproduceConfig()
     if config.seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {config.seeds}")
+    if config.start_tokens not in ("model", "published"):
+        raise ValueError(f"start_tokens must be 'model' or 'published', got {config.start_tokens!r}")
     with datasets_caching_disabled():
         return _run(config, parts, verbose, command)
 
@@ -268,7 +274,7 @@ def teacher_domain_table(parts, train_texts: dict, eval_texts: dict, config, say
             data = datasets.Dataset.from_dict({"text": list(texts)})
             got, _ = cached_extract(model, tok, data, k=config.k, max_length=config.block_size,
                                     batch_size=config.teacher_batch_size, per_token_ce=True, cache=config.cache,
-                                    progress=False, name=name)
+                                    progress=False, name=name, start_tokens=config.start_tokens)
             nats = tokens = nbytes = 0.0
             for ids, ce in zip(got["input_ids"], got["per_step_metric_ce"]):
                 ce = np.asarray(ce, dtype=np.float64)
@@ -291,7 +297,7 @@ def _build(parts, texts, config, teachers, tokenizer, base_model=None, names=Non
         packed[dom], reports[dom] = build_fusion_dataset(
             txt, tokenizer, [(m, t) for m, t, _ in teachers], base_model=base_model, block_size=config.block_size,
             k=config.k, teacher_names=names, batch_size=config.teacher_batch_size, cache=config.cache,
-            progress=False, return_report=True)
+            progress=False, return_report=True, start_tokens=config.start_tokens)
     return packed, reports
 
 

@@ -112,3 +112,30 @@ def test_reproduce_real_teachers_small(tmp_path):
     # the pretrained target is far better than a tiny student on held-out text
     for dom in results["domains"]:
         assert target["untouched"]["perplexity"][dom]["mean"] < rows["clm_only"]["perplexity"][dom]["mean"]
+
+
+def test_reproduce_start_tokens_reach_extraction(tmp_path, monkeypatch):
+    """``--start-tokens published`` reaches every teacher extraction; a bad value stops first."""
+    import fusekernels.pipeline.cache as cache_mod
+
+    student, gpt2 = (_asset("load_tokenizer", n) for n in ("mistral-v1", "gpt2"))
+    teachers = [(make_tiny_llama(len(gpt2), seed=1, hidden=16, layers=1), gpt2, "gpt2-tiny")]
+    parts = ReproduceParts(teachers, student, {"KJV": ["In the beginning."]}, {"KJV later": [" ".join(_asset("kjv_verses", 12))]})
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_extract(*args, start_tokens="model", **kwargs):
+        seen.append(start_tokens)
+        raise Stop
+
+    monkeypatch.setattr(cache_mod, "cached_extract", fake_extract)
+    for value in ("published", "model"):
+        with pytest.raises(Stop):
+            run_reproduce(ReproduceConfig(out=str(tmp_path / value), start_tokens=value, eval_blocks=1,
+                                          block_size=64, cache=False), parts, verbose=False)
+    assert seen == ["published", "model"]
+    with pytest.raises(ValueError, match="start_tokens"):
+        run_reproduce(ReproduceConfig(out=str(tmp_path / "bad"), start_tokens="bos"), parts, verbose=False)
+    assert not (tmp_path / "bad").exists()

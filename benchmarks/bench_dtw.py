@@ -103,7 +103,8 @@ def test_dtw_2048(benchmark, pair):
     print(f"\n[dtw] {pair['what']}; {len(blend)} x {len(base)} tokens, "
           f"{len(set(blend))} / {len(set(base))} distinct")
     print(f"[dtw] wall: reference {ref_s:.2f} s, native {native_s * 1e3:.2f} ms (median): {ref_s / native_s:.0f}x")
-    print(f"[dtw] CPU:  reference {ref_cpu:.2f} s, native {native_cpu * 1e3:.2f} ms (mean): {ref_cpu / native_cpu:.0f}x")
+    print(f"[dtw] CPU:  reference {ref_cpu:.2f} s, native {native_cpu * 1e3:.2f} ms (mean): "
+          f"{ref_cpu / native_cpu:.0f}x")
     print(f"[dtw] native working memory {result.workspace_bytes / 2**20:.2f} MiB "
           f"(reference float64 matrix alone {float_matrix / 2**20:.1f} MiB)")
     assert result.workspace_bytes < 2 * 2**20

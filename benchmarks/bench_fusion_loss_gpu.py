@@ -157,7 +157,7 @@ def test_fusion_loss_kernel(benchmark, vocab):
         print(f"  floor at nominal {nominal:.0f} GB/s {t_floor:.3f} ms "
               f"-> kernel at {100 * t_floor / t_kernel:.0f}% of floor")
 
-    del grad, scratch  # room for the dense baselines (about 13 x N x V bytes in fp32 autograd)
+    grad = scratch = None  # room for the dense baselines (about 13 x N x V bytes in fp32 autograd)
     q = dense_target(d)
     t_eager = try_time("torch eager", lambda: eager_step(d, q))
     if t_eager is not None:

@@ -48,8 +48,8 @@ def _generated_pieces(count: int, seed: int) -> list[str]:
     """Distinct subword-like pieces built from a fixed syllable inventory, in random order."""
     inventory = random.Random(12345)
     consonants, vowels = "tnshrdlcmwfgypbvkjxqz", "eaoiuy"
-    syllables = sorted({inventory.choice(consonants[:12]) + inventory.choice(vowels) + inventory.choice(["", "", *consonants[:10]])
-                        for _ in range(600)})
+    syllables = sorted({inventory.choice(consonants[:12]) + inventory.choice(vowels)
+                        + inventory.choice(["", "", *consonants[:10]]) for _ in range(600)})
     rng = random.Random(seed)
     out: dict[str, None] = {}
     while len(out) < count:
@@ -103,7 +103,8 @@ def rapidfuzz_argmin(queries: list[str], targets: list[str], chunk: int = 2048,
 
     ids, dists = [], []
     for start in range(0, len(queries), chunk):
-        d = process.cdist(queries[start : start + chunk], targets, scorer=Levenshtein.distance, workers=workers, dtype=np.int32)
+        d = process.cdist(queries[start : start + chunk], targets, scorer=Levenshtein.distance, workers=workers,
+                          dtype=np.int32)
         ids.append(d.argmin(axis=1))  # first index of the minimum, as the published argmin
         dists.append(d.min(axis=1))
     return np.concatenate(ids).astype(np.int32), np.concatenate(dists).astype(np.int32)

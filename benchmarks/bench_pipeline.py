@@ -24,8 +24,8 @@ Run: python -m pytest benchmarks/bench_pipeline.py -q -s
 4. Teacher extraction vs a bare forward (``-k extraction``): a Llama of SmolLM2-135M's shape
    (30 layers, width 576, vocabulary 49152; random weights, fp32, CPU), and the same with 4 layers
    (the top-k's share of the work is then much larger than in any real model), with the SmolLM2
-   tokenizer over 32 KJV texts of 1 to 8 verses (at most 192 tokens), batch 8, k = 10. Reported: the padding fraction of the forward batches in
-   dataset order and with the extraction's length grouping, and tokens/s of
+   tokenizer over 32 KJV texts of 1 to 8 verses (at most 192 tokens), batch 8, k = 10. Reported: the
+   padding fraction of the forward batches in dataset order and with the extraction's length grouping, and tokens/s of
    ``extract_teacher_topk`` (tokenization, forward, top-k + CE, building the dataset) next to the
    bare ``model(input_ids, attention_mask)`` forward over the same grouped batches (and over the
    dataset-order batches), interleaved, best of 3.
@@ -242,13 +242,13 @@ def test_alignment_end_to_end(tmp_path, length):
     import os
     import shutil
 
+    import datasets
+
     from fusekernels.pipeline.align_step import align_teachers
     from fusekernels.pipeline.io import load_tokenizer
     from fusekernels.tokenization import TokenizerProfile, byte_span_align, byte_span_align_flat
     from fusekernels.tokenization.byte_span import build_byte_span_map
     from tests.reference import fusellm_spec as ref
-
-    import datasets
 
     datasets.disable_progress_bars()
     try:
@@ -262,7 +262,8 @@ def test_alignment_end_to_end(tmp_path, length):
     base_tok, blend_tok = load_tokenizer(tmp_path / "base_tokenizer"), load_tokenizer(tmp_path / "teacher_tokenizer")
     _extraction(base_tok, texts, length, 0).save_to_disk(str(tmp_path / "base"))
     _extraction(blend_tok, texts, length, 1).save_to_disk(str(tmp_path / "teacher"))
-    base_ds, teacher_ds = datasets.load_from_disk(str(tmp_path / "base")), datasets.load_from_disk(str(tmp_path / "teacher"))
+    base_ds = datasets.load_from_disk(str(tmp_path / "base"))
+    teacher_ds = datasets.load_from_disk(str(tmp_path / "teacher"))
     rows = [(np.asarray(b["input_ids"]), np.asarray(t["input_ids"]), t["topk_ids"], t["topk_logits"], b["text"])
             for b, t in zip(base_ds.with_format("numpy"), teacher_ds.with_format("numpy"))]
     tokens = sum(len(r[0]) for r in rows)
@@ -276,7 +277,7 @@ def test_alignment_end_to_end(tmp_path, length):
         table = build_byte_span_map(base, blend)
 
         # published algorithm (pure-Python DTW + transfer), on the first rows (>= 2048 base tokens)
-        sample, done, start = [], 0, time.perf_counter()
+        done, start = 0, time.perf_counter()
         for b, a, tid, tlg, _ in rows:
             bt, at = base.tokens_of(b), blend.tokens_of(a)
             groups = ref.dtw_base_to_blending(at, bt, blend.marker, base.marker)
@@ -363,8 +364,12 @@ def test_extraction_vs_bare_forward(layers):
     import datasets
     import torch
 
-    from fusekernels.pipeline.extract import extract_teacher_topk, length_batches, padding_fraction, \
-        tokenize_for_teacher
+    from fusekernels.pipeline.extract import (
+        extract_teacher_topk,
+        length_batches,
+        padding_fraction,
+        tokenize_for_teacher,
+    )
     from fusekernels.pipeline.io import load_tokenizer
     from fusekernels.tokenization import assets
 
@@ -382,7 +387,8 @@ def test_extraction_vs_bare_forward(layers):
         texts.append(" ".join(verses[pos:pos + n]))
         pos += n
     batch_size, max_length, k = 8, 192, 10
-    config = transformers.LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
+    config = transformers.LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                                      num_hidden_layers=layers,
                                       num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True,
                                       max_position_embeddings=2048)
     config._attn_implementation = "sdpa"
@@ -426,7 +432,8 @@ def test_extraction_vs_bare_forward(layers):
     print(f"  bare forward, length-grouped batches: {tokens / best['forward']:8.0f} tokens/s")
     print(f"  extract_teacher_topk (end to end)   : {tokens / best['extract']:8.0f} tokens/s = "
           f"{best['forward'] / best['extract']:.1%} of the bare forward on the same batches")
-    print(json.dumps({"layers": layers, "tokens": tokens, "padding_order": round(pad[False], 4), "padding_grouped": round(pad[True], 4),
+    print(json.dumps({"layers": layers, "tokens": tokens, "padding_order": round(pad[False], 4),
+                      "padding_grouped": round(pad[True], 4),
                       **{f"{n}_s": round(v, 3) for n, v in best.items()}}))
 
 
@@ -479,7 +486,8 @@ def test_checksum_cost_on_cached_prepare(tmp_path):
         wall = time.perf_counter() - start
         assert done.returncode == 0, done.stderr[-3000:]
         assert "reused from the cache" in done.stdout + done.stderr
-        _, code, seconds, hashed = next(l for l in done.stdout.splitlines() if l.startswith("CHECKSUMS")).split()
+        report = next(line for line in done.stdout.splitlines() if line.startswith("CHECKSUMS"))
+        _, code, seconds, hashed = report.split()
         assert code == "0"
         runs.append((wall, float(seconds), int(hashed)))
     output = sum(f.stat().st_size for f in (tmp_path / "out1").rglob("*") if f.is_file())

@@ -95,7 +95,8 @@ def test_byte_span_throughput(benchmark):
                       blend_marker=blend.marker, base_marker=base.marker, mode="hard", byte_level_blend=True)
     t_ref = time.perf_counter() - start
     print(f"\n[byte-span] {len(b)} base x {len(a)} blending tokens (KJV, Mistral-v1 base, GPT-2 blend), k={K}")
-    print(f"  byte-span align+transfer: {t_span * 1e3:8.2f} ms  = {len(b) / t_span / 1e6:6.2f} M base tokens/s (1 core)")
+    print(f"  byte-span align+transfer: {t_span * 1e3:8.2f} ms  = {len(b) / t_span / 1e6:6.2f} M base tokens/s "
+          "(1 core)")
     print(f"  byte-span match='end':    {t_end * 1e3:8.2f} ms  = {len(b) / t_end / 1e6:6.2f} M base tokens/s (1 core)")
     print(f"  native compat (DTW+transfer): {t_compat * 1e3:8.2f} ms  -> byte-span {t_compat / t_span:6.1f}x faster")
     print(f"  published reference (Python): {t_ref:8.2f} s   -> byte-span {t_ref / t_span:8.0f}x faster")

@@ -212,10 +212,12 @@ def test_z_report():
         for name, sec in STEP_TIMES.items():
             lines.append(f"step {name:>20}: {sec * 1e3:8.1f} ms (median)  x{sec / base:.3f} vs plain CLM")
     if len(MEMORY) == 3:
-        lines.append(f"loss path, hidden [{MEM_BATCH}, {MEM_LENGTH}, {HIDDEN}] x W [{VOCAB}, {HIDDEN}], forward+backward:")
+        lines.append(f"loss path, hidden [{MEM_BATCH}, {MEM_LENGTH}, {HIDDEN}] x W [{VOCAB}, {HIDDEN}], "
+                     "forward+backward:")
         base = MEMORY["published"]["peak_bytes"]
         for name, m in MEMORY.items():
-            lines.append(f"  {name:>13}: peak +{m['peak_bytes'] / 2**20:8.1f} MiB  ({base / max(m['peak_bytes'], 1):5.1f}x "
+            less = base / max(m["peak_bytes"], 1)
+            lines.append(f"  {name:>13}: peak +{m['peak_bytes'] / 2**20:8.1f} MiB  ({less:5.1f}x "
                          f"less than published)  {m['seconds'] * 1e3:8.1f} ms  loss {m['loss']:.4f}")
     if len(lines) == 1:
         pytest.skip("run the whole file to get the report")

@@ -105,7 +105,8 @@ def main(argv=None) -> int:
                 return 1
             peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
             step_s = float(np.median(times))
-            results[name] = {"step_ms": round(step_s * 1e3, 2), "tokens_per_s": round(args.batch * args.length / step_s),
+            results[name] = {"step_ms": round(step_s * 1e3, 2),
+                             "tokens_per_s": round(args.batch * args.length / step_s),
                              "peak_gib": None if peak is None else round(peak, 3), "loss": round(loss, 4)}
             del trainer
             if args.device == "cuda":
@@ -113,7 +114,8 @@ def main(argv=None) -> int:
     with torch.device("meta"):
         params = sum(p.numel() for p in LlamaForCausalLM(config).parameters())
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    print(f"[{device}] FusionTrainer step, Llama {params / 1e6:.0f}M params ({'tiny' if args.tiny else 'SmolLM2-135M shape'}), "
+    shape = "tiny" if args.tiny else "SmolLM2-135M shape"
+    print(f"[{device}] FusionTrainer step, Llama {params / 1e6:.0f}M params ({shape}), "
           f"{'bf16' if bf16 else 'fp32'}, batch {args.batch} x {args.length} tokens, 2 teachers, k=10, AdamW")
     for name, r in results.items():
         print(f"  {name:24s}: {r['step_ms']:9.2f} ms/step  {r['tokens_per_s'] / 1e3:9.1f} k tokens/s  "

@@ -28,7 +28,6 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "mistral_common": "assets",
     "matplotlib": "plot",
     "mergekit": "merge",
-    "matplotlib": "plot",
     "trl": "trl",
     "mkdocs": "docs",
     "mkdocstrings": "docs",

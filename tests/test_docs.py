@@ -33,7 +33,10 @@ def test_reference_builds_strictly(tmp_path):
     assert ":func:" not in page  # the docstrings' roles became links
 
 
-@pytest.mark.parametrize("broken", ["See :func:`fusekernels.align.no_such_function`.", "Args:\n        no_such_param: x"])
+BROKEN = ["See :func:`fusekernels.align.no_such_function`.", "Args:\n        no_such_param: x"]
+
+
+@pytest.mark.parametrize("broken", BROKEN)
 def test_broken_reference_fails_the_build(tmp_path, broken):
     tree = _copy_tree(tmp_path)
     (tree / "fusekernels" / "docprobe.py").write_text(

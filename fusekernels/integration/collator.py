@@ -172,7 +172,7 @@ class FusionDataCollator:
             raise KeyError(f"{index} is missing column(s) {missing}; fusion training needs {list(required)} "
                            f"(see fusekernels.integration.collator for the format){hint}")
         out = self._token_columns(feature, index)
-        input_ids, mask, length = out["input_ids"], out["attention_mask"], len(out["input_ids"])
+        mask, length = out["attention_mask"], len(out["input_ids"])
 
         ids = _int_array(feature["teacher_ids"], "teacher_ids", index, 3)
         logits = _float_array(feature["teacher_logits"], "teacher_logits", index)
@@ -192,8 +192,9 @@ class FusionDataCollator:
 
         if self.require_teacher_ce:
             token = feature.get(TOKEN_METRIC_COLUMN) if self.metric_level == "token" else None
+            column = TOKEN_METRIC_COLUMN if token is not None else "teacher_ce"
             out["teacher_ce"] = self._metric(token if token is not None else feature["teacher_ce"], index, length,
-                                             n_teachers, mask, TOKEN_METRIC_COLUMN if token is not None else "teacher_ce")
+                                             n_teachers, mask, column)
         if self.chunks:
             out.update(self._chunk_columns(feature, index, length, n_teachers))
         return out

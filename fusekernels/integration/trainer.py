@@ -43,8 +43,7 @@ from transformers.trainer_utils import unwrap_peft_model
 
 from ..loss.functional import fusion_loss
 from ..loss.registry import BACKENDS, FUSION_RULES, LOSS_TYPES, PRECISIONS
-from .collator import (CHUNK_COLUMNS, METRIC_LEVELS, ROW_KEY, TEACHER_COLUMNS, TOKEN_METRIC_COLUMN,
-                       FusionDataCollator)
+from .collator import CHUNK_COLUMNS, METRIC_LEVELS, ROW_KEY, TEACHER_COLUMNS, TOKEN_METRIC_COLUMN, FusionDataCollator
 from .fused_forward import install_fused_forward
 from .metrics import ComponentMeter
 from .schedules import LAM_SCHEDULES, check_lam, lam_at_step
@@ -220,7 +219,8 @@ def fusion_compute_loss(outputs, labels, num_items_in_batch=None, *, teacher_ids
     return fusion_loss(
         logits, shift_labels(labels), teacher_ids, teacher_logits, teacher_ce=teacher_ce,
         fusion=config.fusion, loss_type=config.loss_type, temperature=config.temperature,
-        lam=lam if lam is not None else "soft" if config.lam_schedule == "soft" else config.lam, fusion_mask=_fusion_rows_mask(config, labels, attention_mask),
+        lam=lam if lam is not None else "soft" if config.lam_schedule == "soft" else config.lam,
+        fusion_mask=_fusion_rows_mask(config, labels, attention_mask),
         reduction="mean", num_items_in_batch=num_items_in_batch, num_fusion_items=num_fusion_items,
         backend=config.backend, return_components=return_components, precision=config.precision,
         base_teacher=config.base_teacher, teacher_chunk_span=teacher_chunk_span,

@@ -49,7 +49,7 @@ def binary_kl(teacher_logprob: torch.Tensor, student_logprob: torch.Tensor, temp
     """(D, dD/dS) of the module docstring, elementwise, computed in the inputs' dtype."""
     la = torch.clamp(teacher_logprob / temperature, max=-CLAMP)
     lb = torch.clamp(student_logprob / temperature, max=-CLAMP)
-    a, b = torch.exp(la), torch.exp(lb)
+    a = torch.exp(la)
     l1a, l1b = _log1mexp(la), _log1mexp(lb)
     value = a * (la - lb) + (1 - a) * (l1a - l1b)
     # dD/dlb = -a + (1 - a) * b / (1 - b); lb = S / tau (0 where the clamp is active)

@@ -5,9 +5,8 @@ fails loudly before any kernel runs (a wrong id would otherwise be a silent out-
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 

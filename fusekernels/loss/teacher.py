@@ -10,8 +10,8 @@ from typing import NamedTuple, Optional
 import torch
 
 from .backend import teacher_topk_rows
-from .registry import BACKENDS, PRECISIONS
 from .inputs import INT_DTYPES, LOGIT_DTYPES
+from .registry import BACKENDS, PRECISIONS
 
 
 class TeacherTopK(NamedTuple):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+
 def mince_weights(present: torch.Tensor, teacher_ce, teacher_weights=None, dtype=torch.float32) -> torch.Tensor:
     """MinCE: one-hot [N, T] on the present teacher with the largest reward exp(-ce), i.e. the
     smallest CE. As in the published code the comparison is on the fp32 rewards and ties go to the

@@ -268,7 +268,8 @@ def align_chat_teachers(student, teachers: Sequence, *, student_tokenizer, teach
                 topk_ids, topk_logits = np.asarray(row["topk_ids"]), np.asarray(row["topk_logits"], dtype=np.float32)
                 m_ids, m_logits, counts = transfer_rows(table.ids[topk_ids[src]], topk_logits[src])
                 width = min(k, m_ids.shape[1])
-                t_ids[dst, column + t, :width], t_logits[dst, column + t, :width] = m_ids[:, :width], m_logits[:, :width]
+                t_ids[dst, column + t, :width] = m_ids[:, :width]
+                t_logits[dst, column + t, :width] = m_logits[:, :width]
                 aligned.append(int((counts > 0).sum()))
             else:
                 aligned.append(0)

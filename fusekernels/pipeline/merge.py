@@ -38,12 +38,24 @@ import shutil
 import tempfile
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+if TYPE_CHECKING:  # annotations only: torch is imported where a merge runs
+    import torch
 
 from .._optional import require
 from ..storage import atomic_dir, check_output_dir, check_writable
-from .merge_registry import (MERGE_METHODS, MergeMethod, MergeReport, TensorMerge, get_merge_method,
-                             merge_method_names, merge_methods, register_merge_method, unregister_merge_method)
+from .merge_registry import (
+    MERGE_METHODS,
+    MergeMethod,
+    MergeReport,
+    TensorMerge,
+    get_merge_method,
+    merge_method_names,
+    merge_methods,
+    register_merge_method,
+    unregister_merge_method,
+)
 
 __all__ = ["merge_models", "variation_weights", "MergeReport", "TensorMerge", "MergeMethod", "MERGE_METHODS",
            "SafetensorsCheckpoint", "register_merge_method", "unregister_merge_method", "get_merge_method",

@@ -166,9 +166,8 @@ def run_pairwise(config: PairwiseConfig, *, verbose: bool = True) -> dict:
 
     ``verbose``: progress bars and the printed summary table; each step and a resume are logged
     (``fusekernels.recipes.fusechat`` logger, info level)."""
-    from ..storage import atomic_write_json
-
     from ..pipeline.io import hub_model_id, resolve_model
+    from ..storage import atomic_write_json
 
     # Hub model ids become their local snapshot folders (their files are fingerprinted like any input)
     if any(hub_model_id(m) for m in [config.pivot, *config.sources]):
@@ -213,7 +212,6 @@ def _run_steps(config: PairwiseConfig, steps: _Steps, verbose: bool) -> None:
     from ..pipeline.pack import pack_sequences
     from ..pipeline.split import split_long_texts
 
-    out = steps.out
     pivot_tok = load_tokenizer(config.pivot_tokenizer or config.pivot)
     source_toks = [load_tokenizer(t) for t in (config.source_tokenizers or config.sources)]
 

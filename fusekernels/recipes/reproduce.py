@@ -356,8 +356,8 @@ def _student_table(config, parts, texts, evals, out, say) -> dict:
 def _target_table(config, parts, texts, evals, out, say) -> dict:
     import datasets
 
-    from .experiment import trainable
     from ..pipeline.io import load_model
+    from .experiment import trainable
 
     target_model, target_tok, target_name = parts.teachers[0]
     others = parts.teachers[1:]
@@ -419,7 +419,8 @@ def _train(model, tok, data, config, seed, folder, *, student: bool, **options) 
     from .experiment import train_arm
 
     steps = config.steps if student else config.target_steps
-    return train_arm(model, tok, data, steps=steps, batch_size=config.batch_size if student else config.target_batch_size,
+    batch_size = config.batch_size if student else config.target_batch_size
+    return train_arm(model, tok, data, steps=steps, batch_size=batch_size,
                      lr=config.lr if student else config.target_lr, seed=seed,
                      warmup_steps=config.warmup_steps if student else 0, log_every=config.log_every, out=folder,
                      **options)

@@ -84,12 +84,14 @@ def byte_span_align_flat(base_ids, base_offsets, blend_ids, blend_offsets, topk_
         raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
     table = build_byte_span_map(base, blend) if id_map is None else id_map
     if table.ids.shape[0] != blend.vocab_size:
-        raise ValueError(f"id_map covers {table.ids.shape[0]} blending ids, the blending vocabulary has {blend.vocab_size}")
+        raise ValueError(f"id_map covers {table.ids.shape[0]} blending ids, the blending vocabulary has "
+                         f"{blend.vocab_size}")
     b_off = np.ascontiguousarray(base_offsets, dtype=np.int64)
     a_off = np.ascontiguousarray(blend_offsets, dtype=np.int64)
     rows = b_off.size - 1
     if rows < 0 or a_off.size != b_off.size:
-        raise ValueError(f"base_offsets and blend_offsets must both have rows + 1 entries, got {b_off.size} and {a_off.size}")
+        raise ValueError(f"base_offsets and blend_offsets must both have rows + 1 entries, got {b_off.size} "
+                         f"and {a_off.size}")
     tid_in, tlg_in = np.asarray(topk_ids), np.asarray(topk_logits)
     if tid_in.ndim != 2 or tlg_in.shape != tid_in.shape:
         raise ValueError(f"topk_ids and topk_logits must both be [N, k], got {tid_in.shape} and {tlg_in.shape}")

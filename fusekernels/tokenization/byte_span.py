@@ -435,7 +435,8 @@ def byte_span_align(base_ids, blend_ids, topk_ids, topk_logits, base: TokenizerP
     tid, tlg = check_topk(topk_ids, topk_logits, a.size, blend.vocab_size)
     table = build_byte_span_map(base, blend) if id_map is None else id_map
     if table.ids.shape[0] != blend.vocab_size:
-        raise ValueError(f"id_map covers {table.ids.shape[0]} blending ids, the blending vocabulary has {blend.vocab_size}")
+        raise ValueError(f"id_map covers {table.ids.shape[0]} blending ids, the blending vocabulary has "
+                         f"{blend.vocab_size}")
     pos = byte_span_positions(b, a, base, blend, text=text, match=match, check=check)
     m, k = b.size, max(tid.shape[1], 1)
     ids = np.full((m, k), -1, dtype=np.int32)

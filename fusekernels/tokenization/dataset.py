@@ -37,7 +37,7 @@ import re
 import numpy as np
 
 from .._optional import require
-from .profile import TokenizerProfile, as_profile
+from .profile import as_profile
 from .registry import ALIGNMENT_MODES
 
 __all__ = ["align_dataset", "DEFAULT_COLUMNS"]

@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fusekernels.align.dtw import Alignment, dtw_align
-from fusekernels.align.topk_transfer import (TopKResult, build_transfer_tables, transfer_topk,
-                                             transfer_topk_batch)
+from fusekernels.align.topk_transfer import TopKResult, build_transfer_tables, transfer_topk, transfer_topk_batch
 from tests.reference import fusellm_spec as ref
 
 CHARS = ["a", "b", "c", "é", "你", "😀", "e\u0301"]

@@ -27,7 +27,6 @@ import json
 import os
 import sys
 
-import torch
 import torch.distributed as dist
 
 from fusekernels.integration import FusionArguments, FusionDataCollator

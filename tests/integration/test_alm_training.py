@@ -26,7 +26,8 @@ def packed():
     student, gpt2, qwen = _tokenizer("mistral-v1"), _tokenizer("gpt2"), _tokenizer("qwen")
     teachers = [(tiny_llama(len(gpt2), hidden=16, layers=1, seed=1), gpt2),
                 (tiny_llama(len(qwen), hidden=16, layers=1, seed=2), qwen)]
-    data = build_fusion_dataset(_tokenizer("kjv"), student, teachers, block_size=48, k=4, split_margin=16, cache=False, progress=False)
+    data = build_fusion_dataset(_tokenizer("kjv"), student, teachers, block_size=48, k=4, split_margin=16, cache=False,
+                                progress=False)
     return student, data
 
 

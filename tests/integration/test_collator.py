@@ -18,7 +18,8 @@ def make_examples(lengths=(5, 9, 3), n_teachers=2, k=4, seed=0, per_token_ce=Fal
             "input_ids": rng.integers(1, VOCAB, size=length).tolist(),
             "teacher_ids": rng.integers(0, VOCAB, size=(length, n_teachers, k)).astype(np.int32),
             "teacher_logits": logits,
-            "teacher_ce": rng.uniform(0.5, 3, size=(length, n_teachers) if per_token_ce else (n_teachers,)).astype(np.float32),
+            "teacher_ce": rng.uniform(0.5, 3, size=(length, n_teachers) if per_token_ce else (n_teachers,))
+            .astype(np.float32),
         })
     return out
 

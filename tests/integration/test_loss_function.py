@@ -11,8 +11,13 @@ pytest.importorskip("datasets")
 from datasets import Dataset  # noqa: E402
 from transformers import Trainer  # noqa: E402
 
-from fusekernels.integration import (FusionArguments, FusionDataCollator, FusionLossFunction,  # noqa: E402
-                                     FusionTrainer, fusion_compute_loss)
+from fusekernels.integration import (  # noqa: E402
+    FusionArguments,
+    FusionDataCollator,
+    FusionLossFunction,
+    FusionTrainer,
+    fusion_compute_loss,
+)
 from tests.integration.ddp_worker import DDP_LENGTHS  # noqa: E402
 from tests.integration.helpers import VOCAB, GradCapture, synthetic_examples, tiny_llama, training_args  # noqa: E402
 from tests.integration.test_trainer import _launch_ddp, assert_same_grads  # noqa: E402

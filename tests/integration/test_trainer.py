@@ -13,8 +13,14 @@ pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 from datasets import Dataset  # noqa: E402
 
-from fusekernels.integration import (FusionArguments, FusionDataCollator, FusionTrainer,  # noqa: E402
-                                     fused_head_supported, fusion_compute_loss, lam_at_step)
+from fusekernels.integration import (  # noqa: E402
+    FusionArguments,
+    FusionDataCollator,
+    FusionTrainer,
+    fused_head_supported,
+    fusion_compute_loss,
+    lam_at_step,
+)
 from tests.integration.ddp_worker import DDP_LENGTHS, run_step  # noqa: E402
 from tests.integration.helpers import GradCapture, synthetic_examples, tiny_llama, training_args  # noqa: E402
 from tests.reference.dense_fusion import dense_fusion_rows  # noqa: E402
@@ -152,7 +158,8 @@ def test_fusion_compute_loss_matches_trainer(tmp_path):
     via_trainer = trainer.compute_loss(model, dict(batch)).detach()
     assert float(direct.detach()) == pytest.approx(float(via_trainer), rel=1e-5)
     with pytest.raises(ValueError, match="no 'logits'"):
-        fusion_compute_loss({}, batch["labels"], teacher_ids=batch["teacher_ids"], teacher_logits=batch["teacher_logits"])
+        fusion_compute_loss({}, batch["labels"], teacher_ids=batch["teacher_ids"],
+                            teacher_logits=batch["teacher_logits"])
 
 
 def test_bad_input_fails_before_training(tmp_path):
@@ -176,8 +183,8 @@ def test_bad_input_fails_before_training(tmp_path):
         FusionTrainer(model=model, args=args, eval_dataset=Dataset.from_list(no_ce))
     with pytest.raises(ValueError, match="do not pass compute_loss_func"):
         FusionTrainer(model=model, args=args, compute_loss_func=lambda *a, **k: 0)
-    for bad in (dict(fusion="max"), dict(lam=1.5), dict(loss_type="mse"), dict(lam_schedule="sof"), dict(precision="bf16"),
-                dict(fusion_positions="all"), dict(temperature=0.0), dict(fused_lm_head="yes")):
+    for bad in (dict(fusion="max"), dict(lam=1.5), dict(loss_type="mse"), dict(lam_schedule="sof"),
+                dict(precision="bf16"), dict(fusion_positions="all"), dict(temperature=0.0), dict(fused_lm_head="yes")):
         with pytest.raises(ValueError, match="FusionArguments"):
             FusionArguments(**bad)
 

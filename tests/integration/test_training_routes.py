@@ -12,8 +12,7 @@ pytest.importorskip("datasets")
 from datasets import Dataset  # noqa: E402
 from transformers import Trainer  # noqa: E402
 
-from fusekernels.integration import (FusionArguments, FusionDataCollator, FusionLossFunction,  # noqa: E402
-                                     FusionTrainer, shift_labels)
+from fusekernels.integration import FusionArguments, FusionDataCollator, FusionLossFunction, FusionTrainer, shift_labels  # noqa: E402
 from tests.integration.helpers import VOCAB, GradCapture, synthetic_examples, tiny_llama, training_args  # noqa: E402
 from tests.integration.test_trainer import assert_same_grads  # noqa: E402
 
@@ -115,7 +114,8 @@ def test_evaluation_with_teachers_reports_the_fusion_loss_and_clm_perplexity(tmp
 
 def test_training_on_plain_text_fails_clearly(tmp_path):
     with pytest.raises(ValueError, match="missing column"):
-        FusionTrainer(model=tiny_llama(), args=training_args(tmp_path), train_dataset=Dataset.from_list(_plain_texts(2)))
+        FusionTrainer(model=tiny_llama(), args=training_args(tmp_path),
+                      train_dataset=Dataset.from_list(_plain_texts(2)))
 
 
 # ---------------------------------------------------------------------- fused head

@@ -47,7 +47,8 @@ def main():
     for loss_type in ("kl", "ce"):
         results[f"fusion_{loss_type}"] = compile_for_h100(
             fusion_loss_triton._fusion_loss_rows_kernel, FUSION_SIGNATURE,
-            {"IS_KL": loss_type == "kl", "COMPUTE_GRAD": True, "PROBS_GIVEN": False, "BLOCK_V": block_v, "BLOCK_E": 32, "BLOCK_T": 4},
+            {"IS_KL": loss_type == "kl", "COMPUTE_GRAD": True, "PROBS_GIVEN": False, "BLOCK_V": block_v,
+             "BLOCK_E": 32, "BLOCK_T": 4},
             warps)
     block_v, warps = teacher_topk_triton.default_launch_config(VOCAB)
     results["teacher"] = compile_for_h100(

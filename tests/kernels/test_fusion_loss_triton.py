@@ -9,8 +9,7 @@ import torch
 from tests.reference.dense_fusion import dense_fusion_rows
 
 triton = pytest.importorskip("triton")
-from fusekernels.kernels.fusion_loss_triton import (  # noqa: E402
-    MAX_TEACHER_ENTRIES, fusion_loss_rows_triton, launch_fusion_loss_rows)
+from fusekernels.kernels.fusion_loss_triton import MAX_TEACHER_ENTRIES, fusion_loss_rows_triton, launch_fusion_loss_rows  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy inf arithmetic in the interpreter
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 triton = pytest.importorskip("triton")
-from fusekernels.kernels.teacher_topk_triton import (  # noqa: E402
-    MAX_TOP_K, launch_teacher_topk_rows, teacher_topk_rows_triton)
+from fusekernels.kernels.teacher_topk_triton import MAX_TOP_K, launch_teacher_topk_rows, teacher_topk_rows_triton  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy inf arithmetic in the interpreter
 

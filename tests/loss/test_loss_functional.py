@@ -108,8 +108,8 @@ def test_mince_ties_go_to_first_present_teacher():
     ids = torch.tensor([[[1, 2], [3, 4], [5, 6]]])
     t_logits = torch.tensor([[[0.0, 1.0], [2.0, 0.5], [1.0, 1.0]]])
     ce = torch.tensor([[0.7, 0.7, 0.7]])
-    only = lambda t: fusion_loss(logits, None, ids[:, t:t + 1], t_logits[:, t:t + 1],
-                                 teacher_ce=ce[:, :1], lam=0.0)
+    def only(t):
+        return fusion_loss(logits, None, ids[:, t:t + 1], t_logits[:, t:t + 1], teacher_ce=ce[:, :1], lam=0.0)
     tied = fusion_loss(logits, None, ids, t_logits, teacher_ce=ce, lam=0.0)
     assert tied.item() == only(0).item()
     absent_first = t_logits.clone()

@@ -12,9 +12,8 @@ import torch
 from fusekernels.loss import fusion_loss, sequence_ce, teacher_topk
 from fusekernels.loss.published import published_target
 from fusekernels.loss.rules import published_weights
-from tests.loss.test_loss_published import K, VOCAB, make_batch, sparse_columns
-from tests.reference.published_loss import (fused_target_bf16, published_extract,
-                                            published_precision_loss)
+from tests.loss.test_loss_published import VOCAB, K, make_batch, sparse_columns
+from tests.reference.published_loss import fused_target_bf16, published_extract, published_precision_loss
 
 
 def _reference_choice(ce_rows, mode, use_base):

@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from fusekernels.loss.torch_backend import (fusion_loss_rows_torch, fusion_loss_terms_torch,
-                                            teacher_topk_rows_torch)
+from fusekernels.loss.torch_backend import fusion_loss_rows_torch, fusion_loss_terms_torch, teacher_topk_rows_torch
 from tests.reference.dense_fusion import dense_fusion_rows
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-12, torch.bfloat16: 2e-5, torch.float16: 2e-5}
@@ -134,7 +133,8 @@ def test_teacher_topk_rows(dtype):
 
 
 try:
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
 except ImportError:  # hypothesis is a dev extra
     given = None
 

@@ -193,7 +193,7 @@ def test_nothing_written_into_inputs_and_cache_reused(tokenizers, tmp_path, monk
     monkeypatch.setenv("FUSEKERNELS_CACHE", str(tmp_path / "cache"))
     for name, seed, tok in (("base", 0, base_tok), ("teacher", 1, blend_tok)):
         _fake_extraction(tok, seed).save_to_disk(str(tmp_path / name))
-    before = sorted(p.name for p in (tmp_path / "base").iterdir()) + sorted(p.name for p in (tmp_path / "teacher").iterdir())
+    before = [sorted(p.name for p in (tmp_path / d).iterdir()) for d in ("base", "teacher")]
 
     def run():
         return align_teachers(datasets.load_from_disk(str(tmp_path / "base")),
@@ -206,6 +206,6 @@ def test_nothing_written_into_inputs_and_cache_reused(tokenizers, tmp_path, monk
     stamp = cached[0].stat().st_mtime_ns
     second = run()
     assert sorted((tmp_path / "cache").rglob("*.arrow")) == cached and cached[0].stat().st_mtime_ns == stamp
-    after = sorted(p.name for p in (tmp_path / "base").iterdir()) + sorted(p.name for p in (tmp_path / "teacher").iterdir())
+    after = [sorted(p.name for p in (tmp_path / d).iterdir()) for d in ("base", "teacher")]
     assert after == before
     assert first[:] == second[:]

@@ -17,7 +17,8 @@ def _bos_char_tokenizer():
     tok = make_char_tokenizer()
     tok.add_special_tokens({"bos_token": "<bos>"})
     bos = tok.convert_tokens_to_ids("<bos>")
-    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A",
+                                                                         special_tokens=[("<bos>", bos)])
     return tok, bos
 
 
@@ -64,8 +65,8 @@ def test_prepended_start_tokens_and_text_positions_only():
 
 def test_real_teachers_score_lower_with_their_start_tokens():
     """Gemma-3 needs its BOS (per-token CE far lower with it); SmolLM2 adds none (bit-identical)."""
-    from fusekernels.recipes.experiment import gemma3_path, smollm2_path
     from fusekernels.pipeline.io import load_model
+    from fusekernels.recipes.experiment import gemma3_path, smollm2_path
 
     verses = asset("kjv_verses", 6)
     data = datasets.Dataset.from_dict({"text": [" ".join(verses[i:i + 2]) for i in range(0, 6, 2)]})

@@ -281,9 +281,9 @@ def test_two_runs_on_one_output_do_not_collide(tiny_llama, char_tokenizer, texts
 
 
 def test_resume_and_load_name_a_damaged_shard(tiny_llama, char_tokenizer, texts, tmp_path):
-    from fusekernels.pipeline.extract import load_extracted
-
     import shutil
+
+    from fusekernels.pipeline.extract import load_extracted
 
     _extract(tiny_llama, char_tokenizer, texts, tmp_path)
     arrow = next((tmp_path / "shard-00001").glob("*.arrow"))

@@ -9,7 +9,6 @@ pytest.importorskip("transformers")
 from safetensors.torch import load_file  # noqa: E402
 
 from fusekernels.recipes.fusechat import PairwiseConfig, run_pairwise  # noqa: E402
-
 from tests.pipeline.helpers import log_lines, make_char_tokenizer, make_tiny_llama  # noqa: E402
 
 TEXTS = ["In the beginning God created the heaven and the earth.",

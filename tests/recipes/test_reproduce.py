@@ -3,11 +3,17 @@ import json
 
 import pytest
 
-from fusekernels.recipes.reproduce import (HELD_OUT_HEADERS, TRAIN_HEADERS, ReproduceConfig, ReproduceParts,
-                                           cpp_header_texts, python_doc_texts, run_reproduce)
-
-from tests.pipeline.helpers import asset as _asset, make_tiny_llama
-
+from fusekernels.recipes.reproduce import (
+    HELD_OUT_HEADERS,
+    TRAIN_HEADERS,
+    ReproduceConfig,
+    ReproduceParts,
+    cpp_header_texts,
+    python_doc_texts,
+    run_reproduce,
+)
+from tests.pipeline.helpers import asset as _asset
+from tests.pipeline.helpers import make_tiny_llama
 
 
 def test_python_doc_texts_are_real_documentation():
@@ -55,7 +61,8 @@ def test_reproduce_tables_tiny(tmp_path):
     assert merged not in (rows["distill_gpt2-tiny"]["perplexity"]["KJV later"]["mean"],
                           rows["distill_qwen-tiny"]["perplexity"]["KJV later"]["mean"])
     assert rows["fusechat_linear"]["merge_params_per_s"] > 0 and rows["fusellm_mince"]["tokens_per_s"] > 0
-    assert rows["fusellm_alm"]["perplexity"]["mean"]["mean"] != rows["fusellm_mince_token"]["perplexity"]["mean"]["mean"]
+    mean = {arm: rows[arm]["perplexity"]["mean"]["mean"] for arm in ("fusellm_alm", "fusellm_mince_token")}
+    assert mean["fusellm_alm"] != mean["fusellm_mince_token"]
     choices = results["student_table"]["choices"]
     for level in ("sequence", "token"):
         assert set(choices[level]) == {"KJV", "C++"}
@@ -120,7 +127,8 @@ def test_reproduce_start_tokens_reach_extraction(tmp_path, monkeypatch):
 
     student, gpt2 = (_asset("load_tokenizer", n) for n in ("mistral-v1", "gpt2"))
     teachers = [(make_tiny_llama(len(gpt2), seed=1, hidden=16, layers=1), gpt2, "gpt2-tiny")]
-    parts = ReproduceParts(teachers, student, {"KJV": ["In the beginning."]}, {"KJV later": [" ".join(_asset("kjv_verses", 12))]})
+    held_out = {"KJV later": [" ".join(_asset("kjv_verses", 12))]}
+    parts = ReproduceParts(teachers, student, {"KJV": ["In the beginning."]}, held_out)
     seen = []
 
     class Stop(Exception):

@@ -5,8 +5,14 @@ import editdistance
 import numpy as np
 import pytest
 
-from fusekernels.tokenization.byte_span import (ByteSpanMap, build_byte_span_map, byte_span_align, byte_span_align_batch,
-                                                byte_span_positions, decoded_token_strings)
+from fusekernels.tokenization.byte_span import (
+    ByteSpanMap,
+    build_byte_span_map,
+    byte_span_align,
+    byte_span_align_batch,
+    byte_span_positions,
+    decoded_token_strings,
+)
 from fusekernels.tokenization.compat import compat_align
 from tests.tokenization.helpers import teacher_topk
 

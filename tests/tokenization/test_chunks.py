@@ -8,7 +8,6 @@ import pytest
 
 from fusekernels.tokenization.chunks import aligned_chunks
 from fusekernels.tokenization.profile import TokenizerProfile
-
 from tests.tokenization.conftest import CODE_SAMPLE, MIXED_SAMPLES, load_or_skip
 
 PAIRS = [("mistral-v1", "gpt2"), ("gpt2", "qwen"), ("mistral-v1", "mistral-v1"), ("qwen", "mistral-v1")]

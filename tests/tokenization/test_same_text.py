@@ -4,8 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusekernels.tokenization.byte_span import (byte_span_align, byte_span_align_batch, byte_span_positions,
-                                                check_same_text)
+from fusekernels.tokenization.byte_span import (
+    byte_span_align,
+    byte_span_align_batch,
+    byte_span_positions,
+    check_same_text,
+)
 from fusekernels.tokenization.compat import compat_align, compat_align_batch
 from fusekernels.tokenization.profile import TokenizerProfile
 from tests.tokenization.helpers import teacher_topk
@@ -67,7 +71,8 @@ def test_batch_names_the_bad_item(tokenizer, profile, texts, batch):
     items[2] = (b, *items[2][1:])
     extra = len(" and more".encode())
     want = len(texts[2].encode())
-    with pytest.raises(ValueError, match=rf"^items\[2\]: base_ids .* covers {want + extra} bytes and blend_ids {want} bytes"):
+    message = rf"^items\[2\]: base_ids .* covers {want + extra} bytes and blend_ids {want} bytes"
+    with pytest.raises(ValueError, match=message):
         batch(items, base, blend)
     assert len(batch(items, base, blend, check="none")) == 4
 

@@ -12,7 +12,7 @@ from fusekernels.cli import COMMANDS, command_module, main, parse_args
 
 def _configs(command):
     """The config dataclasses whose fields are the command's options."""
-    from fusekernels.cli import align, demo, extract, merge, pack, prepare, split, vocab_map
+    from fusekernels.cli import align, assets, demo, extract, merge, pack, prepare, split, vocab_map
     from fusekernels.recipes.demo import DemoConfig
     from fusekernels.recipes.fusechat import PairwiseConfig
     from fusekernels.recipes.reproduce import ReproduceConfig
@@ -20,7 +20,8 @@ def _configs(command):
     return {"split": [split.SplitArguments], "extract": [extract.ExtractArguments],
             "vocab-map": [vocab_map.VocabMapArguments], "align": [align.AlignArguments], "pack": [pack.PackArguments],
             "prepare": [prepare.PrepareArguments], "merge": [merge.MergeArguments], "fusechat": [PairwiseConfig],
-            "demo": [DemoConfig, demo.DemoOutput], "reproduce": [ReproduceConfig]}[command]
+            "demo": [DemoConfig, demo.DemoOutput], "reproduce": [ReproduceConfig],
+            "assets": [assets.AssetsArguments]}[command]
 
 
 LIBRARY_COMMANDS = [c for c in COMMANDS if c != "train"]

@@ -45,6 +45,7 @@ COMMANDS = {
     "fusechat": "fusechat",
     "demo": "demo",
     "reproduce": "reproduce",
+    "assets": "assets",
 }
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 

@@ -29,7 +29,8 @@ def _model_dtypes():
 
 @dataclass(kw_only=True)
 class ExtractArguments:
-    model: str = field(metadata={"help": "model folder, .gguf file or Hub model id"})
+    model: str = field(metadata={"help": "model folder, .gguf file, bundled model name (smollm2, gemma3; see "
+                                         "fusekernels assets) or Hub model id"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer (default: the model's)"})
     data: str = field(metadata={"help": "texts (file or saved dataset)"})
     k: int = field(default=10, metadata={"min": 1, "help": "top-k logits stored per position"})
@@ -61,14 +62,14 @@ def run(args) -> None:
     import numpy as np
 
     from ..pipeline.extract import META_NAME, extract_teacher_topk, padding_fraction
-    from ..pipeline.io import load_model, load_rows, load_tokenizer, resolve_model
+    from ..pipeline.io import load_model, load_rows, load_tokenizer, model_tokenizer, resolve_model
     from ..tokenization.batch import arrow_lists
 
     a = from_namespace(ExtractArguments, args)
     check_out(a.out, a.data, a.model, a.tokenizer, resume_marker=META_NAME)
     model_path = resolve_model(a.model)  # before the tokenizer: a missing model is reported as such
     data = load_rows(a.data)
-    tokenizer = load_tokenizer(a.tokenizer or model_path)
+    tokenizer = load_tokenizer(a.tokenizer or model_tokenizer(a.model, model_path))
     model = load_model(model_path, **({"dtype": torch_dtype(a.dtype)} if a.dtype else {}))
     out = extract_teacher_topk(model, tokenizer, data, k=a.k, batch_size=a.batch_size, max_length=a.max_length,
                                text_column=a.text_column, per_token_ce=a.per_token_ce, logits_dtype=a.logits_dtype,

@@ -105,10 +105,11 @@ def check_one_architecture(folders) -> None:
 
 
 def _local(spec: str) -> str:
-    """A Hub model id as its local snapshot folder; paths as given (merge_models checks them)."""
-    from ..pipeline.io import hub_model_id, resolve_model
+    """A bundled model name or a Hub model id as its local file / folder; paths as given
+    (merge_models checks them)."""
+    from ..pipeline.io import model_kind, resolve_model
 
-    return str(resolve_model(spec)) if hub_model_id(spec) else spec
+    return str(resolve_model(spec)) if model_kind(spec) != "path" else spec
 
 
 def build_parser():

@@ -22,11 +22,13 @@ class PrepareArguments:
     data: str = field(metadata={"help": "texts (.jsonl/.json/.parquet/.csv/.txt or a saved dataset)"})
     student_tokenizer: str = field(metadata={"help": "the target model's tokenizer (path or asset name)"})
     teacher: list[str] = field(metadata={"action": "append",
-                                         "help": "teacher model: folder, .gguf or Hub model id (repeatable)"})
+                                         "help": "teacher model: folder, .gguf, bundled model name (smollm2, gemma3; "
+                                                 "see fusekernels assets) or Hub model id (repeatable)"})
     teacher_tokenizer: list[str] = field(default_factory=list, metadata={
-        "action": "append", "help": "its tokenizer (repeatable, same order; default: the teacher path)"})
+        "action": "append", "help": "its tokenizer (repeatable, same order; default: the teacher's own)"})
     base_model: str | None = field(default=None, metadata={
-        "help": "the student model itself (path or Hub model id), to fuse its own distribution too (FuseLLM)"})
+        "help": "the student model itself (path, bundled model name or Hub model id), to fuse its own distribution "
+                "too (FuseLLM)"})
     block_size: int = field(default=2048, metadata={"min": 1, "help": "training block length"})
     k: int = field(default=10, metadata={"min": 1, "help": "top-k entries kept per position"})
     batch_size: int = field(default=8, metadata={"min": 1, "help": "texts per teacher forward pass"})
@@ -64,11 +66,11 @@ def build_parser():
 def run(args) -> None:
     from ..pipeline.api import build_fusion_dataset
     from ..pipeline.chat import read_chat_template
-    from ..pipeline.io import load_rows, load_tokenizer
+    from ..pipeline.io import check_model_path, load_rows, load_tokenizer, model_tokenizer
     from ..storage import check_output_dir
 
     a = from_namespace(PrepareArguments, args)
-    tokenizers = a.teacher_tokenizer or list(a.teacher)
+    tokenizers = a.teacher_tokenizer or [model_tokenizer(t) for t in a.teacher]
     if len(tokenizers) != len(a.teacher):
         raise UserError(f"{len(a.teacher)} --teacher but {len(tokenizers)} --teacher-tokenizer")
     if a.chat_template is not None and len(a.chat_template) != len(a.teacher):
@@ -77,6 +79,11 @@ def run(args) -> None:
     templates = [read_chat_template(t, arg="--chat-template") for t in a.chat_template or []] or None
     student_template = read_chat_template(a.student_chat_template, arg="--student-chat-template")
     check_output_dir(a.out, inputs=[a.data, *a.teacher], arg="--out")
+    # every model is checked (not loaded) before the data is read and split
+    for teacher in a.teacher:
+        check_model_path(teacher, arg="--teacher")
+    if a.base_model is not None:
+        check_model_path(a.base_model, arg="--base-model")
     data = load_rows(a.data)
     chat = a.messages_column in data.column_names
     if not chat and a.text_column not in data.column_names:

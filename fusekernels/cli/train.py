@@ -12,6 +12,12 @@ file override it::
     fusekernels train run.yaml
     fusekernels train run.yaml --max_steps 100
     fusekernels train --model student/ --data packed/ --output_dir out/ --bf16 true --lam 0.9
+    fusekernels train --student tiny:mistral-v1 --data packed/ --output_dir out/ --max_steps 20
+
+``--model`` (alias ``--student``) takes a folder, a ``.gguf`` file, a bundled model name, a Hub
+model id, or ``CONFIG:TOKENIZER`` (``tiny`` or ``small`` and a tokenizer, e.g. ``tiny:mistral-v1``): a
+fresh, randomly initialised small Llama for that tokenizer, seeded by ``--seed``
+(:mod:`fusekernels.pipeline.students`), for trying fusion out.
 
 ``--resume_from_checkpoint latest`` (or a checkpoint folder) continues an interrupted run in its
 ``output_dir`` (see :func:`~fusekernels.integration.train_command.run_training`). The few flags of
@@ -42,7 +48,9 @@ def build_parser():
 
     parser = HfArgumentParser(TrainingArguments, prog="fusekernels train", formatter_class=HelpFormatter,
                               description="Train the base model with the fusion loss (FusionTrainer). Usage: "
-                                          "fusekernels train [CONFIG.yaml|CONFIG.json] [--option value ...]")
+                                          "fusekernels train [CONFIG.yaml|CONFIG.json] [--option value ...]. "
+                                          "--model (or --student) tiny:mistral-v1 trains a fresh tiny student with "
+                                          "that tokenizer (configs: tiny, small).")
     parser.add_argument("config", nargs="?", metavar="CONFIG", help=CONFIG_HELP)
     add_options(parser, ModelArguments, title="model (fusekernels)")
     add_options(parser, DataArguments, title="data (fusekernels)")
@@ -76,7 +84,8 @@ def dataclasses_of(namespace):
     fusion_args = from_namespace(FusionArguments, namespace)
     training_args = from_namespace(TrainingArguments, namespace)
     if model_args.model is None:
-        raise ValueError("--model is required (the base model folder, .gguf file or Hub model id)")
+        raise ValueError("--model is required (the base model folder, .gguf file, bundled model name or Hub model id; "
+                         "or CONFIG:TOKENIZER, e.g. tiny:mistral-v1, for a fresh student)")
     if data_args.data is None:
         raise ValueError("--data is required (the training data with teacher columns)")
     if training_args.output_dir is None:

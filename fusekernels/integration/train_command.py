@@ -37,8 +37,13 @@ class ModelArguments:
     """The student model (``fusekernels train`` options)."""
 
     model: str | None = field(default=None, metadata={
-        "help": "Base (student) model: folder, .gguf file or Hub model id.", "aliases": ["--model_name_or_path"]})
-    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer (default: the model's)."})
+        "help": "Base (student) model: folder, .gguf file, bundled model name (smollm2, gemma3), Hub model id, or "
+                "CONFIG:TOKENIZER for a fresh randomly initialised student to try things out (configs: tiny, small; "
+                "e.g. tiny:mistral-v1: a small Llama with the tokenizer's vocabulary, seeded by --seed; see "
+                "fusekernels.pipeline.students).",
+        "aliases": ["--model_name_or_path", "--student"]})
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "Tokenizer (default: the model's; for CONFIG:TOKENIZER its TOKENIZER)."})
     dtype: str | None = field(default=None, metadata={
         "help": "Weights dtype when loading (default: as saved). Mixed precision is --bf16 / --fp16.",
         "choices": MODEL_DTYPES})
@@ -106,7 +111,8 @@ def run_training(model_args, data_args, fusion_args, training_args, *, callbacks
     anything; stores the run configuration next to the checkpoints; saves the final model and
     tokenizer into ``output_dir``.
     """
-    from ..pipeline.io import load_model, load_rows, load_tokenizer
+    from ..pipeline.io import check_model_path, load_model, load_rows, load_tokenizer, model_tokenizer
+    from ..pipeline.students import MAX_POSITIONS, STUDENT_CONFIGS, build_student, is_student_spec, parse_student_spec
     from ..storage import atomic_write_json, check_output_dir, check_writable
     from .trainer import FusionTrainer
 
@@ -128,7 +134,11 @@ def run_training(model_args, data_args, fusion_args, training_args, *, callbacks
                              + "; ".join(diffs) + ")")
         check_writable(out, arg="--output_dir")
         logger.info(f"train: resuming from {checkpoint}")
-    tokenizer = load_tokenizer(model_args.tokenizer or model_args.model)
+    # a fresh student's CONFIG:TOKENIZER, or the model argument, checked before any loading
+    student = parse_student_spec(model_args.model) if is_student_spec(model_args.model) else None
+    if student is None:
+        check_model_path(model_args.model, arg="--model")
+    tokenizer = load_tokenizer(model_args.tokenizer or (student[1] if student else model_tokenizer(model_args.model)))
     train_data = load_rows(data_args.data)
     eval_data = load_rows(data_args.eval_data) if data_args.eval_data else None
     if eval_data is not None and "input_ids" not in eval_data.column_names:
@@ -141,7 +151,13 @@ def run_training(model_args, data_args, fusion_args, training_args, *, callbacks
         import torch
 
         kwargs["dtype"] = getattr(torch, model_args.dtype)
-    model = load_model(model_args.model, **kwargs)
+    if student:  # a new student for this tokenizer, initialised from the run's seed
+        model = build_student(len(tokenizer), tokenizer, seed=training_args.seed, max_positions=MAX_POSITIONS,
+                              **STUDENT_CONFIGS[student[0]])
+        if model_args.dtype:
+            model = model.to(kwargs["dtype"])
+    else:
+        model = load_model(model_args.model, **kwargs)
     if checkpoint is None:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / RUN_CONFIG, current)

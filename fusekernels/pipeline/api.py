@@ -64,9 +64,10 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
         student_tokenizer: the target model's tokenizer (needs ``eos_token_id``); every teacher's
             distribution is aligned to its tokens and vocabulary.
         teachers: a sequence of ``(model, tokenizer)`` pairs. ``model`` is a loaded causal LM or
-            the path of one (a Hugging Face folder or a ``.gguf`` file, loaded with
-            ``load_kwargs`` only when its outputs are not cached); ``tokenizer`` is a tokenizer
-            object, a path or a packaged tokenizer name (``fusekernels.tokenization.assets``).
+            a model argument (a Hugging Face folder, a ``.gguf`` file, a bundled model name such
+            as ``"smollm2"`` or ``"gemma3"``, or a Hub model id: found before the split starts,
+            loaded with ``load_kwargs`` only when its outputs are not cached); ``tokenizer`` is a
+            tokenizer object, a path or a packaged tokenizer name (``fusekernels.tokenization.assets``).
         block_size: training block length; also the split window and the extraction length.
         split_margin: documents longer than ``block_size - split_margin`` tokens in some tokenizer
             are cut into windows of that size (the published margin is 48).
@@ -74,7 +75,7 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
         logits_dtype: storage dtype of the teacher logits at every step (extraction cache, aligned
             rows, packed blocks): ``"float16"`` (default) or ``"float32"``, for teachers whose
             logits exceed the float16 range (+-65504; checked, never stored as inf).
-        base_model: the student itself (model or path) when its own top-k is to be fused too
+        base_model: the student itself (model or model argument) when its own top-k is to be fused too
             (FuseLLM's continual training of a pretrained target); ``None`` for a fresh student.
         method: alignment mode of :data:`~fusekernels.tokenization.registry.ALIGNMENT_MODES`
             (``"byte_span"`` default, ``"compat_hard"``, ``"compat_soft"``, or one registered there).
@@ -102,7 +103,7 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
     from .align_step import align_teachers, alignment_stats
     from .cache import cached_extract
     from .extract import start_token_ids
-    from .io import load_tokenizer
+    from .io import load_tokenizer, resolve_model
     from ..tokenization.registry import ALIGNMENT_MODES
     from .pack import pack_sequences
     from .split import split_long_texts
@@ -121,10 +122,14 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
     if getattr(student_tokenizer, "eos_token_id", None) is None:
         raise ValueError("student_tokenizer has no eos_token_id: the pipeline appends EOS to every text")
     models = [m for m, _ in teachers]
-    tokenizers = [t if hasattr(t, "encode") else load_tokenizer(t) for _, t in teachers]
     names = list(teacher_names) if teacher_names is not None else [_name(m) for m in models]
     if len(names) != len(teachers):
         raise ValueError(f"teacher_names has {len(names)} entries for {len(teachers)} teachers")
+    # every model given by path / bundled name / Hub id is found (assembled, fetched) before any work
+    models = [resolve_model(m) if isinstance(m, (str, os.PathLike)) else m for m in models]
+    if isinstance(base_model, (str, os.PathLike)):
+        base_model = resolve_model(base_model)
+    tokenizers = [t if hasattr(t, "encode") else load_tokenizer(t) for _, t in teachers]
     report = FusionDataReport(block_size=block_size)
     if chat:
         return _build_chat(dataset, student_tokenizer, models, tokenizers, names, report, block_size=block_size,

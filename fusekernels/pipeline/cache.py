@@ -84,7 +84,8 @@ def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, b
     """:func:`extract_teacher_topk` through the disk cache. Returns ``(dataset, CacheInfo)``.
 
     Args:
-        model: a causal LM, or the path of one (folder or ``.gguf``; loaded with
+        model: a causal LM, or a model argument (folder, ``.gguf``, bundled model name or Hub
+            model id, see :func:`fusekernels.pipeline.io.resolve_model`; loaded with
             :func:`fusekernels.pipeline.io.load_model` and ``load_kwargs`` only on a cache miss).
         dataset: a ``datasets.Dataset`` with the string column ``text_column``; the output keeps
             only that column next to the extraction columns.
@@ -104,7 +105,7 @@ def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, b
     if isinstance(model, (str, os.PathLike)):
         from .io import resolve_model
 
-        model = resolve_model(model)  # a Hub model id becomes its snapshot folder (keyed by its files)
+        model = resolve_model(model)  # a name or Hub id becomes its local file / folder (keyed by its files)
     texts = dataset.select_columns([text_column])
     run = dict(k=k, batch_size=batch_size, max_length=max_length, text_column=text_column,
                logits_dtype=logits_dtype, per_token_ce=per_token_ce, progress=progress, start_tokens=start_tokens)

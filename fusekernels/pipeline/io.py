@@ -3,9 +3,11 @@
 - Tokenizers: a Hugging Face folder, a ``.gguf`` file, a SentencePiece ``.model`` file, or the
   name of a tokenizer shipped in an installed asset package (``fusekernels.tokenization.assets``,
   e.g. ``mistral-v1``, ``smollm2``).
-- Models: a Hugging Face folder, a ``.gguf`` file (dequantised to float; needs ``gguf``), or a Hub
-  model id (``org/name``) that is no local path: its files are fetched as ``from_pretrained``
-  fetches them (``huggingface_hub``, into the Hub cache) and used as a local folder, so that
+- Models: a Hugging Face folder, a ``.gguf`` file (dequantised to float; needs ``gguf``), the name
+  of a model shipped in an installed asset package (``smollm2``, ``gemma3``:
+  :mod:`fusekernels.pipeline.bundled`; a local path of that name wins), or a Hub model id
+  (``org/name``) that is no local path: its files are fetched as ``from_pretrained`` fetches them
+  (``huggingface_hub``, into the Hub cache) and used as a local folder, so that
   fingerprints and caches see files; offline (``HF_HUB_OFFLINE=1``) only the Hub cache is read,
   and an id missing there is a one-line ``FileNotFoundError``. Tokenizers take Hub ids too.
 - Text: a saved ``datasets`` folder, an extraction output folder, or a ``.jsonl``/``.json``/
@@ -58,20 +60,62 @@ def load_tokenizer(spec: str | os.PathLike):
     return _loaded(folder, AutoTokenizer.from_pretrained, str(folder))
 
 
-def check_model_path(spec: str | os.PathLike) -> Path:
-    """``FileNotFoundError`` / ``ValueError`` naming ``spec`` unless it is a folder or a .gguf file."""
+def model_kind(spec: str | os.PathLike) -> str:
+    """How a model argument is read: ``"path"`` (an existing path, or one that looks like a path
+    and is missing), ``"bundled"`` (a name of :data:`fusekernels.pipeline.bundled.MODELS` that is
+    no existing path) or ``"hub"`` (a Hub model id that is no existing path)."""
+    from .bundled import MODELS
+
+    if Path(spec).exists():
+        return "path"
+    if str(spec) in MODELS:
+        return "bundled"
+    return "hub" if hub_model_id(spec) is not None else "path"
+
+
+def check_model_path(spec: str | os.PathLike, *, arg: str = "model") -> Path | str:
+    """Check a model argument without loading or downloading anything, and return it: an existing
+    folder or ``.gguf`` file (as a ``Path``), a bundled model name whose package is installed, or a
+    Hub model id (online: as given, ``from_pretrained`` fetches it; offline, ``HF_HUB_OFFLINE=1``:
+    only when it is in the Hub cache). Otherwise ``FileNotFoundError`` / ``ValueError`` /
+    ``AssetUnavailable`` naming ``arg`` and ``spec``, one line."""
+    from .bundled import MODELS, check_bundled_model
+
+    kind = model_kind(spec)
+    if kind == "bundled":
+        from fusekernels.tokenization.assets import AssetUnavailable
+
+        try:
+            check_bundled_model(str(spec))
+        except AssetUnavailable as err:
+            raise AssetUnavailable(f"{arg} {str(spec)!r}: {err}") from None
+        return str(spec)
+    if kind == "hub":
+        if hub_offline():
+            hub_snapshot(str(spec), patterns=["config.json"],
+                         missing=f"{arg} {str(spec)!r} is no local path nor a bundled model ({', '.join(MODELS)}); "
+                                 "as a Hub model id")
+        return str(spec)
     path = Path(spec)
     if not path.exists():
-        raise FileNotFoundError(f"model not found: {path}")
+        raise FileNotFoundError(f"{arg} not found: {path} (a model is a folder, a .gguf file, a bundled model name: "
+                                f"{', '.join(MODELS)}, or a Hub model id)")
     if not (path.is_dir() or (path.is_file() and path.suffix == ".gguf")):
-        raise ValueError(f"cannot load a model from {path}: expected a folder or a .gguf file")
+        raise ValueError(f"cannot load a model from {path} ({arg}): expected a folder or a .gguf file")
     return path
 
 
-def resolve_model(spec: str | os.PathLike) -> Path:
-    """The local folder or ``.gguf`` file of a model given as a path or as a Hub model id (fetched
-    into the Hub cache, or found there offline). ``FileNotFoundError`` naming ``spec`` otherwise."""
-    if Path(spec).exists() or hub_model_id(spec) is None:
+def resolve_model(spec: str | os.PathLike, *, progress: bool = True) -> Path:
+    """The local folder or ``.gguf`` file of a model given as a path, a bundled model name (its
+    GGUF file; Gemma-3 is assembled into the user cache on first use, with a progress bar when
+    ``progress``) or a Hub model id (fetched into the Hub cache, or found there offline). A local
+    path wins over a name. ``FileNotFoundError`` / ``AssetUnavailable`` naming ``spec`` otherwise."""
+    kind = model_kind(spec)
+    if kind == "bundled":
+        from .bundled import bundled_model
+
+        return bundled_model(str(spec), progress=progress)
+    if kind == "path":
         return check_model_path(spec)
     repo_id = hub_model_id(spec)
     folder = hub_snapshot(repo_id, patterns=HUB_MODEL_FILES,
@@ -80,6 +124,17 @@ def resolve_model(spec: str | os.PathLike) -> Path:
         folder = hub_snapshot(repo_id, patterns=HUB_MODEL_FILES + ["*.bin"],
                               missing=f"model not found: {repo_id!r} is no local path, and as a Hub model id")
     return folder
+
+
+def model_tokenizer(spec: str | os.PathLike, resolved: str | os.PathLike | None = None) -> str | os.PathLike:
+    """The tokenizer argument that belongs to a model argument: the bundled tokenizer of a bundled
+    model (built once and cached), else the model itself (``resolved`` when given: its folder or
+    GGUF file)."""
+    from .bundled import MODELS
+
+    if model_kind(spec) == "bundled":
+        return MODELS[str(spec)].tokenizer
+    return resolved if resolved is not None else spec
 
 
 def hub_model_id(spec) -> str | None:
@@ -125,7 +180,7 @@ def hub_snapshot(repo_id: str, *, patterns: list[str], missing: str) -> Path:
 
 
 def load_model(spec: str | os.PathLike, **kwargs):
-    """``AutoModelForCausalLM`` from a folder, a ``.gguf`` file or a Hub model id."""
+    """``AutoModelForCausalLM`` from a folder, a ``.gguf`` file, a bundled model name or a Hub model id."""
     require("transformers", "load_model")
     from transformers import AutoModelForCausalLM
 

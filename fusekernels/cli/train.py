@@ -14,7 +14,8 @@ file override it::
     fusekernels train --model student/ --data packed/ --output_dir out/ --bf16 true --lam 0.9
 
 ``--resume_from_checkpoint latest`` (or a checkpoint folder) continues an interrupted run in its
-``output_dir`` (see :func:`~fusekernels.integration.train_command.run_training`). The few flags of
+``output_dir``, or a finished one given a larger ``--max_steps`` / ``--num_train_epochs`` (see
+:func:`~fusekernels.integration.train_command.run_training`). The few flags of
 earlier versions (``--out``, ``--steps``, ``--batch-size``, ``--grad-accum``, ``--lr``, ``--cpu``)
 still work. ``--debug`` after ``train`` is TrainingArguments' own option; ``--traceback`` (or
 ``--debug`` before ``train``) shows tracebacks.
@@ -95,7 +96,15 @@ def run(args) -> None:
 
     parsed = dataclasses_of(args)
     _, result, metrics = run_training(*parsed)
-    line = f"train: {result.global_step} steps, mean training loss {result.training_loss:.4f}"
+    start, trained = result.metrics.get("start_step", 0), result.metrics.get("trained_steps", result.global_step)
+    if trained == 0:  # a mean loss over no step would read 0.0000
+        line = (f"train: already complete at step {result.global_step}, nothing trained (a larger --max_steps or "
+                "--num_train_epochs with --resume_from_checkpoint latest trains further)")
+    elif start:
+        line = (f"train: resumed at step {start}, {trained} steps more to step {result.global_step}, "
+                f"mean training loss {result.training_loss:.4f}")
+    else:
+        line = f"train: {result.global_step} steps, mean training loss {result.training_loss:.4f}"
     if metrics:
         line += (f"; eval loss {metrics.get('eval_loss', float('nan')):.4f}, "
                  f"eval perplexity {metrics.get('eval_perplexity', float('nan')):.3f}")

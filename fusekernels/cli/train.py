@@ -17,8 +17,8 @@ file override it::
 ``output_dir``, or a finished one given a larger ``--max_steps`` / ``--num_train_epochs`` (see
 :func:`~fusekernels.integration.train_command.run_training`). The few flags of
 earlier versions (``--out``, ``--steps``, ``--batch-size``, ``--grad-accum``, ``--lr``, ``--cpu``)
-still work. ``--debug`` after ``train`` is TrainingArguments' own option; ``--traceback`` (or
-``--debug`` before ``train``) shows tracebacks.
+still work. ``--debug`` / ``--traceback`` show tracebacks, before or after ``train`` as for every
+command; TrainingArguments' own ``debug`` option is ``--hf-debug`` here (``debug:`` in a config file).
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from .options import CONFIG_HELP, add_options, from_namespace
 
 HELP = ("Train the base model with the fusion loss (FusionTrainer): every TrainingArguments option, or a YAML / JSON "
         "config file.")
+HF_DEBUG = "--hf-debug"  # TrainingArguments.debug (its own name, --debug, is the general option)
 LEGACY_FLAGS = {"--out": "--output_dir", "--steps": "--max_steps", "--batch-size": "--per_device_train_batch_size",
                 "--grad-accum": "--gradient_accumulation_steps", "--lr": "--learning_rate", "--cpu": "--use_cpu"}
 
@@ -48,8 +49,18 @@ def build_parser():
     add_options(parser, ModelArguments, title="model (fusekernels)")
     add_options(parser, DataArguments, title="data (fusekernels)")
     add_options(parser, FusionArguments, title="fusion (fusekernels.integration.FusionArguments)")
-    add_global_options(parser, debug_alias=False)
+    _rename_option(parser, "--debug", HF_DEBUG)  # --debug is the general option, as after every command
+    add_global_options(parser)
     return parser
+
+
+def _rename_option(parser, old: str, new: str) -> None:
+    """Give the option ``old`` of ``parser`` the flag ``new`` instead (its dest, hence its config
+    file key, stays)."""
+    action = parser._option_string_actions.pop(old)
+    action.option_strings = [new if flag == old else flag for flag in action.option_strings]
+    parser._option_string_actions[new] = action
+    action.help = f"TrainingArguments.debug ({old} shows tracebacks here, as for every command). {action.help or ''}"
 
 
 def _legacy(argv: list[str]) -> list[str]:

@@ -95,7 +95,7 @@ def _length_changes(saved: dict, current: dict) -> list[str]:
 
 
 class AlreadyComplete(Exception):
-    """Raised by :func:`_resume_guard` when a resumed run has no step left to train."""
+    """Raised when a resumed run has no step left to train (before the Trainer's first step)."""
 
     def __init__(self, step: int):
         super().__init__(f"already complete at step {step}")

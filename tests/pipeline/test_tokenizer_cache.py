@@ -131,3 +131,16 @@ def test_loading_leaves_the_environment_unchanged(tmp_path, monkeypatch):
     assets.load_tokenizer.cache_clear()  # build it in this process, through the asset route
     asset("load_tokenizer", "gpt2")
     assert dict(os.environ) == before
+
+
+def test_concurrent_first_loads_convert_once(tmp_path, conversions):
+    """Loads racing for a missing entry wait on its lock: one converts, the others reload."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = write_tiny_gguf(tmp_path / "teacher.gguf")
+    with ThreadPoolExecutor(3) as pool:
+        loaded = list(pool.map(lambda _: load_tokenizer(path), range(3)))
+    assert conversions == ["teacher.gguf"]
+    assert len({tuple(tok(TEXT)["input_ids"]) for tok in loaded}) == 1
+    root = tmp_path / "cache" / "tokenizers"
+    assert [p.name for p in root.iterdir() if p.is_dir()] == [p.name for p in root.glob("gguf-*") if p.is_dir()]

@@ -144,12 +144,36 @@ def test_traceback_and_debug_anywhere(tmp_path, where):
     assert main(argv) == 2
 
 
-def test_train_keeps_its_own_debug_option():
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_debug_after_every_command_shows_the_traceback(command, tmp_path):
+    """``fusekernels <command> ... --debug``: the full traceback instead of the one-line error, for a
+    failure of the command's own options (a missing config file) as for every other user error."""
+    if command == "train":
+        pytest.importorskip("transformers")
+    action = command_module(command).build_parser()._option_string_actions["--debug"]
+    assert action.dest == "traceback"
+    missing = str(tmp_path / "missing.yaml")
+    assert main([command, missing]) == 2
+    for flag in ("--debug", "--traceback"):
+        with pytest.raises(FileNotFoundError):
+            main([command, missing, flag])
+
+
+def test_train_debug_shows_tracebacks_and_hf_debug_is_training_arguments(tmp_path, capsys):
     pytest.importorskip("transformers")
-    base = ["--model", "m", "--data", "d", "--output_dir", "o"]
-    _, args = parse_args(["train"] + base + ["--debug", "underflow_overflow"])
-    assert [str(getattr(d, "value", d)) for d in args.debug] == ["underflow_overflow"]  # TrainingArguments.debug
-    assert args.traceback is False
+    base = ["--model", str(tmp_path / "no-model"), "--data", str(tmp_path / "d"), "--output_dir", str(tmp_path / "o")]
+    _, args = parse_args(["train"] + base + ["--debug"])
+    assert args.traceback is True and not args.debug
+    assert main(["train"] + base) == 2 and "no-model" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="no-model"):
+        main(["train"] + base + ["--debug"])
+    for flag in ("--hf-debug", "--hf_debug"):
+        _, args = parse_args(["train"] + base + [flag, "underflow_overflow"])
+        assert [str(getattr(d, "value", d)) for d in args.debug] == ["underflow_overflow"]  # TrainingArguments.debug
+        assert args.traceback is False
+    (tmp_path / "run.yaml").write_text("debug: underflow_overflow\n")  # a config file keeps the field's name
+    _, args = parse_args(["train", str(tmp_path / "run.yaml")] + base)
+    assert [str(getattr(d, "value", d)) for d in args.debug] == ["underflow_overflow"] and args.traceback is False
     _, args = parse_args(["--debug", "train"] + base)
     assert args.traceback is True and not args.debug
     _, args = parse_args(["train"] + base + ["--traceback", "-q"])

@@ -15,8 +15,8 @@ Every command takes a YAML / JSON config file right after its name (``fusekernel
 keys are the option names, flags after the file override it). Each command lives in its own
 module ``fusekernels.cli.<command>`` whose options are generated from its config dataclasses
 (:mod:`fusekernels.cli.options`). User errors (missing files, bad arguments, malformed data)
-print one line and exit with status 2; ``--traceback`` (or ``--debug`` before the command) shows
-tracebacks; ``-v`` / ``-q`` set how much is logged.
+print one line and exit with status 2; ``--traceback`` or ``--debug`` (before or after the command)
+shows tracebacks; ``-v`` / ``-q`` set how much is logged.
 """
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ COMMANDS = {
     "assets": "assets",
 }
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+TRACEBACK_FLAGS = ("--traceback", "--debug")
 
 
 def command_module(name: str):
@@ -130,7 +131,8 @@ def main(argv=None) -> int:
                 command_module(command).run(args)
         _interrupt.check_interrupted()
     except user_errors() as err:
-        if args.traceback or "--traceback" in top.args:
+        # (args is still the top-level namespace when the command's own options failed to parse)
+        if args.traceback or any(a in TRACEBACK_FLAGS for a in top.args):
             raise
         print(f"fusekernels {command}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -51,14 +51,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return text
 
 
-def add_global_options(parser: argparse.ArgumentParser, *, debug_alias: bool = True, top: bool = False) -> None:
+def add_global_options(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
     """``--traceback`` (alias ``--debug``), ``--verbose`` and ``--quiet``: accepted before the
     command and after it (there with suppressed defaults, so they never undo the first)."""
     default = {} if top else {"default": argparse.SUPPRESS}
     group = parser.add_argument_group("general options")
-    names = ["--traceback"] + (["--debug"] if debug_alias else [])
-    group.add_argument(*names, dest="traceback", action="store_true",
-                       help="show full tracebacks" + ("" if debug_alias else " (--debug before the command)"),
+    group.add_argument("--traceback", "--debug", dest="traceback", action="store_true",
+                       help="show full tracebacks instead of one-line errors",
                        **({"default": False} if top else default))
     group.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const="debug",
                        help="log every decision (debug level)", **({"default": "info"} if top else default))

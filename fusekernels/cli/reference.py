@@ -49,8 +49,8 @@ def markdown() -> str:
              "Generated from the parsers (`python -m fusekernels.cli.reference > docs/commands.md`). Every command",
              "takes a YAML / JSON config file right after its name (keys: the option names, e.g. `block_size`);",
              "flags after the file override it. Options are spelled with dashes or underscores. General options,",
-             "accepted before or after the command: `--traceback` (full tracebacks; `--debug` is the same except",
-             "after `train`, where it is `TrainingArguments.debug`), `-v` / `--verbose`, `-q` / `--quiet`.",
+             "accepted before or after the command: `--traceback` or `--debug` (full tracebacks instead of one-line",
+             "errors; `TrainingArguments.debug` is `--hf-debug` in `train`), `-v` / `--verbose`, `-q` / `--quiet`.",
              "User errors print one line on stderr and exit with status 2.", ""]
     for name in COMMANDS:
         module = command_module(name)

@@ -20,10 +20,11 @@ fresh, randomly initialised small Llama for that tokenizer, seeded by ``--seed``
 (:mod:`fusekernels.pipeline.students`), for trying fusion out.
 
 ``--resume_from_checkpoint latest`` (or a checkpoint folder) continues an interrupted run in its
-``output_dir`` (see :func:`~fusekernels.integration.train_command.run_training`). The few flags of
+``output_dir``, or a finished one given a larger ``--max_steps`` / ``--num_train_epochs`` (see
+:func:`~fusekernels.integration.train_command.run_training`). The few flags of
 earlier versions (``--out``, ``--steps``, ``--batch-size``, ``--grad-accum``, ``--lr``, ``--cpu``)
-still work. ``--debug`` after ``train`` is TrainingArguments' own option; ``--traceback`` (or
-``--debug`` before ``train``) shows tracebacks.
+still work. ``--debug`` / ``--traceback`` show tracebacks, before or after ``train`` as for every
+command; TrainingArguments' own ``debug`` option is ``--hf-debug`` here (``debug:`` in a config file).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from .options import CONFIG_HELP, add_options, from_namespace
 
 HELP = ("Train the base model with the fusion loss (FusionTrainer): every TrainingArguments option, or a YAML / JSON "
         "config file.")
+HF_DEBUG = "--hf-debug"  # TrainingArguments.debug (its own name, --debug, is the general option)
 LEGACY_FLAGS = {"--out": "--output_dir", "--steps": "--max_steps", "--batch-size": "--per_device_train_batch_size",
                 "--grad-accum": "--gradient_accumulation_steps", "--lr": "--learning_rate", "--cpu": "--use_cpu"}
 
@@ -55,8 +57,18 @@ def build_parser():
     add_options(parser, ModelArguments, title="model (fusekernels)")
     add_options(parser, DataArguments, title="data (fusekernels)")
     add_options(parser, FusionArguments, title="fusion (fusekernels.integration.FusionArguments)")
-    add_global_options(parser, debug_alias=False)
+    _rename_option(parser, "--debug", HF_DEBUG)  # --debug is the general option, as after every command
+    add_global_options(parser)
     return parser
+
+
+def _rename_option(parser, old: str, new: str) -> None:
+    """Give the option ``old`` of ``parser`` the flag ``new`` instead (its dest, hence its config
+    file key, stays)."""
+    action = parser._option_string_actions.pop(old)
+    action.option_strings = [new if flag == old else flag for flag in action.option_strings]
+    parser._option_string_actions[new] = action
+    action.help = f"TrainingArguments.debug ({old} shows tracebacks here, as for every command). {action.help or ''}"
 
 
 def _legacy(argv: list[str]) -> list[str]:
@@ -104,7 +116,15 @@ def run(args) -> None:
 
     parsed = dataclasses_of(args)
     _, result, metrics = run_training(*parsed)
-    line = f"train: {result.global_step} steps, mean training loss {result.training_loss:.4f}"
+    start, trained = result.metrics.get("start_step", 0), result.metrics.get("trained_steps", result.global_step)
+    if trained == 0:  # a mean loss over no step would read 0.0000
+        line = (f"train: already complete at step {result.global_step}, nothing trained (a larger --max_steps or "
+                "--num_train_epochs with --resume_from_checkpoint latest trains further)")
+    elif start:
+        line = (f"train: resumed at step {start}, {trained} steps more to step {result.global_step}, "
+                f"mean training loss {result.training_loss:.4f}")
+    else:
+        line = f"train: {result.global_step} steps, mean training loss {result.training_loss:.4f}"
     if metrics:
         line += (f"; eval loss {metrics.get('eval_loss', float('nan')):.4f}, "
                  f"eval perplexity {metrics.get('eval_perplexity', float('nan')):.3f}")

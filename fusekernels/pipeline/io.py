@@ -1,6 +1,7 @@
 """Loading the inputs of the pipeline steps from paths (used by the CLI and the demo).
 
-- Tokenizers: a Hugging Face folder, a ``.gguf`` file, a SentencePiece ``.model`` file, or the
+- Tokenizers: a Hugging Face folder, a ``.gguf`` file (converted once, then reloaded from the user
+  cache: :mod:`fusekernels.tokenization.tokenizer_cache`), a SentencePiece ``.model`` file, or the
   name of a tokenizer shipped in an installed asset package (``fusekernels.tokenization.assets``,
   e.g. ``mistral-v1``, ``smollm2``).
 - Models: a Hugging Face folder, a ``.gguf`` file (dequantised to float; needs ``gguf``), the name
@@ -36,15 +37,19 @@ def load_tokenizer(spec: str | os.PathLike):
     from transformers import AutoTokenizer
 
     path = Path(spec)
-    if path.is_dir():
-        return _loaded(path, AutoTokenizer.from_pretrained, str(path))
+    if path.is_dir():  # local_files_only: transformers never asks the Hub about a local tokenizer
+        return _loaded(path, AutoTokenizer.from_pretrained, str(path), local_files_only=True)
     if path.is_file() and path.suffix == ".gguf":
-        return _loaded(path, AutoTokenizer.from_pretrained, str(path.parent), gguf_file=path.name)
+        # converting a GGUF vocabulary takes seconds to tens of seconds: done once per file version
+        from fusekernels.tokenization.tokenizer_cache import cached_tokenizer
+
+        return cached_tokenizer(path, lambda: _loaded(path, AutoTokenizer.from_pretrained, str(path.parent),
+                                                      gguf_file=path.name, local_files_only=True), tag="gguf")
     if path.is_file() and path.suffix == ".model":
         # transformers reads a SentencePiece model only as <folder>/tokenizer.model
         folder = Path(tempfile.mkdtemp(prefix="fusekernels-spm-"))
         shutil.copyfile(path, folder / "tokenizer.model")
-        return _loaded(path, AutoTokenizer.from_pretrained, str(folder))
+        return _loaded(path, AutoTokenizer.from_pretrained, str(folder), local_files_only=True)
     if path.exists():
         raise ValueError(f"cannot load a tokenizer from {path}: expected a folder, a .gguf or a .model file")
     from fusekernels.tokenization.assets import TOKENIZER_NAMES
@@ -57,7 +62,7 @@ def load_tokenizer(spec: str | os.PathLike):
     if repo_id is None:
         raise FileNotFoundError(what)
     folder = hub_snapshot(repo_id, patterns=HUB_TOKENIZER_FILES, missing=what + "; as a Hub model id")
-    return _loaded(folder, AutoTokenizer.from_pretrained, str(folder))
+    return _loaded(folder, AutoTokenizer.from_pretrained, str(folder), local_files_only=True)
 
 
 def model_kind(spec: str | os.PathLike) -> str:

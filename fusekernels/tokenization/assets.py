@@ -116,7 +116,7 @@ def _spm_tokenizer(model_file: Path, tag: str):
     dest = target / "tokenizer.model"
     if not dest.is_file() or dest.stat().st_size != model_file.stat().st_size:
         shutil.copyfile(model_file, dest)
-    return AutoTokenizer.from_pretrained(str(target))
+    return AutoTokenizer.from_pretrained(str(target), local_files_only=True)
 
 
 def _tekken_tokenizer(path: Path):
@@ -160,7 +160,7 @@ def _gguf_tokenizer(directory: Path, filename: str):
     from transformers import AutoTokenizer
 
     _require("gguf", "loading a GGUF tokenizer")
-    return AutoTokenizer.from_pretrained(str(directory), gguf_file=filename)
+    return AutoTokenizer.from_pretrained(str(directory), gguf_file=filename, local_files_only=True)
 
 
 def _gemma3_tokenizer():
@@ -181,25 +181,12 @@ def _gemma3_tokenizer():
 
 
 def _cached_build(tag: str, source: Path, build):
-    """Build a tokenizer once and keep its saved form in the cache directory: conversions from
-    tiktoken ranks, Tekken JSON or GGUF take seconds, reloading ``tokenizer.json`` does not.
-    The cache entry is keyed by the source file's size and mtime and the transformers version."""
-    import transformers
-    from transformers import AutoTokenizer
+    """Build a tokenizer once and keep its saved form in the user cache: conversions from tiktoken
+    ranks, Tekken JSON or GGUF take seconds, reloading ``tokenizer.json`` does not (keyed by the
+    source file's identity and the transformers version: :mod:`.tokenizer_cache`)."""
+    from .tokenizer_cache import cached_tokenizer
 
-    stat = source.stat()
-    key = f"{tag}-{stat.st_size}-{int(stat.st_mtime)}-tf{transformers.__version__}"
-    target = _cache_dir() / "tokenizers" / key
-    if (target / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(str(target))
-    tok = build()
-    tmp = target.with_name(f"{key}.tmp{os.getpid()}")
-    tok.save_pretrained(str(tmp))
-    try:
-        tmp.replace(target)
-    except OSError:  # another process won the race: theirs is identical
-        shutil.rmtree(tmp, ignore_errors=True)
-    return tok
+    return cached_tokenizer(source, build, tag=tag)
 
 
 @functools.lru_cache(maxsize=None)
@@ -210,7 +197,6 @@ def load_tokenizer(name: str):
     (or a library needed to read it) is missing, ``ValueError`` for an unknown name.
     """
     require("transformers", "load_tokenizer")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if name == "mistral-v1":
         return _spm_tokenizer(package_file("mistral_common", "data/tokenizer.model.v1", pip_name="mistral-common"), "v1")
     if name == "mistral-v3":

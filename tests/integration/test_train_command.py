@@ -244,3 +244,63 @@ def test_collator_errors_name_the_dataset_row(assets, tmp_path):
     Dataset.from_list(rows).save_to_disk(str(tmp_path / "bad"))
     with pytest.raises(ValueError, match=r"row 7: teacher_ids contains id"):
         run_training(*_parsed(assets, tmp_path / "out", data=str(tmp_path / "bad"), max_steps=6, seed=1))
+
+
+# ------------------------------------------------------------------ resume that extends a finished run
+def _train_cli(capsys, config_file, *flags):
+    capsys.readouterr()
+    code = main(["train", str(config_file), *[str(f) for f in flags]])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-2000:]
+    return captured.out.strip().splitlines()[-1]
+
+
+def _checkpoints(out):
+    return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+
+
+def test_a_finished_run_trains_further_with_a_larger_max_steps(assets, tmp_path, capsys):
+    """A finished run resumed with the same --max_steps used to train one step past it (24 rows,
+    6 steps per epoch: step 4 is mid-epoch) and one resumed with a larger one was refused."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(_config(assets, out, max_steps=4)))
+    assert _train_cli(capsys, tmp_path / "run.yaml").startswith("train: 4 steps, mean training loss")
+    line = _train_cli(capsys, tmp_path / "run.yaml", "--resume_from_checkpoint", "latest")
+    assert line.startswith("train: already complete at step 4") and "0.0000" not in line
+    assert _checkpoints(out) == [2, 4]
+    with log_lines([]) as messages:
+        line = _train_cli(capsys, tmp_path / "run.yaml", "--max_steps", 8, "--resume_from_checkpoint", "latest")
+    assert line.startswith("train: resumed at step 4, 4 steps more to step 8, mean training loss")
+    loss = float(line.split("mean training loss ")[1].split(";")[0])
+    assert loss > 0.5  # the mean of steps 5-8, not a 0 over no step
+    assert any("max_steps 4 -> 8" in m for m in messages), messages
+    assert _checkpoints(out) == [2, 4, 6, 8]
+    state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8 and [h["step"] for h in state["log_history"] if "loss" in h] == list(range(1, 9))
+    assert json.loads((out / "fusekernels_train.json").read_text())["training"]["max_steps"] == 8
+    final, last = load_file(out / "model.safetensors"), load_file(out / "checkpoint-8" / "model.safetensors")
+    assert all(final[k].equal(last[k]) for k in last)
+    # the new length is the run's own now: the same command again, or a smaller target, trains nothing
+    for steps in (8, 6):
+        line = _train_cli(capsys, tmp_path / "run.yaml", "--max_steps", steps, "--resume_from_checkpoint", "latest")
+        assert line.startswith("train: already complete at step 8"), line
+    assert _checkpoints(out) == [2, 4, 6, 8]
+    # options that shape the weights are still refused
+    code, lines, _ = _cli(capsys, tmp_path / "run.yaml", "--max_steps", 10, "--lam", 0.5,
+                          "--resume_from_checkpoint", "latest")
+    assert code == 2 and "cannot resume" in lines[0] and "lam" in lines[0]
+
+
+def test_a_finished_epoch_run_trains_further_with_more_epochs(assets, tmp_path, capsys):
+    """At an epoch boundary the Trainer trains nothing and used to print a mean loss of 0.0000."""
+    out = tmp_path / "out"
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(_config(assets, out, max_steps=-1, num_train_epochs=1,
+                                                              save_steps=3)))
+    assert _train_cli(capsys, tmp_path / "run.yaml").startswith("train: 6 steps")
+    line = _train_cli(capsys, tmp_path / "run.yaml", "--resume_from_checkpoint", "latest")
+    assert line.startswith("train: already complete at step 6") and "0.0000" not in line
+    line = _train_cli(capsys, tmp_path / "run.yaml", "--num_train_epochs", 2, "--resume_from_checkpoint", "latest")
+    assert line.startswith("train: resumed at step 6, 6 steps more to step 12"), line
+    assert _checkpoints(out) == [3, 6, 9, 12]

@@ -90,8 +90,8 @@ def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, b
             only that column next to the extraction columns.
         max_length: truncation length (required: it is part of the key).
         cache: ``True`` (the user cache folder), a folder, or ``False`` (no cache, plain extraction).
-        name: the teacher's name in the log lines (``fusekernels.pipeline.cache`` logger, info level)
-            that say when an entry is reused, resumed or written.
+        name: the teacher's name in the progress bars and the log lines (``fusekernels.pipeline.cache``
+            logger, info level) that say when an entry is reused, resumed or written.
         start_tokens: "model" (default) or "published", see :func:`extract_teacher_topk`.
     """
     from .extract import extract_teacher_topk, load_extracted
@@ -100,14 +100,17 @@ def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, b
         raise ValueError(f"dataset has no column {text_column!r} (columns: {dataset.column_names})")
     if not isinstance(max_length, int) or max_length < 1:
         raise ValueError(f"max_length must be an int >= 1, got {max_length!r}")
-    label = name or (Path(model).name if isinstance(model, (str, os.PathLike)) else type(model).__name__)
+    from .extract import model_name
+
+    label = name or model_name(model) or type(model).__name__
     if isinstance(model, (str, os.PathLike)):
         from .io import resolve_model
 
         model = resolve_model(model)  # a Hub model id becomes its snapshot folder (keyed by its files)
     texts = dataset.select_columns([text_column])
     run = dict(k=k, batch_size=batch_size, max_length=max_length, text_column=text_column,
-               logits_dtype=logits_dtype, per_token_ce=per_token_ce, progress=progress, start_tokens=start_tokens)
+               logits_dtype=logits_dtype, per_token_ce=per_token_ce, progress=progress, start_tokens=start_tokens,
+               name=label)
     if cache is False or cache is None:
         return extract_teacher_topk(_load(model, load_kwargs), tokenizer, texts, **run), CacheInfo("disabled", None, None)
 

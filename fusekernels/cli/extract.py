@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..pipeline import defaults
 from .common import check_out, command_parser, torch_dtype
 from .data_options import data_option
 from .options import add_options, from_namespace
@@ -31,7 +32,8 @@ class ExtractArguments:
     batch_size: int = data_option("batch_size")
     max_length: int | None = field(default=None, metadata={
         "min": 1, "help": "truncation length in text tokens (default: the tokenizer's; prepare uses --block-size)"})
-    shard_size: int = field(default=1024, metadata={"min": 1, "help": "sequences per output shard"})
+    shard_size: int = field(default=defaults.SHARD_SIZE, metadata={
+        "min": 1, "help": "sequences per output shard (texts are batched by length within a shard, as prepare does)"})
     per_token_ce: bool = data_option("per_token_ce")
     start_tokens: str = data_option("start_tokens")
     logits_dtype: str = data_option("logits_dtype")

@@ -34,10 +34,13 @@ from fusekernels.fingerprint import (file_fingerprint, json_fingerprint, model_f
                                      tokenizer_fingerprint)
 from fusekernels.storage import DamagedFileError, atomic_write_json, cache_dir, ensure_folder, locked
 
+from . import defaults
+
+
 CACHE_FORMAT = 2  # 2: shards carry content checksums
 logger = logging.getLogger(__name__)
 KEY_NAME = "cache_key.json"
-SHARD_SIZE = 256  # rows per resumable shard of an entry being written
+SHARD_SIZE = defaults.SHARD_SIZE  # rows per resumable shard (and length-grouping window) of an entry
 _UNUSED_FLAGS = ("add_bos_token", "add_eos_token", "padding_side", "chat_template")
 
 
@@ -112,7 +115,9 @@ def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, b
                logits_dtype=logits_dtype, per_token_ce=per_token_ce, progress=progress, start_tokens=start_tokens,
                name=label)
     if cache is False or cache is None:
-        return extract_teacher_topk(_load(model, load_kwargs), tokenizer, texts, **run), CacheInfo("disabled", None, None)
+        # the same shards as a cached run: texts are batched by length within a shard
+        return (extract_teacher_topk(_load(model, load_kwargs), tokenizer, texts, shard_size=SHARD_SIZE, **run),
+                CacheInfo("disabled", None, None))
 
     key = extraction_key(model, tokenizer, texts[text_column], k=k, max_length=max_length, logits_dtype=logits_dtype,
                          per_token_ce=per_token_ce, load_kwargs=load_kwargs, start_tokens=start_tokens)

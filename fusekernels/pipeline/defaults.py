@@ -10,6 +10,7 @@ from __future__ import annotations
 
 K = 10  # top-k entries kept per position
 BATCH_SIZE = 8  # texts per teacher forward pass (part of the output: padding changes the logits' low bits)
+SHARD_SIZE = 256  # texts per extraction shard: texts are grouped by length into batches within a shard
 SPLIT_MARGIN = 48  # tokens kept free below the block size when long documents are split (published value)
 METHOD = "byte_span"  # token alignment mode
 FALLBACK = "absent"  # positions a teacher cannot serve: left out (published: one-hot / base distribution)

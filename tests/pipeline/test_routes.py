@@ -57,19 +57,20 @@ def workspace(tmp_path_factory):
     return root
 
 
-def _prepare(w, out, *flags):
+def _prepare(w, out, *flags, docs="docs.jsonl"):
     base = ["--base-model", w / "student"] if "--base-teacher" in flags else []
-    assert _run("prepare", "--data", w / "docs.jsonl", "--student-tokenizer", w / "student", "--teacher",
-                w / "chars", "--teacher", w / "bos_chars", "--block-size", BLOCK, "--no-cache", *base, *flags,
+    cache = [] if "--cache-dir" in flags else ["--no-cache"]
+    assert _run("prepare", "--data", w / docs, "--student-tokenizer", w / "student", "--teacher",
+                w / "chars", "--teacher", w / "bos_chars", "--block-size", BLOCK, *cache, *base, *flags,
                 "--out", out) == 0
     return datasets.load_from_disk(str(out))
 
 
-def _steps(w, out, *flags):
+def _steps(w, out, *flags, docs="docs.jsonl"):
     """The same run as :func:`_prepare`, one command per step; ``flags`` go to the commands that take them."""
     extract_flags = [f for f in flags if f in ("--start-tokens", "model", "published", "--no-per-token-ce")]
     align_flags = [f for f in flags if f == "--base-teacher"]
-    assert _run("split", "--data", w / "docs.jsonl", "--tokenizer", w / "student", w / "chars", w / "bos_chars",
+    assert _run("split", "--data", w / docs, "--tokenizer", w / "student", w / "chars", w / "bos_chars",
                 "--block-size", BLOCK, "--out", out / "split") == 0
     models = ["chars", "bos_chars"] + (["student"] if align_flags else [])
     for name in models:
@@ -101,6 +102,19 @@ def test_both_routes_build_the_same_dataset(workspace, tmp_path, flags):
     stepped = _steps(workspace, tmp_path, *flags)
     _assert_same(prepared, stepped)
     ROUTES[flags] = prepared
+
+
+def test_cached_prepare_matches_the_steps_over_several_shards(workspace, tmp_path):
+    """prepare through its cache (entries written in shards) against the steps, with more texts
+    than one extraction shard."""
+    from fusekernels.pipeline import defaults
+
+    with open(workspace / "many.jsonl", "w") as fh:
+        fh.writelines(json.dumps({"text": f"{i}: {text}"}) + "\n" for i, text in enumerate(TEXTS * 12))
+    prepared = _prepare(workspace, tmp_path / "prepared", "--cache-dir", tmp_path / "cache", docs="many.jsonl")
+    stepped = _steps(workspace, tmp_path, docs="many.jsonl")
+    assert len(datasets.load_from_disk(str(tmp_path / "split"))) > defaults.SHARD_SIZE
+    _assert_same(prepared, stepped)
 
 
 def test_non_default_flags_change_the_data_the_same_way(workspace):

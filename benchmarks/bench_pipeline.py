@@ -175,7 +175,8 @@ _API_RUN = textwrap.dedent("""
         shutil.rmtree(cache_dir("datasets"))  # never reuse an alignment result
         start = time.perf_counter()
         base, teacher = datasets.load_from_disk(sys.argv[1]), datasets.load_from_disk(sys.argv[2])
-        out = align_teachers(base, [teacher], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok])
+        out = align_teachers(base, [teacher], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok],
+                             include_base_teacher=True, fallback="published")
         times.append(time.perf_counter() - start)
     print("TIMES", *times)
 """)
@@ -303,7 +304,8 @@ def test_alignment_end_to_end(tmp_path, length):
             shutil.rmtree(cache / "datasets", ignore_errors=True)
             base_rows = datasets.load_from_disk(str(tmp_path / "base"))
             teacher_rows = datasets.load_from_disk(str(tmp_path / "teacher"))
-            align_teachers(base_rows, [teacher_rows], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok])
+            align_teachers(base_rows, [teacher_rows], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok],
+                           include_base_teacher=True, fallback="published")
 
         api_warm = tokens / _best(api)
 

@@ -59,7 +59,8 @@ def test_pipeline_end_to_end(workspace):
                 w / "student", "--teacher", w / "teacher_topk", "--teacher-tokenizer", w / "teacher",
                 "--method", "compat_soft", "--vocab-map", w / "map.npz", "--out", w / "aligned_soft") == 0
     assert _run("align", "--base", w / "student_topk", "--base-tokenizer", w / "student", "--teacher",
-                w / "teacher_topk", "--teacher-tokenizer", w / "teacher", "--out", w / "aligned") == 0
+                w / "teacher_topk", "--teacher-tokenizer", w / "teacher", "--base-teacher", "--fallback", "published",
+                "--out", w / "aligned") == 0
     assert _run("pack", "--data", w / "aligned", "--block-size", 32, "--out", w / "packed") == 0
     import datasets
 

@@ -102,7 +102,8 @@ def test_every_command_takes_a_config_file_that_flags_override(command, tmp_path
 
 def test_repeatable_options_from_a_file_are_replaced_by_flags(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps({"base": "b", "base_tokenizer": "t", "out": "o",
-                                                 "teacher": ["t1", "t2"], "teacher_tokenizer": ["k1", "k2"]}))
+                                                 "teacher": ["t1", "t2"], "teacher_tokenizer": ["k1", "k2"],
+                                                 "base_teacher": True}))
     _, args = parse_args(["align", str(tmp_path / "a.json")])
     assert args.teacher == ["t1", "t2"] and args.base_teacher is True
     _, args = parse_args(["align", str(tmp_path / "a.json"), "--teacher", "x", "--no-base-teacher"])

@@ -6,22 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .common import UserError, check_out, command_parser, save_dataset
+from .data_options import data_option
 from .options import add_options, from_namespace
 
 HELP = "Align teachers' top-k to the base tokenization and stack them."
 logger = logging.getLogger(__name__)
-
-
-def alignment_modes():
-    from ..tokenization.registry import ALIGNMENT_MODES
-
-    return ALIGNMENT_MODES
-
-
-def fallbacks():
-    from ..pipeline.align_step import FALLBACKS
-
-    return FALLBACKS
 
 
 def _checks():
@@ -38,28 +27,23 @@ def _bad_row_policies():
 
 @dataclass(kw_only=True)
 class AlignArguments:
-    base: str = field(metadata={"help": "base extraction folder (or texts with --no-base-teacher)"})
+    base: str = field(metadata={"help": "the base (student) tokenization: texts (split output, with --max-length) "
+                                        "or an extract output of the base model (needed with --base-teacher)"})
     base_tokenizer: str = field(metadata={"help": "base (target) tokenizer"})
     teacher: list[str] = field(default_factory=list, metadata={
         "action": "append", "help": "blending extraction folder (repeatable)"})
     teacher_tokenizer: list[str] = field(default_factory=list, metadata={
         "action": "append", "help": "its tokenizer (repeatable, same order)"})
-    method: str = field(default="byte_span", metadata={
-        "choices": alignment_modes,
-        "help": "byte-span alignment, or the published DTW alignment (hard / soft vocabulary match), or a "
-                "registered alignment mode"})
-    fallback: str = field(default="published", metadata={
-        "choices": fallbacks,
-        "help": "published: unaligned positions get the one-hot on the current token and empty aligned lists the "
-                "base model's distribution (needs the base teacher with compat_hard); absent: the teacher is left "
-                "out there"})
+    method: str = data_option("method")
+    fallback: str = data_option("fallback")
     vocab_map: list[str] | None = field(default=None, metadata={
         "action": "append", "help": "soft-mode map per teacher (.json or .npz)"})
-    base_teacher: bool = field(default=True, metadata={
-        "help": "the base model's own top-k is teacher 0",
-        "negate_help": "the base model's own top-k is not a teacher"})
-    max_length: int | None = field(default=None, metadata={"min": 1,
-                                                            "help": "tokenize raw base texts to this length"})
+    base_teacher: bool = data_option("base_teacher", help=(
+        "the base model's own top-k is teacher 0, as in FuseLLM's continual training (--base: its extract "
+        "output)"))
+    logits_dtype: str = data_option("logits_dtype")
+    max_length: int | None = field(default=None, metadata={
+        "min": 1, "help": "tokenize raw base texts to this length (as extract's --max-length; prepare: --block-size)"})
     check: str = field(default="prefix", metadata={
         "choices": _checks,
         "help": "how a base row and a teacher row are verified to cover the same text: equal byte lengths, equal "
@@ -91,7 +75,8 @@ def run(args) -> None:
     base = load_rows(a.base)
     if "input_ids" not in base.column_names:
         if a.base_teacher:
-            raise UserError(f"{a.base} has no top-k columns; extract the base model first or pass --no-base-teacher")
+            raise UserError(f"--base {a.base} has no top-k columns: --base-teacher needs the base model's extract "
+                            "output there (or leave out --base-teacher)")
         if a.max_length is None:
             raise UserError("--base holds raw texts: pass --max-length to tokenize them")
         from ..pipeline.extract import tokenize_texts
@@ -105,7 +90,7 @@ def run(args) -> None:
             raise UserError(f"{len(a.vocab_map)} --vocab-map for {len(teacher_toks)} teachers")
     out, skipped = align_teachers(base, [load_rows(p) for p in a.teacher], base_tokenizer=base_tok,
                                   teacher_tokenizers=teacher_toks, method=a.method, include_base_teacher=a.base_teacher,
-                                  fallback=a.fallback, vocab_maps=maps, text_column=a.text_column,
+                                  fallback=a.fallback, vocab_maps=maps, text_column=a.text_column, logits_dtype=a.logits_dtype,
                                   num_proc=a.num_proc, check=a.check, on_bad_row=a.on_bad_row, return_skipped=True)
     if skipped:
         rows = ", ".join(str(r) for r, _ in skipped[:10]) + (", ..." if len(skipped) > 10 else "")

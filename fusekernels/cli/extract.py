@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..pipeline import defaults
 from .common import check_out, command_parser, torch_dtype
+from .data_options import data_option
 from .options import add_options, from_namespace
 
 HELP = "Top-k logits and per-sequence CE metric of one model, resumable."
@@ -13,12 +15,6 @@ def _precisions():
     from ..loss.registry import PRECISIONS
 
     return PRECISIONS.names()
-
-
-def _logits_dtypes():
-    from ..tokenization.dataset import LOGITS_DTYPES
-
-    return LOGITS_DTYPES
 
 
 def _model_dtypes():
@@ -33,14 +29,15 @@ class ExtractArguments:
                                          "fusekernels assets) or Hub model id"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer (default: the model's)"})
     data: str = field(metadata={"help": "texts (file or saved dataset)"})
-    k: int = field(default=10, metadata={"min": 1, "help": "top-k logits stored per position"})
-    batch_size: int = field(default=8, metadata={"min": 1, "help": "sequences per forward pass"})
-    max_length: int | None = field(default=None, metadata={"min": 1,
-                                                            "help": "truncation length (default: the tokenizer's)"})
-    shard_size: int = field(default=1024, metadata={"min": 1, "help": "sequences per output shard"})
-    per_token_ce: bool = field(default=False, metadata={"help": "also store the per-token CE metric"})
-    logits_dtype: str = field(default="float16", metadata={"choices": _logits_dtypes,
-                                                           "help": "storage dtype of the top-k logits"})
+    k: int = data_option("k")
+    batch_size: int = data_option("batch_size")
+    max_length: int | None = field(default=None, metadata={
+        "min": 1, "help": "truncation length in text tokens (default: the tokenizer's; prepare uses --block-size)"})
+    shard_size: int = field(default=defaults.SHARD_SIZE, metadata={
+        "min": 1, "help": "sequences per output shard (texts are batched by length within a shard, as prepare does)"})
+    per_token_ce: bool = data_option("per_token_ce")
+    start_tokens: str = data_option("start_tokens")
+    logits_dtype: str = data_option("logits_dtype")
     device: str | None = field(default=None, metadata={"help": "e.g. cuda, cpu (default: CUDA when available, "
                                                                 "else CPU)"})
     dtype: str | None = field(default=None, metadata={"choices": _model_dtypes,
@@ -61,7 +58,7 @@ def build_parser():
 def run(args) -> None:
     import numpy as np
 
-    from ..pipeline.extract import META_NAME, extract_teacher_topk, padding_fraction
+    from ..pipeline.extract import META_NAME, extract_teacher_topk, model_name, padding_fraction
     from ..pipeline.io import load_model, load_rows, load_tokenizer, model_tokenizer, resolve_model
     from ..tokenization.batch import arrow_lists
 
@@ -73,7 +70,8 @@ def run(args) -> None:
     model = load_model(model_path, **({"dtype": torch_dtype(a.dtype)} if a.dtype else {}))
     out = extract_teacher_topk(model, tokenizer, data, k=a.k, batch_size=a.batch_size, max_length=a.max_length,
                                text_column=a.text_column, per_token_ce=a.per_token_ce, logits_dtype=a.logits_dtype,
-                               output_dir=a.out, shard_size=a.shard_size, device=a.device, precision=a.precision)
+                               output_dir=a.out, shard_size=a.shard_size, device=a.device, precision=a.precision,
+                               start_tokens=a.start_tokens, name=model_name(a.model))
     lengths = np.diff(arrow_lists(out.with_format("arrow")["input_ids"])[1])
     padding = [padding_fraction(lengths.tolist(), batch_size=a.batch_size, shard_size=a.shard_size, grouped=g)
                for g in (False, True)]

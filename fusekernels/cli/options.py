@@ -14,14 +14,15 @@ default come from the annotation and the field, and its ``metadata`` may add (th
   the command line although the dataclass has a default; ``action="append"``: a repeatable flag
   (``--teacher a --teacher b``) instead of one flag taking several values (``--sources a b``);
 - ``negate``: the flag that sets a ``True``-by-default bool to False (default ``--no-field-name``);
+  ``negate_help``: its help text (given, it adds that flag to a ``False``-by-default bool too);
 - ``parse``: the option takes one or more string tokens and ``parse(tokens)`` makes the field's
   value (e.g. merge settings: a number, a gradient or per-parameter filters).
 
 ``help`` (and ``choices``) may also be a function, called when the parser is built.
 
 Bools take an optional value (``--keep-tail``, ``--keep-tail false``); a bool that defaults to
-True also gets ``--no-<name>``; a ``bool | str`` field takes true / false or a string (e.g.
-``--cache FOLDER``). ``list[X]`` fields take one or more values.
+True (or has a ``negate_help``) also gets ``--no-<name>``; a ``bool | str`` field takes true /
+false or a string (e.g. ``--cache FOLDER``). ``list[X]`` fields take one or more values.
 
 :func:`parse` reads a command's arguments: an optional YAML / JSON config file first, whose keys
 are field names (``block_size`` or ``block-size``), then flags, which override the file::
@@ -158,7 +159,7 @@ def add_options(parser: argparse.ArgumentParser, cls, *, title: str | None = Non
             convert, metavar = (str_to_bool, "BOOL") if annotation is bool else (bool_or_str, "BOOL|VALUE")
             target.add_argument(*names, type=meta.get("type", convert), nargs="?", const=True,
                                 **{"metavar": metavar, **kwargs})
-            if default is True:
+            if default is True or "negate_help" in meta:  # (a False default keeps its --no-x if it names one)
                 target.add_argument(meta.get("negate", f"--no-{dashed}"), dest=f.name, action="store_false",
                                     help=meta.get("negate_help", f"set {names[0]} to false"))
             continue

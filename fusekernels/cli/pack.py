@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .common import UserError, check_out, command_parser, save_dataset
+from .data_options import data_option
 from .options import add_options, from_namespace
 
 HELP = "Pack aligned sequences into fixed-length training blocks."
@@ -15,12 +16,6 @@ def _metric_levels():
     return METRIC_LEVELS
 
 
-def _logits_dtypes():
-    from ..tokenization.dataset import LOGITS_DTYPES
-
-    return LOGITS_DTYPES
-
-
 @dataclass(kw_only=True)
 class PackArguments:
     data: str = field(metadata={"help": "align output folder"})
@@ -28,8 +23,7 @@ class PackArguments:
     keep_tail: bool = field(default=False, metadata={"help": "keep the last, shorter block of each map batch"})
     metric_level: str = field(default="sequence", metadata={"choices": _metric_levels,
                                                             "help": "CE metric per block (sequence) or per token"})
-    logits_dtype: str = field(default="float16", metadata={"choices": _logits_dtypes,
-                                                           "help": "storage dtype of the top-k logits"})
+    logits_dtype: str = data_option("logits_dtype")
     out: str = field(metadata={"help": "output dataset folder"})
     num_proc: int | None = field(default=None, metadata={"min": 1,
                                                           "help": "worker processes for datasets.map"})

@@ -3,18 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .align import alignment_modes, fallbacks
 from .common import UserError, command_parser, save_dataset
+from .data_options import data_option
 from .options import add_options, from_namespace
 
 HELP = ("Texts -> split -> extract every teacher (disk cache) -> align to the student -> pack, in one command "
         "(build_fusion_dataset).")
-
-
-def _logits_dtypes():
-    from ..tokenization.dataset import LOGITS_DTYPES
-
-    return LOGITS_DTYPES
 
 
 @dataclass(kw_only=True)
@@ -27,17 +21,22 @@ class PrepareArguments:
     teacher_tokenizer: list[str] = field(default_factory=list, metadata={
         "action": "append", "help": "its tokenizer (repeatable, same order; default: the teacher's own)"})
     base_model: str | None = field(default=None, metadata={
-        "help": "the student model itself (path, bundled model name or Hub model id), to fuse its own distribution "
-                "too (FuseLLM)"})
-    block_size: int = field(default=2048, metadata={"min": 1, "help": "training block length"})
-    k: int = field(default=10, metadata={"min": 1, "help": "top-k entries kept per position"})
-    batch_size: int = field(default=8, metadata={"min": 1, "help": "texts per teacher forward pass"})
-    method: str = field(default="byte_span", metadata={"choices": alignment_modes, "help": "token alignment"})
-    fallback: str = field(default="absent", metadata={"choices": fallbacks,
-                                                      "help": "positions a teacher cannot serve"})
-    logits_dtype: str = field(default="float16", metadata={
-        "choices": _logits_dtypes,
-        "help": "storage dtype of the teacher logits (float32 for teachers beyond the float16 range)"})
+        "help": "the student model itself (path, bundled model name or Hub model id): the base teacher's model "
+                "(with --base-teacher)"})
+    base_teacher: bool = data_option("base_teacher", help=(
+        "the base (student) model's own top-k, from --base-model, is teacher 0, as in FuseLLM's continual "
+        "training"))
+    block_size: int = field(default=2048, metadata={
+        "min": 1, "help": "training block length; also the split length and the extraction length (the step "
+                          "route's split --block-size, extract / align --max-length and pack --block-size)"})
+    margin: int = data_option("margin")
+    k: int = data_option("k")
+    batch_size: int = data_option("batch_size")
+    method: str = data_option("method")
+    fallback: str = data_option("fallback")
+    start_tokens: str = data_option("start_tokens")
+    per_token_ce: bool = data_option("per_token_ce")
+    logits_dtype: str = data_option("logits_dtype")
     cache_dir: str | None = field(default=None, metadata={
         "help": "teacher-output cache folder (default: the user cache folder)"})
     cache: bool = field(default=True, metadata={"help": "use the teacher-output cache",
@@ -76,6 +75,11 @@ def run(args) -> None:
     if a.chat_template is not None and len(a.chat_template) != len(a.teacher):
         raise UserError(f"{len(a.teacher)} --teacher but {len(a.chat_template)} --chat-template "
                         "(one per teacher; '-' for the tokenizer's own)")
+    if a.base_teacher and a.base_model is None:
+        raise UserError("--base-teacher needs --base-model (the student model whose own top-k is teacher 0)")
+    if a.base_model is not None and not a.base_teacher:
+        raise UserError("--base-model is the base teacher's model: add --base-teacher to fuse its own top-k "
+                        "(off by default, as in align)")
     templates = [read_chat_template(t, arg="--chat-template") for t in a.chat_template or []] or None
     student_template = read_chat_template(a.student_chat_template, arg="--student-chat-template")
     check_output_dir(a.out, inputs=[a.data, *a.teacher], arg="--out")
@@ -94,10 +98,11 @@ def run(args) -> None:
     teachers = [(model, load_tokenizer(tok)) for model, tok in zip(a.teacher, tokenizers)]
     packed, report = build_fusion_dataset(
         data, load_tokenizer(a.student_tokenizer), teachers, block_size=a.block_size, k=a.k,
-        base_model=a.base_model, method=a.method, fallback=a.fallback, text_column=a.text_column,
-        batch_size=a.batch_size, logits_dtype=a.logits_dtype, cache=(a.cache_dir or True) if a.cache else False, num_proc=a.num_proc,
-        return_report=True, messages_column=a.messages_column, chat_templates=templates,
-        student_chat_template=student_template)
+        split_margin=a.margin, base_model=a.base_model if a.base_teacher else None, method=a.method,
+        fallback=a.fallback, text_column=a.text_column, batch_size=a.batch_size, logits_dtype=a.logits_dtype,
+        cache=(a.cache_dir or True) if a.cache else False, num_proc=a.num_proc, return_report=True,
+        messages_column=a.messages_column, chat_templates=templates, student_chat_template=student_template,
+        start_tokens=a.start_tokens, chunks=a.per_token_ce)
     save_dataset(packed, a.out)
     coverage = ", ".join(f"{t['name']} {t['coverage']:.1%} ({t['cache']})" for t in report.teachers)
     kind = (f"chat run, {report.texts} conversations -> {report.blocks} blocks of {a.block_size} tokens "

@@ -5,6 +5,7 @@ import logging
 from dataclasses import dataclass, field
 
 from .common import check_out, command_parser, save_dataset
+from .data_options import data_option
 from .options import add_options, from_namespace
 
 HELP = "Split documents too long for any tokenizer into windows that fit every one."
@@ -16,9 +17,9 @@ class SplitArguments:
     data: str = field(metadata={"help": "texts: .jsonl/.json/.parquet/.csv/.txt file or saved dataset"})
     tokenizer: list[str] = field(metadata={"help": "every model's tokenizer (folder, .gguf, .model or packaged name)"})
     block_size: int = field(metadata={"min": 1,
-                                      "help": "model context length; texts longer than block size - margin tokens "
-                                              "are cut"})
-    margin: int = field(default=48, metadata={"help": "tokens kept free below the block size"})
+                                      "help": "model context length (prepare: --block-size); texts longer than "
+                                              "block size - margin tokens are cut"})
+    margin: int = data_option("margin")
     out: str = field(metadata={"help": "output dataset folder"})
     text_column: str = field(default="text", metadata={"help": "column holding the text"})
     num_proc: int | None = field(default=None, metadata={"min": 1,

@@ -61,6 +61,7 @@ import numpy as np
 from .._optional import require
 from ..tokenization.dataset import LOGITS_DTYPES
 from ..tokenization.registry import ALIGNMENT_MODES
+from . import defaults
 from .extract import FLOAT16_MAX
 
 FALLBACKS = ("published", "absent")
@@ -82,12 +83,16 @@ class AlignmentStats:
 
 
 def align_teachers(base, teachers: Sequence, *, base_tokenizer, teacher_tokenizers: Sequence,
-                   method: str = "byte_span", include_base_teacher: bool = True, fallback: str = "published",
+                   method: str = defaults.METHOD, include_base_teacher: bool = defaults.BASE_TEACHER,
+                   fallback: str = defaults.FALLBACK,
                    vocab_maps: Sequence | None = None, k: int | None = None, text_column: str | None = "text",
-                   logits_dtype: str = "float16", batch_size: int = 64, num_proc: int | None = None,
+                   logits_dtype: str = defaults.LOGITS_DTYPE, batch_size: int = 64, num_proc: int | None = None,
                    check: str = "prefix", on_bad_row: str = "error", return_skipped: bool = False,
                    chunks: bool | None = None, bad_row_hint: str | None = None):
     """Align and stack teachers (see module docstring). Returns a ``datasets.Dataset``.
+
+    Defaults (:mod:`fusekernels.pipeline.defaults`): no base teacher, ``fallback="absent"``, as
+    :func:`~fusekernels.pipeline.api.build_fusion_dataset` and the command line.
 
     ``check`` is how the aligners verify that a base row and a teacher row cover the same text
     (see :func:`fusekernels.tokenization.check_same_text`): ``"prefix"`` by default because

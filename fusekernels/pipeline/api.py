@@ -23,6 +23,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
+from . import defaults
+
 
 @dataclass
 class FusionDataReport:
@@ -48,16 +50,20 @@ class FusionDataReport:
         return asdict(self)
 
 
-def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_size: int = 2048, k: int = 10,
-                         split_margin: int = 48, base_model=None, method: str = "byte_span", fallback: str = "absent",
-                         text_column: str = "text", batch_size: int = 8, logits_dtype: str = "float16",
+def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_size: int = 2048, k: int = defaults.K,
+                         split_margin: int = defaults.SPLIT_MARGIN, base_model=None, method: str = defaults.METHOD,
+                         fallback: str = defaults.FALLBACK, text_column: str = "text",
+                         batch_size: int = defaults.BATCH_SIZE, logits_dtype: str = defaults.LOGITS_DTYPE,
                          load_kwargs: dict | None = None, cache: bool | str | os.PathLike = True,
                          teacher_names: Sequence[str] | None = None, num_proc: int | None = None,
                          progress: bool = True,
                          return_report: bool = False, messages_column: str = "messages",
                          chat_templates: Sequence[str | None] | None = None, student_chat_template: str | None = None,
-                         start_tokens: str = "model", chunks: bool = True):
+                         start_tokens: str = defaults.START_TOKENS, chunks: bool = defaults.PER_TOKEN_CE):
     """Build a packed FuseLLM training dataset from raw texts (see module docstring).
+
+    The defaults are those of :mod:`fusekernels.pipeline.defaults`, shared with the command line
+    (``fusekernels prepare`` and the step-by-step route give the same dataset).
 
     Args:
         texts: a list of str, or a ``datasets.Dataset`` with the string column ``text_column``.

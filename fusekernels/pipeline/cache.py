@@ -34,10 +34,13 @@ from fusekernels.fingerprint import (file_fingerprint, json_fingerprint, model_f
                                      tokenizer_fingerprint)
 from fusekernels.storage import DamagedFileError, atomic_write_json, cache_dir, ensure_folder, locked
 
+from . import defaults
+
+
 CACHE_FORMAT = 2  # 2: shards carry content checksums
 logger = logging.getLogger(__name__)
 KEY_NAME = "cache_key.json"
-SHARD_SIZE = 256  # rows per resumable shard of an entry being written
+SHARD_SIZE = defaults.SHARD_SIZE  # rows per resumable shard (and length-grouping window) of an entry
 _UNUSED_FLAGS = ("add_bos_token", "add_eos_token", "padding_side", "chat_template")
 
 
@@ -91,8 +94,8 @@ def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, b
             only that column next to the extraction columns.
         max_length: truncation length (required: it is part of the key).
         cache: ``True`` (the user cache folder), a folder, or ``False`` (no cache, plain extraction).
-        name: the teacher's name in the log lines (``fusekernels.pipeline.cache`` logger, info level)
-            that say when an entry is reused, resumed or written.
+        name: the teacher's name in the progress bars and the log lines (``fusekernels.pipeline.cache``
+            logger, info level) that say when an entry is reused, resumed or written.
         start_tokens: "model" (default) or "published", see :func:`extract_teacher_topk`.
     """
     from .extract import extract_teacher_topk, load_extracted
@@ -101,16 +104,21 @@ def cached_extract(model, tokenizer, dataset, *, k: int = 10, max_length: int, b
         raise ValueError(f"dataset has no column {text_column!r} (columns: {dataset.column_names})")
     if not isinstance(max_length, int) or max_length < 1:
         raise ValueError(f"max_length must be an int >= 1, got {max_length!r}")
-    label = name or (Path(model).name if isinstance(model, (str, os.PathLike)) else type(model).__name__)
+    from .extract import model_name
+
+    label = name or model_name(model) or type(model).__name__
     if isinstance(model, (str, os.PathLike)):
         from .io import resolve_model
 
         model = resolve_model(model)  # a name or Hub id becomes its local file / folder (keyed by its files)
     texts = dataset.select_columns([text_column])
     run = dict(k=k, batch_size=batch_size, max_length=max_length, text_column=text_column,
-               logits_dtype=logits_dtype, per_token_ce=per_token_ce, progress=progress, start_tokens=start_tokens)
+               logits_dtype=logits_dtype, per_token_ce=per_token_ce, progress=progress, start_tokens=start_tokens,
+               name=label)
     if cache is False or cache is None:
-        return extract_teacher_topk(_load(model, load_kwargs), tokenizer, texts, **run), CacheInfo("disabled", None, None)
+        # the same shards as a cached run: texts are batched by length within a shard
+        return (extract_teacher_topk(_load(model, load_kwargs), tokenizer, texts, shard_size=SHARD_SIZE, **run),
+                CacheInfo("disabled", None, None))
 
     key = extraction_key(model, tokenizer, texts[text_column], k=k, max_length=max_length, logits_dtype=logits_dtype,
                          per_token_ce=per_token_ce, load_kwargs=load_kwargs, start_tokens=start_tokens)

@@ -76,12 +76,27 @@ def start_token_ids(tokenizer) -> list[int]:
     return []
 
 
+def model_name(model) -> str:
+    """A short name of ``model`` for progress bars and log lines: the file stem of a path
+    (``.../smollm2-135m.Q8_0.gguf`` -> ``smollm2-135m.Q8_0``, a folder -> its name), else the last
+    part of the loaded model's ``name_or_path`` ("" when it has none)."""
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(os.fspath(model).rstrip("/\\"))
+        return path.stem if path.suffix.lower() == ".gguf" else path.name or os.fspath(model)
+    source = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "").rstrip("/\\")
+    if not source:
+        return ""
+    path = Path(source)
+    return path.stem if path.suffix.lower() == ".gguf" else path.name
+
+
 def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: int = 8,
                          max_length: int | None = None, text_column: str = "text",
                          per_token_ce: bool = False, logits_dtype: str = "float16",
                          output_dir: str | os.PathLike | None = None, shard_size: int = 1024,
                          device: str | torch.device | None = None, keep_columns: bool = True,
-                         progress: bool = True, precision: str = "fp32", start_tokens: str = "model"):
+                         progress: bool = True, precision: str = "fp32", start_tokens: str = "model",
+                         name: str | None = None):
     """Run ``model`` over ``dataset[text_column]`` and return a ``datasets.Dataset`` of its top-k.
 
     Args:
@@ -98,6 +113,7 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
         start_tokens: "model" (default): the model sees the ids its tokenizer adds before a text
             (:func:`start_token_ids`, e.g. BOS) and outputs are kept for the text's tokens only;
             "published": the text alone, as the published recipe.
+        name: the model's name in the progress bars (default: :func:`model_name` of ``model``).
     """
     require("datasets", "extract_teacher_topk")
     import datasets
@@ -124,9 +140,12 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
     runner = _ShardRunner(model, tokenizer, k, batch_size, max_length, text_column, per_token_ce,
                           logits_dtype, device, keep_columns)
     runner.precision, runner.start = precision, start_ids
+    name = model_name(model) if name is None else name
+    label = f"extract {name}" if name else "extract"  # progress bars say which model runs
     if output_dir is None:
-        return datasets.concatenate_datasets([runner(dataset.select(range(a, b)), progress, first_row=a)
-                                              for a, b in shards])
+        return datasets.concatenate_datasets([
+            runner(dataset.select(range(a, b)), progress, f"{label} shard {i + 1}/{len(shards)}", first_row=a)
+            for i, (a, b) in enumerate(shards)])
 
     from fusekernels.fingerprint import json_fingerprint
     from fusekernels.storage import remove_stale_temps
@@ -156,7 +175,7 @@ def extract_teacher_topk(model, tokenizer, dataset, *, k: int = 10, batch_size: 
                 verify_checksums(path, tag=tag, required=True)  # finished in an earlier run: still intact?
                 continue
             a, b = shards[shard]
-            part = runner(dataset.select(range(a, b)), progress, f"extract shard {shard + 1}/{len(shards)}",
+            part = runner(dataset.select(range(a, b)), progress, f"{label} shard {shard + 1}/{len(shards)}",
                           first_row=a)
             _save_shard(part, out, path, tag)
     state.wait_for_everyone()

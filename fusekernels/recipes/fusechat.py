@@ -257,7 +257,7 @@ def _run_steps(config: PairwiseConfig, steps: _Steps, verbose: bool) -> None:
             aligned = align_teachers(load_extracted(pivot_rows_dir), [load_extracted(source_dir)],
                                      base_tokenizer=pivot_tok, teacher_tokenizers=[source_tok],
                                      method=config.align_method, include_base_teacher=True,
-                                     text_column=config.text_column)
+                                     text_column=config.text_column, fallback="published")
             aligned.save_to_disk(str(tmp))
 
         def rate(path):

@@ -50,7 +50,8 @@ def test_stacks_base_and_byte_span_teacher(tokenizers, fallback):
 
     base_tok, blend_tok = tokenizers
     base, teacher = _fake_extraction(base_tok, 0), _fake_extraction(blend_tok, 1)
-    out = align_teachers(base, [teacher], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok], fallback=fallback)
+    out = align_teachers(base, [teacher], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok], fallback=fallback,
+                         include_base_teacher=True)
     assert out.features["teacher_ids"].shape == (None, 2, K)
     rows = out.with_format("numpy")
     bp, ap = TokenizerProfile.from_tokenizer(base_tok), TokenizerProfile.from_tokenizer(blend_tok)
@@ -94,17 +95,21 @@ def test_bad_inputs(tokenizers):
     base_tok, blend_tok = tokenizers
     base, teacher = _fake_extraction(base_tok, 0), _fake_extraction(blend_tok, 1)
     with pytest.raises(ValueError, match="2 rows but base has 3"):
-        align_teachers(base, [teacher.select([0, 1])], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok])
+        align_teachers(base, [teacher.select([0, 1])], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok],
+                       include_base_teacher=True, fallback="published")
     with pytest.raises(ValueError, match="column 'text' differs"):
         shuffled = teacher.select([1, 0, 2])
-        align_teachers(base, [shuffled], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok])
+        align_teachers(base, [shuffled], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok],
+                       include_base_teacher=True, fallback="published")
     with pytest.raises(ValueError, match=r"base lacks column\(s\) \['topk_ids'"):
         align_teachers(base.select_columns(["text", "input_ids"]), [teacher], base_tokenizer=base_tok,
-                       teacher_tokenizers=[blend_tok])
+                       teacher_tokenizers=[blend_tok], include_base_teacher=True, fallback="published")
     with pytest.raises(ValueError, match="1 teacher datasets but 0"):
-        align_teachers(base, [teacher], base_tokenizer=base_tok, teacher_tokenizers=[])
+        align_teachers(base, [teacher], base_tokenizer=base_tok, teacher_tokenizers=[], include_base_teacher=True,
+                       fallback="published")
     with pytest.raises(ValueError, match="fallback"):
-        align_teachers(base, [teacher], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok], fallback="drop")
+        align_teachers(base, [teacher], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok], fallback="drop",
+                       include_base_teacher=True)
 
 
 def test_truncated_teacher_rows_align_as_prefixes(tokenizers):
@@ -115,11 +120,13 @@ def test_truncated_teacher_rows_align_as_prefixes(tokenizers):
     cut = {name: [row[:6] for row in teacher.with_format("numpy")[name]] for name in ("input_ids", "topk_ids",
                                                                                        "topk_logits")}
     truncated = datasets.Dataset.from_dict({**teacher.to_dict(), **cut}, features=teacher.features)
-    out = align_teachers(base, [truncated], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok])
+    out = align_teachers(base, [truncated], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok],
+                         include_base_teacher=True, fallback="published")
     stats = alignment_stats(out)
     assert 0 < stats.aligned[1] <= 6 * len(TEXTS) and stats.positions == sum(len(x) for x in base["input_ids"])
     with pytest.raises(ValueError, match="base_ids and blend_ids must tokenize the same text"):
-        align_teachers(base, [truncated], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok], check="length")
+        align_teachers(base, [truncated], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok], check="length",
+                       include_base_teacher=True, fallback="published")
 
 
 def _reference(base, teachers, base_tok, teacher_toks, *, method, fallback, include_base, k, check="prefix"):
@@ -198,7 +205,8 @@ def test_nothing_written_into_inputs_and_cache_reused(tokenizers, tmp_path, monk
     def run():
         return align_teachers(datasets.load_from_disk(str(tmp_path / "base")),
                               [datasets.load_from_disk(str(tmp_path / "teacher"))],
-                              base_tokenizer=base_tok, teacher_tokenizers=[blend_tok])
+                              base_tokenizer=base_tok, teacher_tokenizers=[blend_tok], include_base_teacher=True,
+                              fallback="published")
 
     first = run()
     cached = sorted((tmp_path / "cache").rglob("*.arrow"))

@@ -97,7 +97,7 @@ def test_published_fallback_matches_the_published_loss(profiles, three_teachers,
     base_tok, blend_tok, bp, ap = profiles
     base, teachers = three_teachers
     aligned = align_teachers(base, teachers, base_tokenizer=base_tok, teacher_tokenizers=[blend_tok] * 2,
-                             method="compat_hard", fallback="published")
+                             method="compat_hard", fallback="published", include_base_teacher=True)
     batch = FusionDataCollator(pad_token_id=0, vocab_size=len(base_tok))(list(aligned.with_format("numpy")))
     assert batch["teacher_ids"].shape[2:] == (3, K)
     # no teacher is ever absent at an attended position
@@ -123,7 +123,7 @@ def test_absent_fallback_follows_the_aligner_mask(profiles, three_teachers):
     base_tok, blend_tok, bp, ap = profiles
     base, teachers = three_teachers
     aligned = align_teachers(base, teachers, base_tokenizer=base_tok, teacher_tokenizers=[blend_tok] * 2,
-                             method="compat_hard", fallback="absent").with_format("numpy")
+                             method="compat_hard", fallback="absent", include_base_teacher=True).with_format("numpy")
     for row, b in zip(aligned, base.with_format("numpy")):
         for t, teacher in enumerate(teachers, start=1):
             src = teacher.with_format("numpy")[int(np.flatnonzero(np.array(TEXTS) == b["text"])[0])]
@@ -139,7 +139,8 @@ def test_published_fallback_needs_the_base_teacher_with_compat(profiles, three_t
     base, teachers = three_teachers
     with pytest.raises(ValueError, match="include_base_teacher=True"):
         align_teachers(base.select_columns(["text", "input_ids"]), teachers[:1], base_tokenizer=base_tok,
-                       teacher_tokenizers=[blend_tok], method="compat_hard", include_base_teacher=False)
+                       teacher_tokenizers=[blend_tok], method="compat_hard", include_base_teacher=False,
+                       fallback="published")
 
 
 def test_one_entry_teacher_distribution_on_the_current_token_is_kept(profiles):
@@ -153,7 +154,8 @@ def test_one_entry_teacher_distribution_on_the_current_token_is_kept(profiles):
     teacher = _extraction(blend_tok, [np.asarray(x)[:, None] for x in blend_ids], 4, metric=1.0)
     base = _extraction(base_tok, [np.asarray(x)[:, None] for x in tokenize_for_teacher(base_tok, TEXTS, 512)], 5,
                        metric=2.0)
-    out = align_teachers(base, [teacher], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok], fallback="absent")
+    out = align_teachers(base, [teacher], base_tokenizer=base_tok, teacher_tokenizers=[blend_tok], fallback="absent",
+                         include_base_teacher=True)
     total = on_current_token = 0
     for row, b, t in zip(out.with_format("numpy"), base.with_format("numpy"), teacher.with_format("numpy")):
         result, mask = byte_span_align(b["input_ids"], t["input_ids"], t["topk_ids"], t["topk_logits"], bp, ap,

@@ -112,7 +112,8 @@ def test_align_skips_and_counts_bad_rows(tiny_llama, char_tokenizer):
     bad_teacher = bad_teacher.map(lambda row, i: {"topk_logits": row["topk_logits"][:len(row["input_ids"])],
                                                   "topk_ids": row["topk_ids"][:len(row["input_ids"])]},
                                   with_indices=True)
-    kw = dict(base_tokenizer=char_tokenizer, teacher_tokenizers=[char_tokenizer], check="length")
+    kw = dict(base_tokenizer=char_tokenizer, teacher_tokenizers=[char_tokenizer], check="length",
+              include_base_teacher=True, fallback="published")
     with pytest.raises(ValueError, match="on-bad-row skip"):
         align_teachers(base, [bad_teacher], **kw)
     with pytest.warns(UserWarning, match="skipped 2 of 6 rows"):
@@ -126,7 +127,7 @@ def test_align_skips_and_counts_bad_rows(tiny_llama, char_tokenizer):
         align_teachers(base, [teacher], on_bad_row="ignore", **kw)
     with pytest.raises(ValueError, match="check must be"):
         align_teachers(base, [teacher], check="loose", base_tokenizer=char_tokenizer,
-                       teacher_tokenizers=[char_tokenizer])
+                       teacher_tokenizers=[char_tokenizer], include_base_teacher=True, fallback="published")
 
 
 def test_find_bad_rows_flags_infinite_logits(tiny_llama, char_tokenizer):
@@ -239,7 +240,8 @@ def test_damaged_map_cache_files_are_named_and_recomputed(tiny_llama, char_token
 
     teacher = _on_disk(extract_teacher_topk(tiny_llama, char_tokenizer, again, k=3, max_length=64, progress=False),
                        tmp_path / "teacher")
-    aligned = align_teachers(teacher, [teacher], base_tokenizer=char_tokenizer, teacher_tokenizers=[char_tokenizer])
+    aligned = align_teachers(teacher, [teacher], base_tokenizer=char_tokenizer, teacher_tokenizers=[char_tokenizer],
+                             include_base_teacher=True, fallback="published")
     packed = pack_sequences(aligned, 16)
     expected = packed.with_format("numpy")[:]
     (pack_file,) = maps.glob("pack-*.arrow")
@@ -332,9 +334,9 @@ def test_align_errors_name_the_dataset_row(tiny_llama, char_tokenizer):
                                     if i == 33 else r["topk_ids"]}, with_indices=True)
     with pytest.raises(ValueError, match=r"^row 33: .*outside") as err:
         align_teachers(teacher, [bad], base_tokenizer=char_tokenizer, teacher_tokenizers=[char_tokenizer],
-                       batch_size=8)
+                       batch_size=8, include_base_teacher=True, fallback="published")
     assert "on-bad-row skip" in str(err.value)
     with pytest.raises(ValueError, match=r"^row 33: .*; recompute it") as err:
         align_teachers(teacher, [bad], base_tokenizer=char_tokenizer, teacher_tokenizers=[char_tokenizer],
-                       batch_size=8, bad_row_hint="recompute it")
+                       batch_size=8, bad_row_hint="recompute it", include_base_teacher=True, fallback="published")
     assert "skip" not in str(err.value)

@@ -73,7 +73,7 @@ def test_toy_mode_reaches_align_teachers(toy_mode, fallback):
     tok = make_char_tokenizer()
     base, teacher = _extraction(tok, 0), _extraction(tok, 1)
     out = align_teachers(base, [teacher], base_tokenizer=tok, teacher_tokenizers=[tok], method="toy_one_hot",
-                         fallback=fallback).with_format("numpy")
+                         fallback=fallback, include_base_teacher=True).with_format("numpy")
     for r in range(len(TEXTS)):
         row = out[r]
         assert row["teacher_aligned"].tolist() == [len(row["input_ids"]), 0]
@@ -102,7 +102,7 @@ def test_toy_mode_reaches_the_command_line(toy_mode, tmp_path, capsys):
     _extraction(tok, 1).save_to_disk(str(tmp_path / "teacher"))
     argv = ["align", "--base", tmp_path / "base", "--base-tokenizer", tmp_path / "tok", "--teacher",
             tmp_path / "teacher", "--teacher-tokenizer", tmp_path / "tok", "--method", "toy_one_hot",
-            "--fallback", "absent", "--out", tmp_path / "out"]
+            "--base-teacher", "--fallback", "absent", "--out", tmp_path / "out"]
     assert main([str(a) for a in argv]) == 0
     assert "with a teacher distribution: base: 100.0%" in capsys.readouterr().out
     out = datasets.load_from_disk(str(tmp_path / "out"))
@@ -111,7 +111,7 @@ def test_toy_mode_reaches_the_command_line(toy_mode, tmp_path, capsys):
         main(["align", "--help"])
     assert "toy_one_hot" in capsys.readouterr().out
     # and from a config file
-    (tmp_path / "align.json").write_text(json.dumps({"method": "toy_one_hot", "fallback": "absent"}))
+    (tmp_path / "align.json").write_text(json.dumps({"method": "toy_one_hot", "fallback": "absent", "base_teacher": True}))
     flags = [str(a) for a in argv[1:9]] + ["--out", str(tmp_path / "o2")]
     assert main(["align", str(tmp_path / "align.json")] + flags) == 0
     assert datasets.load_from_disk(str(tmp_path / "o2"))["teacher_aligned"] == out["teacher_aligned"]

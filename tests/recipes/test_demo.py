@@ -1,13 +1,15 @@
+import importlib.metadata
 import json
 import math
+import time
 
 import datasets
 import numpy as np
 import pytest
 import torch
 
-from fusekernels.recipes.demo import DemoConfig, DemoParts, build_student, kjv_documents, run_demo
-from fusekernels.recipes.experiment import mince_choices
+from fusekernels.recipes.demo import DemoConfig, DemoParts, build_student, cache_state, kjv_documents, run_demo
+from fusekernels.recipes.experiment import LoadSampler, mince_choices
 
 from tests.pipeline.helpers import asset as _asset, make_char_tokenizer, make_tiny_llama
 
@@ -54,11 +56,37 @@ def test_demo_two_teachers_tiny(tmp_path):
     out = tmp_path / "out"
     saved = json.loads((out / "demo_results.json").read_text())
     assert saved["runs"]["fusion (mince)"]["curve"] == fusion["curve"]
+    # what a timing depends on goes with it: cache state, load averages, CPUs, per-stage seconds
+    assert saved["cache"] == "off" and saved["cpu_seconds"] > 0 and saved["machine"]["cpu_count"] >= 1
+    assert saved["machine"]["versions"]["torch"] == importlib.metadata.version("torch")
+    assert len(saved["machine"]["loadavg_start"]) == 3 and len(saved["machine"]["loadavg_end"]) == 3
+    assert "loadavg" not in saved["machine"] and saved["machine"]["loadavg_samples"] >= 1
+    assert 0 <= saved["machine"]["loadavg_mean"] <= saved["machine"]["loadavg_max"]
+    stages = saved["stage_seconds"]
+    assert set(stages) == {"load", "split", "extract gpt2-tiny", "extract qwen-tiny", "align", "pack",
+                           "train fusion (mince)", "train clm_only", "eval fusion (mince)", "eval clm_only"}
+    assert stages["train clm_only"] == clm["seconds"] and sum(stages.values()) <= saved["total_seconds"]
+    assert saved["student_parameters"] == sum(p.numel() for p in build_student(config, student_tok, 0).parameters())
     for name in ("loss_curves.png", "perplexity.png"):
         assert (out / name).read_bytes()[:8] == PNG and (out / name).stat().st_size > 5000
     assert (out / "fusion" / "config.json").is_file()
     with pytest.raises(ValueError, match="not empty"):
         run_demo(config, DemoParts(teachers, student_tok, train, held_out), verbose=False)
+
+
+@pytest.mark.parametrize("statuses, state", [(["reused", "reused"], "warm"), (["computed", "resumed"], "cold"),
+                                             (["reused", "computed"], "partial"), (["disabled", "disabled"], "off")])
+def test_cache_state(statuses, state):
+    assert cache_state([{"cache": s} for s in statuses]) == state
+
+
+def test_load_sampler_samples_until_the_block_ends():
+    with LoadSampler(every=0.01) as load:
+        time.sleep(0.1)
+    n = load.summary()["loadavg_samples"]
+    time.sleep(0.05)
+    assert n >= 2 and load.summary()["loadavg_samples"] == n  # the thread stopped with the block
+    assert load.summary()["loadavg_mean"] == pytest.approx(sum(load.samples) / n, abs=0.01)
 
 
 def test_mince_choices_follow_the_loss_rule():

@@ -9,6 +9,7 @@ from fusekernels.recipes.reproduce import (
     ReproduceConfig,
     ReproduceParts,
     cpp_header_texts,
+    format_tables,
     python_doc_texts,
     run_reproduce,
 )
@@ -94,6 +95,8 @@ def test_reproduce_tables_tiny(tmp_path):
     assert saved["command"] == "fusekernels reproduce --tiny" and saved["paired"] == json.loads(json.dumps(paired))
     md = (out / "RESULTS.md").read_text()
     assert "| fusechat_varm |" in md and " ± " in md and "Table 2: gpt2-tiny" in md and "Paired differences" in md
+    assert format_tables(saved) == md  # the saved JSON (sorted keys) renders the same tables
+    assert saved["machine"]["loadavg_samples"] >= 1 and saved["machine"]["cpu_count"] >= 1
     for name in ("student_perplexity.png", "student_loss_curves.png", "target_perplexity.png",
                  "paired_differences.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"

@@ -323,6 +323,25 @@ def readme_reproduce_findings(d: dict) -> str:
     return text
 
 
+@renderer("readme-headline", "reproduce.json")
+def readme_headline(d: dict) -> str:
+    """The README's opening result: the best fused row of table 1 against the best single
+    teacher (paired), and table 2's fused row against CLM-only, as measured."""
+    best, entry = _best(d)
+    reference = entry["reference"]
+    ref_mean, best_mean = _mean(d, "student_table", reference), _mean(d, "student_table", best)
+    n = len(entry["vs_best_single"])
+    text = (f"`{best}` reaches a mean held-out perplexity of {best_mean:.1f} against {ref_mean:.1f} for the best "
+            f"single teacher (`{reference}`): {entry['mean']:+.1f} ± {entry['std']:.1f} paired, "
+            f"{entry['wins']} of {n} seeds better")
+    if "table2" in d["paired"] and "fusellm" in d["paired"]["table2"]:
+        t2 = d["paired"]["table2"]["fusellm"]
+        text += (f". Continual training of SmolLM2-135M itself does not gain yet: FuseLLM against CLM-only "
+                 f"{t2['mean']:+.2f} ± {t2['std']:.2f} perplexity ({t2['wins']} of {len(t2['vs_clm_only'])} "
+                 f"seeds better)")
+    return text + "."
+
+
 @renderer("readme-reproduce", "reproduce.json")
 def readme_reproduce(d: dict) -> str:
     """README's short form: the command, both tables per held-out domain with the paired

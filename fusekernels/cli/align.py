@@ -90,7 +90,8 @@ def run(args) -> None:
             raise UserError(f"{len(a.vocab_map)} --vocab-map for {len(teacher_toks)} teachers")
     out, skipped = align_teachers(base, [load_rows(p) for p in a.teacher], base_tokenizer=base_tok,
                                   teacher_tokenizers=teacher_toks, method=a.method, include_base_teacher=a.base_teacher,
-                                  fallback=a.fallback, vocab_maps=maps, text_column=a.text_column, logits_dtype=a.logits_dtype,
+                                  fallback=a.fallback, vocab_maps=maps, text_column=a.text_column,
+                                  logits_dtype=a.logits_dtype,
                                   num_proc=a.num_proc, check=a.check, on_bad_row=a.on_bad_row, return_skipped=True)
     if skipped:
         rows = ", ".join(str(r) for r, _ in skipped[:10]) + (", ..." if len(skipped) > 10 else "")

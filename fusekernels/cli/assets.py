@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import options
 from .common import UserError, command_parser
 from .options import add_options, from_namespace
-from . import options
 
 HELP = ("List the bundled models, tokenizers and text corpora (what, where, installed?); `assets CORPUS --out "
         "FILE.jsonl` writes sample texts from a corpus.")

@@ -28,8 +28,8 @@ command; TrainingArguments' own ``debug`` option is ``--hf-debug`` here (``debug
 """
 from __future__ import annotations
 
-from .common import HelpFormatter, add_global_options
 from . import options
+from .common import HelpFormatter, add_global_options
 from .options import CONFIG_HELP, add_options, from_namespace
 
 HELP = ("Train the base model with the fusion loss (FusionTrainer): every TrainingArguments option, or a YAML / JSON "

@@ -33,9 +33,10 @@ class FusionDataReport:
     ``teachers``: per teacher (base model first when given) its name, ``coverage`` (fraction of
     student positions that got its real distribution), ``cache`` (``reused`` / ``computed`` /
     ``resumed`` / ``disabled``), extraction ``tokens`` / ``seconds`` / ``tokens_per_s`` (0 s when
-    reused) and ``start_tokens`` (the ids put before each text). ``stages``: seconds and tokens/s of ``split``, ``align`` and ``pack``. ``chat``: whether
-    the input was conversations; then ``label_tokens`` counts the packed assistant tokens that carry
-    a label (all other positions are -100).
+    reused) and ``start_tokens`` (the ids put before each text). ``stages``: seconds and tokens/s
+    of ``split``, ``align`` and ``pack``. ``chat``: whether the input was conversations; then
+    ``label_tokens`` counts the packed assistant tokens that carry a label (all other positions
+    are -100).
     """
     texts: int = 0
     student_positions: int = 0
@@ -106,11 +107,11 @@ def build_fusion_dataset(texts, student_tokenizer, teachers: Sequence, *, block_
     Returns:
         the packed ``datasets.Dataset``, or ``(dataset, FusionDataReport)`` with ``return_report``.
     """
+    from ..tokenization.registry import ALIGNMENT_MODES
     from .align_step import align_teachers, alignment_stats
     from .cache import cached_extract
     from .extract import start_token_ids
     from .io import load_tokenizer, resolve_model
-    from ..tokenization.registry import ALIGNMENT_MODES
     from .pack import pack_sequences
     from .split import split_long_texts
 

@@ -30,12 +30,16 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusekernels.fingerprint import (file_fingerprint, json_fingerprint, model_fingerprint, texts_fingerprint,
-                                     tokenizer_fingerprint)
+from fusekernels.fingerprint import (
+    file_fingerprint,
+    json_fingerprint,
+    model_fingerprint,
+    texts_fingerprint,
+    tokenizer_fingerprint,
+)
 from fusekernels.storage import DamagedFileError, atomic_write_json, cache_dir, ensure_folder, locked
 
 from . import defaults
-
 
 CACHE_FORMAT = 2  # 2: shards carry content checksums
 logger = logging.getLogger(__name__)
@@ -74,7 +78,8 @@ def extraction_key(model, tokenizer, texts, *, k: int, max_length: int, logits_d
             # extraction tokenizes without special tokens, pads by hand and appends the EOS id (in the
             # special-token map): these flags cannot change its outputs, and a tokenizer saved and
             # reloaded may not keep them (Gemma-3's add_bos_token)
-            "tokenizer": tokenizer_fingerprint(tokenizer, ignore=_UNUSED_FLAGS), "texts": texts_fingerprint(texts), "num_texts": len(texts),
+            "tokenizer": tokenizer_fingerprint(tokenizer, ignore=_UNUSED_FLAGS), "texts": texts_fingerprint(texts),
+            "num_texts": len(texts),
             "k": k, "max_length": max_length, "logits_dtype": logits_dtype, "per_token_ce": bool(per_token_ce),
             # the ids prepended to the model's input (its BOS and the like; [] = the text alone)
             "start_tokens": start_token_ids(tokenizer) if start_tokens == "model" else []}

@@ -52,11 +52,15 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .._optional import require
 from ..tokenization.dataset import LOGITS_DTYPES
+
+if TYPE_CHECKING:  # annotations only: torch is imported where a model runs
+    import torch
 
 META_NAME = "extract_meta.json"
 logger = logging.getLogger(__name__)

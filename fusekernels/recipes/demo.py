@@ -28,9 +28,19 @@ from pathlib import Path
 
 from .._optional import require
 from . import choices
+from .experiment import (
+    LoadSampler,
+    datasets_caching_disabled,
+    eval_blocks,
+    gemma3_assembled,
+    gemma3_path,
+    machine_state,
+    mince_choices,
+    perplexity,
+    smollm2_path,
+    train_arm,
+)
 from .experiment import build_student as _build_student
-from .experiment import (LoadSampler, datasets_caching_disabled, eval_blocks, gemma3_assembled, gemma3_path,
-                         machine_state, mince_choices, perplexity, smollm2_path, train_arm)
 
 TEACHERS = ("smollm2", "gemma3")
 

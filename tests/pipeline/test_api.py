@@ -4,8 +4,14 @@ import datasets
 import numpy as np
 import pytest
 
-from fusekernels.pipeline import (align_teachers, build_fusion_dataset, extract_teacher_topk, pack_sequences,
-                                  split_long_texts, tokenize_texts)
+from fusekernels.pipeline import (
+    align_teachers,
+    build_fusion_dataset,
+    extract_teacher_topk,
+    pack_sequences,
+    split_long_texts,
+    tokenize_texts,
+)
 
 from .helpers import log_lines, make_tiny_llama
 
@@ -73,8 +79,8 @@ def test_one_call_equals_the_steps(setup, tmp_path):
 def test_base_model_is_teacher_zero(setup, tmp_path):
     student, teachers, texts = setup
     base = make_tiny_llama(len(student), seed=3, hidden=16, layers=1)
-    packed, report = build_fusion_dataset(texts[:6], student, teachers[:1], base_model=base, block_size=48, k=3, split_margin=16,
-                                          cache=False, progress=False, return_report=True)
+    packed, report = build_fusion_dataset(texts[:6], student, teachers[:1], base_model=base, block_size=48, k=3,
+                                          split_margin=16, cache=False, progress=False, return_report=True)
     assert np.asarray(packed[0]["teacher_ids"]).shape == (48, 2, 3)
     assert report.teachers[0]["name"] == "base" and report.teachers[0]["coverage"] == 1.0
     assert report.teachers[0]["cache"] == "disabled"

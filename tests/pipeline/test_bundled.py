@@ -1,6 +1,6 @@
 """Bundled models by name wherever a model goes, `fusekernels assets`, and fresh students."""
-import json
 import importlib.util
+import json
 
 import pytest
 

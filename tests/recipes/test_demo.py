@@ -10,8 +10,8 @@ import torch
 
 from fusekernels.recipes.demo import DemoConfig, DemoParts, build_student, cache_state, kjv_documents, run_demo
 from fusekernels.recipes.experiment import LoadSampler, mince_choices
-
-from tests.pipeline.helpers import asset as _asset, make_char_tokenizer, make_tiny_llama
+from tests.pipeline.helpers import asset as _asset
+from tests.pipeline.helpers import make_char_tokenizer, make_tiny_llama
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -122,3 +122,27 @@ def test_full_demo(tmp_path):
         assert run["curve"][-1]["loss"] < run["curve"][0]["loss"]
         assert run["eval_perplexity"] < results["initial_eval_perplexity"]
     assert (tmp_path / "loss_curves.png").is_file() and (tmp_path / "perplexity.png").is_file()
+
+
+def test_gemma3_assembled_reports_the_cache_state(tmp_path, monkeypatch):
+    """False without the part packages or before assembly, True once the file is complete."""
+    from fusekernels.recipes import experiment
+    from fusekernels.tokenization import assets
+
+    def missing():
+        raise assets.AssetUnavailable("not installed")
+
+    monkeypatch.setattr(assets, "gemma3_parts", missing)
+    assert experiment.gemma3_assembled() is False
+    parts = [tmp_path / "a", tmp_path / "b"]
+    parts[0].write_bytes(b"12345")
+    parts[1].write_bytes(b"678")
+    target = tmp_path / "cache" / "gemma.gguf"
+    monkeypatch.setattr(assets, "gemma3_parts", lambda: parts)
+    monkeypatch.setattr(assets, "gemma3_target", lambda: target)
+    assert experiment.gemma3_assembled() is False
+    target.parent.mkdir()
+    target.write_bytes(b"1234")                      # interrupted: shorter than the parts
+    assert experiment.gemma3_assembled() is False
+    target.write_bytes(b"12345678")
+    assert experiment.gemma3_assembled() is True

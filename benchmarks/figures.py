@@ -109,32 +109,36 @@ def loader(folder: Path = RESULTS):
     return load
 
 
-def check(root: Path | None = None, load=None) -> list[str]:
-    """A unified diff per document whose regions differ from what the result files render."""
+def _stale(root: Path | None, load):
+    """``(path, committed text, rendered text)`` of every document whose regions are out of date."""
     root = root or ROOT
     load = load or loader(root / "benchmarks" / "results")
-    problems = []
-    for doc in DOCUMENTS:
-        text = (root / doc).read_text(encoding="utf-8")
-        new = render_text(text, load, doc)
-        if new != text:
-            problems.append("".join(difflib.unified_diff(text.splitlines(True), new.splitlines(True),
-                                                         f"{doc} (committed)", f"{doc} (rendered)", n=1)))
-    return problems
-
-
-def write(root: Path | None = None, load=None) -> list[str]:
-    """Rewrite the regions in place; returns the documents that changed."""
-    root = root or ROOT
-    load = load or loader(root / "benchmarks" / "results")
-    changed = []
     for doc in DOCUMENTS:
         path = root / doc
         text = path.read_text(encoding="utf-8")
         new = render_text(text, load, doc)
         if new != text:
-            path.write_text(new, encoding="utf-8")
-            changed.append(doc)
+            yield path, text, new
+
+
+def check(root: Path | None = None, load=None) -> list[str]:
+    """A unified diff per document whose regions differ from what the result files render."""
+    root = root or ROOT
+    diffs = []
+    for path, text, new in _stale(root, load):
+        doc = path.relative_to(root)
+        diffs.append("".join(difflib.unified_diff(text.splitlines(True), new.splitlines(True),
+                                                  f"{doc} (committed)", f"{doc} (rendered)", n=1)))
+    return diffs
+
+
+def write(root: Path | None = None, load=None) -> list[str]:
+    """Rewrite the regions in place; returns the documents that changed."""
+    root = root or ROOT
+    changed = []
+    for path, _, new in list(_stale(root, load)):
+        path.write_text(new, encoding="utf-8")
+        changed.append(str(path.relative_to(root)))
     return changed
 
 

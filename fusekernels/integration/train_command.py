@@ -153,7 +153,7 @@ def run_training(model_args, data_args, fusion_args, training_args, *, callbacks
     already complete: then ``training_loss`` is NaN and nothing was trained).
     """
     from ..pipeline.io import check_model_path, load_model, load_rows, load_tokenizer, model_tokenizer
-    from ..pipeline.students import MAX_POSITIONS, STUDENT_CONFIGS, build_student, is_student_spec, parse_student_spec
+    from ..pipeline.students import fresh_student, is_student_spec, parse_student_spec
     from ..storage import atomic_write_json, check_output_dir, check_writable
     from .trainer import FusionTrainer
 
@@ -197,8 +197,7 @@ def run_training(model_args, data_args, fusion_args, training_args, *, callbacks
 
         kwargs["dtype"] = getattr(torch, model_args.dtype)
     if student:  # a new student for this tokenizer, initialised from the run's seed
-        model = build_student(len(tokenizer), tokenizer, seed=training_args.seed, max_positions=MAX_POSITIONS,
-                              **STUDENT_CONFIGS[student[0]])
+        model = fresh_student(student[0], tokenizer, seed=training_args.seed, name=model_args.model)
         if model_args.dtype:
             model = model.to(kwargs["dtype"])
     else:

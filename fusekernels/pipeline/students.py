@@ -19,7 +19,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-__all__ = ["STUDENT_CONFIGS", "is_student_spec", "parse_student_spec", "build_student", "student_from_spec"]
+__all__ = ["STUDENT_CONFIGS", "is_student_spec", "parse_student_spec", "build_student", "fresh_student",
+           "student_from_spec"]
 
 # name -> LlamaConfig sizes (intermediate size 3 x hidden, grouped-query attention with heads / 2 KV heads)
 STUDENT_CONFIGS = {
@@ -64,19 +65,24 @@ def build_student(vocab_size: int, tokenizer, *, seed: int, hidden_size: int = 1
     return LlamaForCausalLM(cfg)
 
 
-def student_from_spec(spec: str, *, seed: int = 0):
-    """``(model, tokenizer)``: a fresh student from ``CONFIG:TOKENIZER`` (see module docstring).
+def fresh_student(config: str, tokenizer, *, seed: int, name: str | None = None):
+    """A new student of the named ``config`` (:data:`STUDENT_CONFIGS`) for ``tokenizer``: its
+    vocabulary covers every id of the tokenizer (``len(tokenizer)``, added tokens included).
+    ``ValueError`` for a tokenizer without EOS (the pipeline ends every text with it)."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"student {name or config!r}: its tokenizer has no EOS token")
+    model = build_student(len(tokenizer), tokenizer, seed=seed, max_positions=MAX_POSITIONS,
+                          **STUDENT_CONFIGS[config])
+    if name:
+        model.config.name_or_path = name
+    return model
 
-    The vocabulary covers every id of the tokenizer (``len(tokenizer)``, added tokens included).
-    ``ValueError`` for a malformed spec or a tokenizer without EOS (the pipeline ends every text
-    with it)."""
+
+def student_from_spec(spec: str, *, seed: int = 0):
+    """``(model, tokenizer)``: a fresh student from ``CONFIG:TOKENIZER`` (see module docstring and
+    :func:`fresh_student`); ``ValueError`` for a malformed spec or a tokenizer without EOS."""
     from .io import load_tokenizer
 
     config, tokenizer_spec = parse_student_spec(spec)
     tokenizer = load_tokenizer(tokenizer_spec)
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f"student {spec!r}: tokenizer {tokenizer_spec!r} has no EOS token")
-    model = build_student(len(tokenizer), tokenizer, seed=seed, max_positions=MAX_POSITIONS,
-                          **STUDENT_CONFIGS[config])
-    model.config.name_or_path = spec
-    return model, tokenizer
+    return fresh_student(config, tokenizer, seed=seed, name=spec), tokenizer

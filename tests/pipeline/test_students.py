@@ -28,3 +28,13 @@ def test_student_from_spec(config, monkeypatch):
     other, _ = student_from_spec(f"{config}:mistral-v1", seed=4)
     w = model.get_input_embeddings().weight
     assert w.equal(again.get_input_embeddings().weight) and not w.equal(other.get_input_embeddings().weight)
+
+
+def test_fresh_student_needs_an_eos_token():
+    from types import SimpleNamespace
+
+    from fusekernels.pipeline.students import fresh_student
+
+    no_eos = SimpleNamespace(eos_token_id=None, bos_token_id=1, pad_token_id=None, __len__=lambda: 10)
+    with pytest.raises(ValueError, match="has no EOS token"):
+        fresh_student("tiny", no_eos, seed=0, name="tiny:custom")
